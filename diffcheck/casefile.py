@@ -1,0 +1,349 @@
+"""Case files: TOML (``tomllib``) -> validated, frozen ``Case`` objects.
+
+A file holds one case as top-level keys, or several as ``[[case]]`` tables; in a multi-case file the other
+top-level keys are defaults for every case. Validation happens here, once, with errors that name the file,
+the case and the dotted key; a bad case never stops the good cases beside it from loading.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import CaseError, ExpressionError
+from .expr.ir import Node, variables
+from .expr.parse import parse
+from .expr.shapes import infer
+
+DTYPES = ("float64", "float32", "float16", "bfloat16")
+DEVICES = ("cpu", "cuda")
+MAX_ELEMENTS = 4_000_000  # per variable: keeps a hostile shape from exhausting memory
+MAX_NDIM = 8
+
+DtypeName = Literal["float64", "float32", "float16", "bfloat16"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class VarModel(_Strict):
+    shape: list[int] = []
+    value: Any = None
+    domain: list[float] | None = None
+    requires_grad: bool = True
+
+
+class ExpectModel(_Strict):
+    value: Any = None
+    grad: dict[str, Any] = {}
+    atol: float | None = None
+    rtol: float | None = None
+
+
+class DtypeToleranceModel(_Strict):
+    atol: float | None = None
+    rtol: float | None = None
+
+
+class ToleranceModel(_Strict):
+    reason: str
+    atol: float | None = None
+    rtol: float | None = None
+    float64: DtypeToleranceModel | None = None
+    float32: DtypeToleranceModel | None = None
+    float16: DtypeToleranceModel | None = None
+    bfloat16: DtypeToleranceModel | None = None
+
+
+class CaseModel(_Strict):
+    name: str
+    expr: str
+    description: str = ""
+    vars: dict[str, VarModel] = {}
+    dtypes: list[DtypeName] = ["float64", "float32"]
+    devices: list[Literal["cpu", "cuda"]] = ["cpu", "cuda"]
+    seed: int | None = None
+    expect: ExpectModel | None = None
+    tolerance: ToleranceModel | None = None
+
+
+@dataclass(frozen=True)
+class VarSpec:
+    name: str
+    shape: tuple[int, ...]
+    value: np.ndarray | None  # float64, already of ``shape``; None means sample from ``domain``
+    domain: tuple[float, float]
+    requires_grad: bool
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A per-case override of the derived tolerance; always carries the case author's reason."""
+
+    reason: str
+    atol: float | None = None
+    rtol: float | None = None
+    per_dtype: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+    def for_dtype(self, dtype: str) -> tuple[float, float]:
+        atol, rtol = self.per_dtype.get(dtype, (None, None))
+        atol = self.atol if atol is None else atol
+        rtol = self.rtol if rtol is None else rtol
+        return (0.0 if atol is None else atol, 0.0 if rtol is None else rtol)
+
+
+@dataclass(frozen=True)
+class Expect:
+    value: np.ndarray | None
+    grad: dict[str, np.ndarray]
+    atol: float
+    rtol: float
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    path: str
+    expr: str
+    ir: Node
+    vars: dict[str, VarSpec]
+    out_shape: tuple[int, ...]
+    dtypes: tuple[str, ...]
+    devices: tuple[str, ...]
+    seed: int | None
+    description: str = ""
+    expect: Expect | None = None
+    tolerance: Tolerance | None = None
+
+    @property
+    def grad_vars(self) -> list[str]:
+        return [n for n, v in self.vars.items() if v.requires_grad]
+
+
+# Known answers are usually written to a few significant digits or exactly; these defaults accept exact
+# answers computed from inputs rounded to float32, and are printed in the report.
+EXPECT_RTOL = 1e-6
+EXPECT_ATOL = 1e-9
+
+
+def load_file(path: str | Path) -> list[Case | CaseError]:
+    """Load every case of one file; problems come back as CaseError entries, never raised."""
+    path = Path(path)
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        return [CaseError(f"invalid TOML: {exc}", where)]
+    except (OSError, UnicodeDecodeError) as exc:
+        return [CaseError(f"cannot read the file: {exc}", where)]
+    return load_data(data, where)
+
+
+def load_data(data: dict, where: str = "<data>") -> list[Case | CaseError]:
+    """Validate already-parsed TOML data (one case, or ``case = [...]`` with shared defaults)."""
+    if "case" in data:
+        tables = data["case"]
+        if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+            return [CaseError("'case' must be an array of tables ([[case]])", where, key="case")]
+        defaults = {k: v for k, v in data.items() if k != "case"}
+        raw_cases = [{**defaults, **table} for table in tables]
+        if not raw_cases:
+            return [CaseError("the file holds no cases ('case' is empty)", where, key="case")]
+    else:
+        raw_cases = [data]
+    results: list[Case | CaseError] = []
+    for index, raw in enumerate(raw_cases):
+        label = raw.get("name") if isinstance(raw.get("name"), str) else f"#{index + 1}"
+        try:
+            results.append(build_case(raw, where))
+        except CaseError as exc:
+            if exc.case is None:
+                exc = CaseError(exc.message, where, label, exc.key)
+            results.append(exc)
+    return results
+
+
+def build_case(raw: dict, where: str = "<data>") -> Case:
+    """Validate one case's raw mapping into a Case, or raise CaseError naming the key."""
+    name = raw.get("name") if isinstance(raw.get("name"), str) else None
+    try:
+        model = CaseModel.model_validate(raw)
+    except ValidationError as exc:
+        raise CaseError(_describe_validation(exc), where, name, _dotted(exc.errors()[0]["loc"])) from None
+
+    def fail(message: str, key: str):
+        raise CaseError(message, where, model.name, key)
+
+    if not model.name.strip():
+        fail("'name' must not be empty", "name")
+    try:
+        ir = parse(model.expr, set(model.vars))
+    except ExpressionError as exc:
+        fail(f"bad expr: {_point_at(model.expr, exc)}", "expr")
+    used = variables(ir)
+    if not used:
+        fail("expr uses no variables: there is nothing to differentiate", "expr")
+    for unused in sorted(set(model.vars) - used):
+        fail(f"var '{unused}' is declared but not used in expr", f"vars.{unused}")
+
+    specs = {vname: _var_spec(vname, vm, fail) for vname, vm in model.vars.items()}
+    if not any(s.requires_grad for s in specs.values()):
+        fail("no var has requires_grad = true: there is nothing to differentiate", "vars")
+    try:
+        out_shape = infer(ir, {n: s.shape for n, s in specs.items()})
+    except ExpressionError as exc:
+        fail(f"shapes do not fit: {exc}", "expr")
+
+    for key, values in (("dtypes", model.dtypes), ("devices", model.devices)):
+        if not values:
+            fail(f"'{key}' must list at least one entry", key)
+        if len(set(values)) != len(values):
+            fail(f"'{key}' lists an entry twice", key)
+
+    expect = _expect(model.expect, specs, out_shape, fail) if model.expect is not None else None
+    tolerance = _tolerance(model.tolerance, fail) if model.tolerance is not None else None
+    return Case(name=model.name, path=where, expr=model.expr, ir=ir, vars=specs, out_shape=out_shape,
+                dtypes=tuple(model.dtypes), devices=tuple(model.devices), seed=model.seed,
+                description=model.description, expect=expect, tolerance=tolerance)
+
+
+def _var_spec(vname: str, vm: VarModel, fail) -> VarSpec:
+    key = f"vars.{vname}"
+    if len(vm.shape) > MAX_NDIM:
+        fail(f"{key}.shape has {len(vm.shape)} dimensions; at most {MAX_NDIM} are supported", f"{key}.shape")
+    if any(d < 1 for d in vm.shape):
+        fail(f"{key}.shape {vm.shape} has a dimension below 1", f"{key}.shape")
+    size = math.prod(vm.shape)
+    if size > MAX_ELEMENTS:
+        fail(f"{key}.shape {vm.shape} has {size} entries; the limit is {MAX_ELEMENTS}", f"{key}.shape")
+    shape = tuple(vm.shape)
+    value = None
+    if vm.value is not None:
+        value = _array(vm.value, shape, f"{key}.value", fail)
+    domain = (-1.0, 1.0)
+    if vm.domain is not None:
+        if len(vm.domain) != 2 or not all(math.isfinite(d) for d in vm.domain) or not vm.domain[0] < vm.domain[1]:
+            fail(f"{key}.domain must be [lo, hi] with finite lo < hi, got {vm.domain}", f"{key}.domain")
+        domain = (float(vm.domain[0]), float(vm.domain[1]))
+    return VarSpec(vname, shape, value, domain, vm.requires_grad)
+
+
+def _array(value, shape: tuple[int, ...], key: str, fail) -> np.ndarray:
+    """A number broadcast to ``shape``, or a nested list of exactly that shape, as finite float64."""
+    fail_at = fail
+
+    def fail(message: str, key: str):
+        fail_at(f"{key} {message}", key)
+
+    if isinstance(value, bool) or not isinstance(value, (int, float, list)):
+        fail(f"must be a number or a nested list of numbers, got {type(value).__name__}", key)
+    if isinstance(value, (int, float)):
+        arr = np.full(shape, float(value))
+    else:
+        try:
+            raw = np.array(value, dtype=object)
+        except ValueError:
+            fail("is a ragged nested list: every row must have the same length", key)
+        if raw.shape != shape:
+            fail(f"has shape {list(raw.shape)} but the shape is {list(shape)}", key)
+        flat = raw.reshape(-1).tolist() if raw.size else []
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
+            fail("must hold numbers only", key)
+        arr = np.array(flat, dtype=np.float64).reshape(shape)
+    if not np.all(np.isfinite(arr)):
+        fail("must hold finite numbers (no inf or nan)", key)
+    return arr
+
+
+def _expect(em: ExpectModel, specs: dict[str, VarSpec], out_shape, fail) -> Expect:
+    value = None
+    if em.value is not None:
+        value = _array(em.value, out_shape, "expect.value", fail)
+    grads = {}
+    for vname, raw in em.grad.items():
+        if vname not in specs:
+            fail(f"expect.grad names '{vname}', which is not a declared var", f"expect.grad.{vname}")
+        if not specs[vname].requires_grad:
+            fail(f"var '{vname}' has requires_grad = false, so it has no gradient", f"expect.grad.{vname}")
+        grads[vname] = _array(raw, specs[vname].shape, f"expect.grad.{vname}", fail)
+    for key, tol in (("atol", em.atol), ("rtol", em.rtol)):
+        if tol is not None and not (tol >= 0 and math.isfinite(tol)):
+            fail(f"expect.{key} must be a finite number >= 0, got {tol}", f"expect.{key}")
+    atol = EXPECT_ATOL if em.atol is None else em.atol
+    rtol = EXPECT_RTOL if em.rtol is None else em.rtol
+    return Expect(value, grads, atol, rtol)
+
+
+def _tolerance(tm: ToleranceModel, fail) -> Tolerance:
+    if not tm.reason.strip():
+        fail("a tolerance override must say why in 'reason'", "tolerance.reason")
+    per_dtype = {}
+    for dtype in DTYPES:
+        sub = getattr(tm, dtype)
+        if sub is not None:
+            per_dtype[dtype] = (sub.atol, sub.rtol)
+    for key, tol in [("atol", tm.atol), ("rtol", tm.rtol)] + [
+            (f"{d}.{k}", t) for d, (a, r) in per_dtype.items() for k, t in (("atol", a), ("rtol", r))]:
+        if tol is not None and not (tol >= 0 and math.isfinite(tol)):
+            fail(f"tolerance.{key} must be a finite number >= 0, got {tol}", f"tolerance.{key}")
+    if tm.atol is None and tm.rtol is None and not per_dtype:
+        fail("a tolerance override needs atol or rtol", "tolerance")
+    return Tolerance(tm.reason, tm.atol, tm.rtol, per_dtype)
+
+
+def _point_at(expr: str, exc: ExpressionError) -> str:
+    if exc.col is None or "\n" in expr:
+        return f"{exc.message} in '{expr}'"
+    return f"{exc.message}\n    {expr}\n    {' ' * exc.col}^"
+
+
+def _model_at(parent: tuple) -> type[BaseModel] | None:
+    """The model that validates the table at ``parent`` (for suggesting known keys)."""
+    if not parent:
+        return CaseModel
+    if parent[0] == "vars" and len(parent) == 2:
+        return VarModel
+    if parent == ("expect",):
+        return ExpectModel
+    if parent == ("tolerance",):
+        return ToleranceModel
+    if parent[0] == "tolerance" and len(parent) == 2:
+        return DtypeToleranceModel
+    return None
+
+
+def _dotted(loc) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    """Say the first problem in words: unknown keys with a suggestion, missing keys, wrong types."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    where = _dotted(loc[:-1])
+    last = loc[-1] if loc else ""
+    if err["type"] == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        known = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(last), known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else (f" (known: {', '.join(known)})" if known else "")
+        inside = f" in {where}" if where else ""
+        return f"unknown key '{last}'{inside}{hint}"
+    if err["type"] == "missing":
+        inside = f" in {where}" if where else ""
+        return f"missing required key '{last}'{inside}"
+    value = err.get("input")
+    shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
+    return f"{_dotted(loc)}: {err['msg']} (got {shown})"

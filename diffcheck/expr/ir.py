@@ -1,0 +1,86 @@
+"""The expression IR shared by every engine: constants, variables and calls of ops from ``ops.OPS``.
+
+Binary operators are calls too (``x + y`` is ``Call("add", (x, y))``), so engines walk one node type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+
+@dataclass(frozen=True)
+class Const:
+    value: float
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+
+
+@dataclass(frozen=True)
+class Call:
+    op: str
+    args: tuple["Node", ...]
+    params: tuple[tuple[str, object], ...] = ()
+
+    def param(self, name: str):
+        return dict(self.params)[name]
+
+
+Node = Union[Const, Var, Call]
+
+
+def walk(node: Node):
+    """Yield every node of the tree, parents before children."""
+    yield node
+    if isinstance(node, Call):
+        for arg in node.args:
+            yield from walk(arg)
+
+
+def variables(node: Node) -> set[str]:
+    return {n.name for n in walk(node) if isinstance(n, Var)}
+
+
+_INFIX = {"add": ("+", 1), "sub": ("-", 1), "mul": ("*", 2), "div": ("/", 2), "matmul": ("@", 2), "pow": ("**", 4)}
+
+
+def to_text(node: Node) -> str:
+    """Print an IR tree in the case-file language; ``parse(to_text(t))`` gives ``t`` back."""
+    return _text(node, 0)
+
+
+def _text(node: Node, outer: int) -> str:
+    if isinstance(node, Const):
+        if node.value == float("inf"):
+            return "(1e999)"
+        text = repr(float(node.value))
+        return f"({text})" if node.value < 0 else text
+    if isinstance(node, Var):
+        return node.name
+    if node.op in _INFIX:
+        symbol, prec = _INFIX[node.op]
+        if node.op == "pow":  # right-associative, binds tighter than unary minus on its left
+            left, right = _text(node.args[0], prec + 1), _text(node.args[1], prec)
+        else:
+            left, right = _text(node.args[0], prec), _text(node.args[1], prec + 1)
+        text = f"{left} {symbol} {right}"
+        return f"({text})" if prec < outer else text
+    if node.op == "neg":
+        text = f"-{_text(node.args[0], 3)}"
+        return f"({text})" if 3 < outer else text
+    if node.op == "transpose":
+        return f"{_text(node.args[0], 5)}.T"
+    args = [_text(a, 0) for a in node.args]
+    args += [f"{k}={_param_text(v)}" for k, v in node.params]
+    return f"{node.op}({', '.join(args)})"
+
+
+def _param_text(value) -> str:
+    if isinstance(value, tuple):
+        return "(" + ", ".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)

@@ -1,0 +1,182 @@
+"""Whitelisting parser: case-file text -> IR. Nothing is ever evaluated.
+
+``ast.parse(mode="eval")`` only builds a syntax tree; every node type is then checked against a short list of
+allowed constructs and turned into IR. Anything else -- attributes other than ``.T``, subscripts, lambdas,
+comprehensions, comparisons, strings, dunder names, unknown functions -- is an ExpressionError that says what
+and where.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+
+from ..errors import ExpressionError
+from .ir import Call, Const, Node, Var
+from .ops import CONSTANTS, FUNCTIONS, OPS, Param
+
+MAX_LENGTH = 10_000
+MAX_DEPTH = 200
+
+_BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow", ast.MatMult: "matmul"}
+
+_DESCRIBE = {
+    ast.Subscript: "subscripts", ast.Lambda: "lambdas", ast.IfExp: "conditional expressions",
+    ast.Compare: "comparisons", ast.BoolOp: "boolean operators", ast.ListComp: "comprehensions",
+    ast.SetComp: "comprehensions", ast.DictComp: "comprehensions", ast.GeneratorExp: "generators",
+    ast.JoinedStr: "strings", ast.Dict: "dicts", ast.Set: "sets", ast.List: "lists", ast.Tuple: "tuples",
+    ast.Starred: "starred arguments", ast.NamedExpr: "assignment expressions", ast.Await: "await",
+    ast.Yield: "yield", ast.YieldFrom: "yield", ast.Slice: "slices", ast.FormattedValue: "strings",
+}
+
+
+def parse(text: str, names: set[str] | frozenset[str] | None = None) -> Node:
+    """Parse ``text`` into IR. ``names`` are the declared variables; None accepts any plain identifier."""
+    if not isinstance(text, str):
+        raise ExpressionError("the expression must be a string")
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(f"expression is {len(text)} characters long; the limit is {MAX_LENGTH}")
+    if not text.strip():
+        raise ExpressionError("the expression is empty")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        col = (exc.offset - 1) if exc.offset else None
+        raise ExpressionError(f"syntax error: {exc.msg}", text, col) from None
+    except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
+        raise ExpressionError(f"cannot parse the expression: {type(exc).__name__}: {exc}", text) from None
+    return _Converter(text, names).convert(tree.body, 0)
+
+
+class _Converter:
+    def __init__(self, text: str, names):
+        self.text = text
+        self.names = None if names is None else frozenset(names)
+
+    def fail(self, message: str, node: ast.AST | None = None):
+        col = getattr(node, "col_offset", None) if node is not None else None
+        raise ExpressionError(message, self.text, col)
+
+    def convert(self, node: ast.AST, depth: int) -> Node:
+        if depth > MAX_DEPTH:
+            self.fail(f"expression is nested more than {MAX_DEPTH} levels deep", node)
+        d = depth + 1
+        if isinstance(node, ast.Constant):
+            return Const(self.number(node))
+        if isinstance(node, ast.Name):
+            return self.name(node)
+        if isinstance(node, ast.BinOp):
+            op = _BINOPS.get(type(node.op))
+            if op is None:
+                self.fail(f"operator {type(node.op).__name__} is not allowed (use + - * / ** @)", node)
+            return Call(op, (self.convert(node.left, d), self.convert(node.right, d)))
+        if isinstance(node, ast.UnaryOp):
+            if isinstance(node.op, ast.USub):
+                operand = self.convert(node.operand, d)
+                if isinstance(operand, Const):
+                    return Const(-operand.value)
+                return Call("neg", (operand,))
+            if isinstance(node.op, ast.UAdd):
+                return self.convert(node.operand, d)
+            self.fail(f"unary operator {type(node.op).__name__} is not allowed", node)
+        if isinstance(node, ast.Attribute):
+            if node.attr != "T":
+                self.fail(f"attribute '.{node.attr}' is not allowed (only '.T', the transpose)", node)
+            return Call("transpose", (self.convert(node.value, d),))
+        if isinstance(node, ast.Call):
+            return self.call(node, d)
+        what = _DESCRIBE.get(type(node), f"'{type(node).__name__}' constructs")
+        self.fail(f"{what} are not allowed in expressions", node)
+
+    def number(self, node: ast.Constant) -> float:
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            kind = "strings" if isinstance(value, (str, bytes)) else f"{type(value).__name__} literals"
+            self.fail(f"{kind} are not allowed (only numbers)", node)
+        try:
+            number = float(value)
+        except OverflowError:
+            self.fail("number is too large for float64", node)
+        if not math.isfinite(number):
+            self.fail("number is too large for float64", node)
+        return number
+
+    def name(self, node: ast.Name) -> Node:
+        ident = node.id
+        if ident.startswith("_"):
+            self.fail(f"name '{ident}' is not allowed (names may not start with '_')", node)
+        if ident in CONSTANTS and (self.names is None or ident not in self.names):
+            return Const(CONSTANTS[ident])
+        if self.names is not None and ident not in self.names:
+            if ident in OPS:
+                self.fail(f"'{ident}' is a function: call it as {ident}(...)", node)
+            declared = ", ".join(sorted(self.names)) or "none"
+            self.fail(f"unknown name '{ident}' (declared vars: {declared})", node)
+        return Var(ident)
+
+    def call(self, node: ast.Call, depth: int) -> Node:
+        if not isinstance(node.func, ast.Name):
+            self.fail("only calls of the language's functions by name are allowed", node)
+        fname = node.func.id
+        if fname not in FUNCTIONS:
+            self.fail(f"unknown function '{fname}' (known: {', '.join(FUNCTIONS)})", node)
+        op = OPS[fname]
+        positional = list(node.args)
+        for arg in positional:
+            if isinstance(arg, ast.Starred):
+                self.fail("starred arguments are not allowed", arg)
+        if len(positional) < op.arity:
+            self.fail(f"{fname}() takes {op.arity} tensor argument(s), got {len(positional)}", node)
+        args = tuple(self.convert(a, depth) for a in positional[: op.arity])
+        extra = positional[op.arity:]
+        if len(extra) > len(op.params):
+            self.fail(f"{fname}() takes at most {op.arity + len(op.params)} positional arguments", node)
+        given: dict[str, object] = {}
+        for param, value_node in zip(op.params, extra):
+            given[param.name] = self.param_value(fname, param, value_node)
+        for kw in node.keywords:
+            if kw.arg is None:
+                self.fail("'**' arguments are not allowed", kw.value)
+            param = next((p for p in op.params if p.name == kw.arg), None)
+            if param is None:
+                allowed = ", ".join(op.param_names) or "none"
+                self.fail(f"{fname}() has no keyword '{kw.arg}' (allowed: {allowed})", kw.value)
+            if kw.arg in given:
+                self.fail(f"{fname}() got '{kw.arg}' twice", kw.value)
+            given[kw.arg] = self.param_value(fname, param, kw.value)
+        params = tuple((p.name, given.get(p.name, p.default)) for p in op.params)
+        return Call(fname, args, params)
+
+    def param_value(self, fname: str, param: Param, node: ast.AST):
+        if param.kind == "bool":
+            if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+                return node.value
+            self.fail(f"{fname}(): '{param.name}' must be True or False", node)
+        if param.kind == "dims":
+            if isinstance(node, ast.Constant) and node.value is None:
+                return None
+            if isinstance(node, (ast.Tuple, ast.List)):
+                dims = tuple(self.int_value(fname, param, e) for e in node.elts)
+                if not dims:
+                    self.fail(f"{fname}(): '{param.name}' must name at least one dimension", node)
+                return dims
+            return self.int_value(fname, param, node)
+        # a plain number
+        sign = 1.0
+        inner = node
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            sign = -1.0 if isinstance(node.op, ast.USub) else 1.0
+            inner = node.operand
+        if isinstance(inner, ast.Constant) and not isinstance(inner.value, bool) and isinstance(
+                inner.value, (int, float)):
+            return sign * self.number(inner)
+        self.fail(f"{fname}(): '{param.name}' must be a number literal", node)
+
+    def int_value(self, fname: str, param: Param, node: ast.AST) -> int:
+        sign = 1
+        inner = node
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            sign, inner = -1, node.operand
+        if isinstance(inner, ast.Constant) and type(inner.value) is int and abs(inner.value) < 64:
+            return sign * inner.value
+        self.fail(f"{fname}(): '{param.name}' must be an integer dimension or a tuple of them", node)

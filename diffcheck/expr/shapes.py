@@ -1,0 +1,92 @@
+"""Shape inference over the IR: numpy/torch broadcasting and matmul rules, with errors that name the op."""
+
+from __future__ import annotations
+
+from ..errors import ExpressionError
+from .ir import Call, Const, Node, Var, to_text
+
+Shape = tuple[int, ...]
+
+
+def broadcast(a: Shape, b: Shape, what: str = "") -> Shape:
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        da = a[-i] if i <= len(a) else 1
+        db = b[-i] if i <= len(b) else 1
+        if da != db and da != 1 and db != 1:
+            raise ExpressionError(f"{what}shapes {list(a)} and {list(b)} cannot be broadcast together")
+        out.append(max(da, db))
+    return tuple(reversed(out))
+
+
+def normalize_dims(dim, ndim: int, what: str) -> tuple[int, ...]:
+    """Turn a ``dim`` parameter (None, int or tuple) into sorted non-negative axes."""
+    if dim is None:
+        return tuple(range(ndim))
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    out = []
+    for d in dims:
+        size = max(ndim, 1)
+        if not -size <= d < size:
+            raise ExpressionError(f"{what}dim {d} is out of range for a {ndim}-D input")
+        out.append(d % size if ndim else 0)
+    if len(set(out)) != len(out):
+        raise ExpressionError(f"{what}dim {dim} names a dimension twice")
+    return tuple(sorted(out)) if ndim else ()
+
+
+def reduced_shape(shape: Shape, dims: tuple[int, ...], keepdim: bool) -> Shape:
+    if keepdim:
+        return tuple(1 if i in dims else s for i, s in enumerate(shape))
+    return tuple(s for i, s in enumerate(shape) if i not in dims)
+
+
+def matmul_shape(a: Shape, b: Shape, what: str = "") -> Shape:
+    if len(a) == 0 or len(b) == 0:
+        raise ExpressionError(f"{what}matmul needs at least 1-D operands, got shapes {list(a)} and {list(b)}")
+    a2 = (1,) + a if len(a) == 1 else a
+    b2 = b + (1,) if len(b) == 1 else b
+    if a2[-1] != b2[-2]:
+        raise ExpressionError(
+            f"{what}shapes {list(a)} and {list(b)} cannot be multiplied ({a2[-1]} != {b2[-2]})")
+    batch = broadcast(a2[:-2], b2[:-2], what)
+    out = batch + (a2[-2], b2[-1])
+    if len(a) == 1:
+        out = out[:-2] + out[-1:]
+    if len(b) == 1:
+        out = out[:-1]
+    return out
+
+
+def infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
+    """Shape of ``node``'s value; raises ExpressionError naming the sub-expression that does not fit."""
+    if isinstance(node, Const):
+        return ()
+    if isinstance(node, Var):
+        return tuple(var_shapes[node.name])
+    assert isinstance(node, Call)
+    shapes = [infer(a, var_shapes) for a in node.args]
+    what = f"in '{to_text(node)}': " if len(to_text(node)) < 80 else f"in {node.op}(): "
+    op = node.op
+    if op == "matmul":
+        return matmul_shape(shapes[0], shapes[1], what)
+    if op == "transpose":
+        return tuple(reversed(shapes[0]))
+    if op in ("sum", "mean", "logsumexp"):
+        dims = normalize_dims(node.param("dim"), len(shapes[0]), what)
+        return reduced_shape(shapes[0], dims, node.param("keepdim"))
+    if op in ("softmax", "log_softmax"):
+        normalize_dims(node.param("dim"), len(shapes[0]), what)
+        return shapes[0]
+    if op == "mse_loss":
+        broadcast(shapes[0], shapes[1], what)
+        return ()
+    if op == "binary_cross_entropy":
+        if shapes[0] != shapes[1]:
+            raise ExpressionError(f"{what}input and target must have the same shape, got "
+                                  f"{list(shapes[0])} and {list(shapes[1])}")
+        return ()
+    out: Shape = ()
+    for s in shapes:
+        out = broadcast(out, s, what)
+    return out
