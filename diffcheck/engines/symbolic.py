@@ -1,0 +1,438 @@
+"""The reference engine: sympy-derived local derivatives composed with exact adjoint rules, in float64.
+
+The IR is lowered once to a straight-line program (composites such as softmax and mse_loss become primitive
+steps). Each elementwise op's derivatives are taken with ``sympy.diff`` once per op and parameter set and
+cached; matmul, broadcasting and reductions have exact adjoint rules. Every value and adjoint carries a
+first-order rounding-error bound in units of the unit roundoff u (see ``sympy_eval``): the same bound,
+times a dtype's u, is the tolerance a correct computation in that dtype must meet. Nothing here touches
+torch, so the reference is independent of the autograd under test.
+
+Non-differentiable points: each kinked op (relu, abs, maximum, ...) marks the entries of its input that lie
+within rounding distance of the kink. ``Program.vjp`` can then be run with the one-sided derivatives
+(``side=-1/+1``); a correct autograd result lies in the hull of the three answers.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy as sp
+
+from ..expr.ir import Call, Const, Node, Var
+from ..expr.ops import OPS
+from ..expr.shapes import infer, matmul_shape, normalize_dims, reduced_shape
+from . import sympy_eval
+
+KINK_SAFETY = 16.0  # entries this many rounding bounds from a kink are treated as sitting on it
+
+
+def gamma(n: int) -> float:
+    """Rounding bound, in units of u, of a sum of n terms relative to the sum of their magnitudes.
+
+    The worst case is n-1; pairwise and blocked summation (torch, BLAS) stay near sqrt(n). We take the smaller
+    of n-1 and 4*sqrt(n): rigorous for short sums, a generous probabilistic bound for long ones.
+    """
+    return 0.0 if n <= 1 else min(n - 1.0, 4.0 * math.sqrt(n))
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What sympy derived for one elementwise op with fixed parameters."""
+
+    symbols: tuple
+    value: sp.Expr
+    grads: tuple
+    kink: sp.Expr | None
+    kink_slope: sp.Expr | None
+
+
+@functools.lru_cache(maxsize=None)
+def local_rules(op_name: str, params: tuple) -> Rules:
+    op = OPS[op_name]
+    syms = tuple(sp.Symbol(f"a{i}", real=True) for i in range(op.arity))
+    kw = dict(params)
+    value = op.sympy(*syms, **kw)
+    grads = tuple(sp.diff(value, s) for s in syms)
+    kink = op.kink(*syms, **kw) if op.kink else None
+    slope = sp.diff(kink, syms[0]) if kink is not None else None
+    return Rules(syms, value, grads, kink, slope)
+
+
+@dataclass
+class Instr:
+    op: str
+    args: tuple[int, ...]
+    params: dict
+    shape: tuple[int, ...]
+
+
+@dataclass
+class Slot:
+    kind: str  # "var", "const", "instr"
+    shape: tuple[int, ...]
+    name: str = ""
+    value: float = 0.0
+    instr: Instr | None = None
+    active: bool = False  # depends on a variable we differentiate
+
+
+@dataclass
+class Forward:
+    """Values and error bounds (units of u) of every slot at one point, plus what the backward pass needs."""
+
+    values: list
+    errs: list
+    derivs: dict = field(default_factory=dict)  # slot -> [(value, err) per arg]
+    kinks: dict = field(default_factory=dict)  # slot -> mask of entries on a kink
+    peak: float = 0.0  # largest finite magnitude of any intermediate value
+
+    @property
+    def near_kink(self) -> bool:
+        return any(mask.any() for mask in self.kinks.values())
+
+
+@dataclass
+class Gradient:
+    """One VJP of the reference: per var, the value, its error bound and the hull over one-sided derivatives."""
+
+    value: np.ndarray
+    err: np.ndarray  # units of u
+    lo: np.ndarray
+    hi: np.ndarray
+
+    @property
+    def ambiguous(self) -> np.ndarray:
+        return self.hi > self.lo
+
+
+class Program:
+    """A lowered expression: build once per case, run at any point."""
+
+    def __init__(self, ir: Node, var_shapes: dict[str, tuple], grad_vars):
+        self.slots: list[Slot] = []
+        self.var_slots: dict[str, int] = {}
+        self.grad_vars = tuple(grad_vars)
+        self.out = self._lower(ir, {n: tuple(s) for n, s in var_shapes.items()})
+        self.out_shape = self.slots[self.out].shape
+
+    # ---- lowering ----
+    def _add(self, slot: Slot) -> int:
+        self.slots.append(slot)
+        return len(self.slots) - 1
+
+    def _emit(self, op: str, args: tuple[int, ...], shape, **params) -> int:
+        active = any(self.slots[a].active for a in args)
+        return self._add(Slot("instr", tuple(shape), instr=Instr(op, args, params, tuple(shape)), active=active))
+
+    def _const(self, value: float) -> int:
+        return self._add(Slot("const", (), value=float(value)))
+
+    def _lower(self, node: Node, shapes) -> int:
+        if isinstance(node, Const):
+            return self._const(node.value)
+        if isinstance(node, Var):
+            if node.name not in self.var_slots:
+                self.var_slots[node.name] = self._add(
+                    Slot("var", shapes[node.name], name=node.name, active=node.name in self.grad_vars))
+            return self.var_slots[node.name]
+        assert isinstance(node, Call)
+        args = tuple(self._lower(a, shapes) for a in node.args)
+        arg_shapes = [self.slots[a].shape for a in args]
+        shape = infer(node, shapes)
+        p = dict(node.params)
+        op = OPS[node.op]
+        if op.kind == "elementwise":
+            return self._emit(node.op, args, shape, **p)
+        if node.op in ("sum", "mean", "logsumexp"):
+            dims = normalize_dims(p["dim"], len(arg_shapes[0]), "")
+            name = "lse" if node.op == "logsumexp" else node.op
+            return self._emit(name, args, shape, dims=dims, keepdim=p["keepdim"])
+        if node.op == "matmul":
+            return self._emit("matmul", args, shape)
+        if node.op == "transpose":
+            return self._emit("transpose", args, shape)
+        if node.op in ("softmax", "log_softmax"):
+            x = args[0]
+            dims = normalize_dims(p["dim"], len(arg_shapes[0]), "")
+            lse = self._emit("lse", (x,), reduced_shape(arg_shapes[0], dims, True), dims=dims, keepdim=True)
+            centered = self._emit("sub", (x, lse), arg_shapes[0])
+            return centered if node.op == "log_softmax" else self._emit("exp", (centered,), arg_shapes[0])
+        if node.op == "mse_loss":
+            diff_shape = np.broadcast_shapes(*arg_shapes)
+            diff = self._emit("sub", args, diff_shape)
+            square = self._emit("pow", (diff, self._const(2.0)), diff_shape)
+            return self._emit("mean", (square,), (), dims=tuple(range(len(diff_shape))), keepdim=False)
+        if node.op == "binary_cross_entropy":
+            p_, y = args
+            s = arg_shapes[0]
+            log_p = self._emit("log", (p_,), s)
+            log_q = self._emit("log1p", (self._emit("neg", (p_,), s),), s)
+            one_minus_y = self._emit("sub", (self._const(1.0), y), s)
+            total = self._emit("add", (self._emit("mul", (y, log_p), s),
+                                       self._emit("mul", (one_minus_y, log_q), s)), s)
+            mean = self._emit("mean", (total,), (), dims=tuple(range(len(s))), keepdim=False)
+            return self._emit("neg", (mean,), ())
+        raise NotImplementedError(node.op)  # pragma: no cover - every op in OPS is handled above
+
+    # ---- forward ----
+    def forward(self, inputs: dict[str, np.ndarray], kink_u: float | None = None, with_err: bool = True) -> Forward:
+        """Evaluate every slot. ``kink_u`` (the unit roundoff of the least precise dtype under test) sets how
+        close to a kink an entry must be to count as on it; None skips kink detection."""
+        values: list = [None] * len(self.slots)
+        errs: list = [0.0] * len(self.slots)
+        fwd = Forward(values, errs)
+        peak = 0.0
+        with np.errstate(all="ignore"):
+            for i, slot in enumerate(self.slots):
+                if slot.kind == "var":
+                    values[i] = np.asarray(inputs[slot.name], dtype=np.float64)
+                elif slot.kind == "const":
+                    values[i] = slot.value
+                    errs[i] = sympy_eval._number_err(slot.value)
+                else:
+                    values[i], errs[i] = self._step(i, slot.instr, fwd, kink_u, with_err)
+                finite = np.abs(values[i])[np.isfinite(values[i])]
+                if finite.size:
+                    peak = max(peak, float(finite.max()))
+        fwd.peak = peak
+        return fwd
+
+    def value(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The output alone, in float64 (what finite differences evaluate)."""
+        return self.forward(inputs, None, with_err=False).values[self.out]
+
+    def kink_signature(self, fwd: Forward) -> list[np.ndarray]:
+        """Which side of its kink every kinked entry is on: finite differences must not cross a kink."""
+        sig = []
+        for i, slot in enumerate(self.slots):
+            if slot.kind == "instr" and OPS.get(slot.instr.op) is not None and OPS[slot.instr.op].kink:
+                rules = local_rules(slot.instr.op, tuple(sorted(slot.instr.params.items())))
+                env = {s: (fwd.values[a], 0.0) for s, a in zip(rules.symbols, slot.instr.args)}
+                k, _ = sympy_eval.evaluate(rules.kink, env, with_err=False)
+                sig.append(np.sign(k))
+        return sig
+
+    def _step(self, i: int, ins: Instr, fwd: Forward, kink_u, with_err):
+        vals = [fwd.values[a] for a in ins.args]
+        errs = [fwd.errs[a] for a in ins.args]
+        if ins.op in OPS and OPS[ins.op].kind == "elementwise":
+            op = OPS[ins.op]
+            value = np.broadcast_to(op.numpy(*vals, **ins.params), ins.shape).astype(np.float64)
+            if not with_err and kink_u is None:
+                return value, 0.0
+            rules = local_rules(ins.op, tuple(sorted(ins.params.items())))
+            env = {s: (v, e) for s, v, e in zip(rules.symbols, vals, errs)}
+            derivs = [sympy_eval.evaluate(g, env, with_err) for g in rules.grads]
+            derivs = [(np.broadcast_to(d, ins.shape), np.broadcast_to(e, ins.shape)) for d, e in derivs]
+            if self.slots[i].active:
+                fwd.derivs[i] = derivs
+            if rules.kink is not None and kink_u is not None and self.slots[i].active:
+                k, ek = sympy_eval.evaluate(rules.kink, env, True)
+                near = np.abs(k) <= KINK_SAFETY * kink_u * np.abs(ek) + 1e-300
+                fwd.kinks[i] = np.broadcast_to(near, ins.shape)
+            err = op.ulps * np.abs(value)
+            for (d, _), e in zip(derivs, errs):
+                if np.any(e):
+                    err = err + np.abs(d) * e
+            return value, err
+        if ins.op in ("sum", "mean"):
+            x, e = vals[0], errs[0]
+            n = _count(np.shape(x), ins.params["dims"])
+            total = np.sum(x, axis=ins.params["dims"], keepdims=ins.params["keepdim"])
+            err = np.sum(np.broadcast_to(e, np.shape(x)), axis=ins.params["dims"], keepdims=ins.params["keepdim"]) \
+                + gamma(n) * np.sum(np.abs(x), axis=ins.params["dims"], keepdims=ins.params["keepdim"])
+            if ins.op == "mean":
+                total = total / n
+                err = err / n + np.abs(total)
+            return total, err
+        if ins.op == "lse":
+            x, e = vals[0], errs[0]
+            dims, keep = ins.params["dims"], ins.params["keepdim"]
+            m = np.max(x, axis=dims, keepdims=True)
+            m = np.where(np.isfinite(m), m, 0.0)
+            s = np.sum(np.exp(x - m), axis=dims, keepdims=True)
+            v = m + np.log(s)
+            q = np.exp(x - v)
+            n = _count(np.shape(x), dims)
+            err = np.sum(q * e, axis=dims, keepdims=True) + gamma(n) + sympy_eval.FUNCTION_ULPS \
+                + np.abs(m) + np.abs(v)
+            if not keep:
+                v, err = np.squeeze(v, axis=dims), np.squeeze(err, axis=dims)
+            return v, err
+        if ins.op == "matmul":
+            (a, b), (ea, eb) = vals, errs
+            value = np.matmul(a, b)
+            if not with_err:
+                return value, 0.0
+            absa, absb = np.abs(a), np.abs(b)
+            k = np.shape(a)[-1]
+            err = gamma(k + 1) * np.matmul(absa, absb)
+            if np.any(eb):
+                err = err + np.matmul(absa, np.broadcast_to(eb, np.shape(b)))
+            if np.any(ea):
+                err = err + np.matmul(np.broadcast_to(ea, np.shape(a)), absb)
+            return value, err
+        if ins.op == "transpose":
+            return np.transpose(vals[0]), np.transpose(errs[0]) if np.ndim(errs[0]) else errs[0]
+        raise NotImplementedError(ins.op)  # pragma: no cover
+
+    # ---- backward ----
+    def vjp(self, fwd: Forward, cotangent, with_err: bool = True, side: int = 0) -> dict[str, tuple]:
+        """Reverse pass: per grad var, (adjoint, error bound in units of u). ``side`` picks the one-sided
+        derivative at entries on a kink (-1 left, +1 right, 0 the op's own convention)."""
+        adj: dict[int, np.ndarray] = {self.out: np.broadcast_to(np.asarray(cotangent, float), self.out_shape)}
+        aerr: dict[int, np.ndarray] = {self.out: np.zeros(self.out_shape)}
+        with np.errstate(all="ignore"):
+            for i in range(len(self.slots) - 1, -1, -1):
+                slot = self.slots[i]
+                if slot.kind != "instr" or i not in adj or not slot.active:
+                    continue
+                g, ge = adj.pop(i), aerr.pop(i)
+                for arg, (ga, gae) in self._back(i, slot.instr, fwd, g, ge, with_err, side):
+                    if not self.slots[arg].active:
+                        continue
+                    if arg in adj:
+                        total = adj[arg] + ga
+                        aerr[arg] = aerr[arg] + gae + np.abs(total)
+                        adj[arg] = total
+                    else:
+                        adj[arg], aerr[arg] = ga, gae
+        out = {}
+        for name in self.grad_vars:
+            s = self.var_slots.get(name)
+            shape = self.slots[s].shape if s is not None else ()
+            if s is None or s not in adj:
+                out[name] = (np.zeros(shape), np.zeros(shape))
+            else:
+                out[name] = (np.array(np.broadcast_to(adj[s], shape)), np.array(np.broadcast_to(aerr[s], shape)))
+        return out
+
+    def gradient(self, fwd: Forward, cotangent) -> dict[str, Gradient]:
+        """VJP with error bounds and, where entries sit on kinks, the hull over one-sided derivatives."""
+        mid = self.vjp(fwd, cotangent, True, 0)
+        sides = [self.vjp(fwd, cotangent, False, s) for s in (-1, 1)] if fwd.near_kink else []
+        out = {}
+        for name, (value, err) in mid.items():
+            variants = [value] + [s[name][0] for s in sides]
+            out[name] = Gradient(value, err, np.minimum.reduce(variants), np.maximum.reduce(variants))
+        return out
+
+    def _back(self, i: int, ins: Instr, fwd: Forward, g, ge, with_err, side):
+        vals = [fwd.values[a] for a in ins.args]
+        shapes = [self.slots[a].shape for a in ins.args]
+        if i in fwd.derivs:
+            derivs = fwd.derivs[i]
+            if side and i in fwd.kinks and fwd.kinks[i].any():
+                derivs = self._one_sided(i, ins, fwd, side)
+            for arg, shape, (d, de) in zip(ins.args, shapes, derivs):
+                contrib = g * d
+                err = (np.abs(d) * ge + np.abs(g) * de + np.abs(contrib)) if with_err else 0.0
+                yield arg, _unbroadcast(contrib, err, shape, with_err)
+            return
+        if ins.op in ("sum", "mean"):
+            x_shape = shapes[0]
+            dims, keep = ins.params["dims"], ins.params["keepdim"]
+            ga, gae = _expand(g, x_shape, dims, keep), _expand(ge, x_shape, dims, keep)
+            if ins.op == "mean":
+                n = _count(x_shape, dims)
+                ga = ga / n
+                gae = gae / n + np.abs(ga)
+            yield ins.args[0], (ga, gae)
+            return
+        if ins.op == "lse":
+            x = vals[0]
+            dims, keep = ins.params["dims"], ins.params["keepdim"]
+            v = _expand(fwd.values[i], x.shape, dims, keep)
+            ve = _expand(fwd.errs[i], x.shape, dims, keep)
+            q = np.exp(x - v)
+            ga, gae = _expand(g, x.shape, dims, keep), _expand(ge, x.shape, dims, keep)
+            contrib = ga * q
+            qe = q * (np.broadcast_to(fwd.errs[ins.args[0]], x.shape) + ve + np.abs(x) + np.abs(v)
+                      + sympy_eval.FUNCTION_ULPS)
+            yield ins.args[0], (contrib, np.abs(q) * gae + np.abs(ga) * qe + np.abs(contrib))
+            return
+        if ins.op == "matmul":
+            yield from _matmul_back(ins, vals, [fwd.errs[a] for a in ins.args], shapes, g, ge, with_err)
+            return
+        if ins.op == "transpose":
+            yield ins.args[0], (np.transpose(g), np.transpose(ge) if np.ndim(ge) else ge)
+            return
+        raise NotImplementedError(ins.op)  # pragma: no cover
+
+    def _one_sided(self, i: int, ins: Instr, fwd: Forward, side: int):
+        """Derivatives with each on-kink entry moved just past the kink on ``side``."""
+        rules = local_rules(ins.op, tuple(sorted(ins.params.items())))
+        vals = [np.broadcast_to(fwd.values[a], ins.shape) for a in ins.args]
+        env = {s: (v, 0.0) for s, v in zip(rules.symbols, vals)}
+        k, _ = sympy_eval.evaluate(rules.kink, env, with_err=False)
+        slope, _ = sympy_eval.evaluate(rules.kink_slope, env, with_err=False)
+        a0 = vals[0]
+        delta = 1e-9 * (1.0 + np.abs(a0))
+        moved = a0 + (side * delta * np.abs(slope) - k) / slope
+        shifted = np.where(fwd.kinks[i], moved, a0)
+        env[rules.symbols[0]] = (shifted, 0.0)
+        out = []
+        for (d, de), gexpr in zip(fwd.derivs[i], rules.grads):
+            d_side, _ = sympy_eval.evaluate(gexpr, env, with_err=False)
+            out.append((np.where(fwd.kinks[i], np.broadcast_to(d_side, ins.shape), d), de))
+        return out
+
+
+def _count(shape, dims) -> int:
+    return int(np.prod([shape[d] for d in dims])) if dims else 1
+
+
+def _expand(g, x_shape, dims, keepdim):
+    """Broadcast a reduced adjoint back over the reduced dims."""
+    g = np.asarray(g, dtype=float)
+    if not keepdim and dims and np.ndim(g) != len(x_shape):
+        g = np.expand_dims(g, axis=dims)
+    return np.broadcast_to(g, x_shape)
+
+
+def _unbroadcast(contrib, err, shape, with_err):
+    """Sum an adjoint over the axes that broadcasting added or stretched, back to ``shape``."""
+    contrib = np.asarray(contrib, dtype=float)
+    if contrib.shape == tuple(shape):
+        return contrib, err
+    lead = contrib.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + j for j, s in enumerate(shape) if s == 1 and contrib.shape[lead + j] != 1)
+    n = int(np.prod([contrib.shape[a] for a in axes])) if axes else 1
+    total = np.sum(contrib, axis=axes).reshape(shape)
+    if not with_err:
+        return total, 0.0
+    err = np.sum(np.broadcast_to(err, contrib.shape), axis=axes).reshape(shape) \
+        + gamma(n) * np.sum(np.abs(contrib), axis=axes).reshape(shape)
+    return total, err
+
+
+def _matmul_back(ins: Instr, vals, errs, shapes, g, ge, with_err):
+    """Adjoints of numpy-style matmul, 1-D operands and batch broadcasting included."""
+    a, b = vals
+    ea, eb = errs
+    sa, sb = shapes
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    out2 = matmul_shape(a2.shape, b2.shape)
+    g2 = np.reshape(g, out2)
+    ge2 = np.reshape(np.broadcast_to(ge, np.shape(g)), out2) if with_err else 0.0
+    bt, at = np.swapaxes(b2, -1, -2), np.swapaxes(a2, -1, -2)
+    ga = np.matmul(g2, bt)
+    gb = np.matmul(at, g2)
+    ea_ = gb_err = 0.0
+    if with_err:
+        absg = np.abs(g2)
+        m, n = b2.shape[-1], a2.shape[-2]
+        ea_ = gamma(m + 1) * np.matmul(absg, np.abs(bt)) + np.matmul(ge2, np.abs(bt))
+        gb_err = gamma(n + 1) * np.matmul(np.abs(at), absg) + np.matmul(np.abs(at), ge2)
+        if np.any(eb):
+            ea_ = ea_ + np.matmul(absg, np.swapaxes(np.broadcast_to(eb, np.shape(b2)), -1, -2))
+        if np.any(ea):
+            gb_err = gb_err + np.matmul(np.swapaxes(np.broadcast_to(ea, np.shape(a2)), -1, -2), absg)
+    ga, ea_ = _unbroadcast(ga, ea_, a2.shape, with_err)
+    gb, gb_err = _unbroadcast(gb, gb_err, b2.shape, with_err)
+    yield ins.args[0], (ga.reshape(sa), np.reshape(ea_, sa) if with_err else 0.0)
+    yield ins.args[1], (gb.reshape(sb), np.reshape(gb_err, sb) if with_err else 0.0)

@@ -1,0 +1,246 @@
+"""Evaluate sympy expressions over numpy arrays -- no lambdify, no exec -- with a running rounding-error bound.
+
+Each node returns ``(value, err)``: the float64 value and a first-order bound on the error the same formula
+would have if every operation were rounded in a dtype with unit roundoff u, *in units of u* (so one array
+serves every dtype). Inputs carry their own ``err``. Entries that overflow or turn into nan in float64 while
+their inputs are finite are evaluated again one by one with mpmath (higher precision), so that e.g. the
+derivative of sigmoid at -800 is 0 rather than inf/inf.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import mpmath
+import numpy as np
+import scipy.special as sc
+import sympy as sp
+
+# sympy function class -> (numpy function, mpmath function)
+_FUNCS = {
+    sp.exp: (np.exp, mpmath.exp), sp.log: (np.log, mpmath.log),
+    sp.sin: (np.sin, mpmath.sin), sp.cos: (np.cos, mpmath.cos), sp.tan: (np.tan, mpmath.tan),
+    sp.asin: (np.arcsin, mpmath.asin), sp.acos: (np.arccos, mpmath.acos), sp.atan: (np.arctan, mpmath.atan),
+    sp.sinh: (np.sinh, mpmath.sinh), sp.cosh: (np.cosh, mpmath.cosh), sp.tanh: (np.tanh, mpmath.tanh),
+    sp.asinh: (np.arcsinh, mpmath.asinh), sp.acosh: (np.arccosh, mpmath.acosh),
+    sp.atanh: (np.arctanh, mpmath.atanh), sp.erf: (sc.erf, mpmath.erf), sp.erfc: (sc.erfc, mpmath.erfc),
+    sp.erfinv: (sc.erfinv, mpmath.erfinv), sp.Abs: (np.abs, abs), sp.sign: (np.sign, mpmath.sign),
+    sp.sec: (lambda x: 1 / np.cos(x), mpmath.sec), sp.csc: (lambda x: 1 / np.sin(x), mpmath.csc),
+    sp.cot: (lambda x: 1 / np.tan(x), mpmath.cot), sp.sech: (lambda x: 1 / np.cosh(x), mpmath.sech),
+    sp.csch: (lambda x: 1 / np.sinh(x), mpmath.csch), sp.coth: (lambda x: 1 / np.tanh(x), mpmath.coth),
+}
+_ZERO_SLOPE = (sp.sign, sp.Heaviside, sp.DiracDelta)
+FUNCTION_ULPS = 4.0  # a library transcendental function: within 2 ulp, i.e. 4 u
+_MPMATH_LIMIT = 20_000  # entries re-evaluated in high precision at most, per node
+_T = sp.Symbol("t", real=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _slope(func) -> sp.Expr:
+    """d/dt func(t), derived once per function class, for propagating input errors."""
+    return sp.diff(func(_T), _T)
+
+
+def evaluate(expr, env: dict, with_err: bool = True):
+    """Value (and error bound in units of u) of sympy ``expr``; ``env`` maps Symbol -> (value, err)."""
+    with np.errstate(all="ignore"):
+        value, err = _eval(expr, env, with_err)
+        if with_err and np.ndim(value):
+            bad = ~np.isfinite(value)
+            if bad.any():
+                value, err = _repair(expr, env, value, err, bad)
+    return value, err
+
+
+def _repair(expr, env, value, err, bad):
+    """Recompute non-finite entries whose inputs are finite with mpmath at 50 digits."""
+    arrays = {s: np.broadcast_to(np.asarray(v, dtype=float), np.shape(value)) for s, (v, _) in env.items()}
+    idx = np.argwhere(bad)
+    if len(idx) > _MPMATH_LIMIT:
+        return value, err
+    value = np.array(value, dtype=float, copy=True)
+    err = np.array(np.broadcast_to(err, value.shape), dtype=float, copy=True)
+    with mpmath.workdps(50):
+        for i in map(tuple, idx):
+            point = {s: a[i] for s, a in arrays.items()}
+            if not all(math.isfinite(p) for p in point.values()):
+                continue
+            try:
+                exact = _eval_mp(expr, point)
+                real = float(mpmath.re(exact))
+            except (ValueError, ZeroDivisionError, OverflowError, TypeError):
+                continue
+            if math.isfinite(real):
+                value[i] = real
+                err[i] = FUNCTION_ULPS * abs(real)
+    return value, err
+
+
+def _eval_mp(expr, point):
+    if expr.is_Symbol:
+        return mpmath.mpf(point[expr])
+    if expr.is_Number or expr.is_NumberSymbol:
+        return mpmath.mpf(sp.N(expr, 50))
+    if expr.is_Add:
+        return mpmath.fsum(_eval_mp(a, point) for a in expr.args)
+    if expr.is_Mul:
+        out = mpmath.mpf(1)
+        for a in expr.args:
+            out *= _eval_mp(a, point)
+        return out
+    if expr.is_Pow:
+        return mpmath.power(_eval_mp(expr.args[0], point), _eval_mp(expr.args[1], point))
+    if isinstance(expr, sp.Piecewise):
+        for branch, cond in expr.args:
+            if _eval_cond_mp(cond, point):
+                return _eval_mp(branch, point)
+        raise ValueError("no branch")
+    if isinstance(expr, sp.Heaviside):
+        x = _eval_mp(expr.args[0], point)
+        return mpmath.mpf(0.5) if x == 0 else mpmath.mpf(1 if x > 0 else 0)
+    if isinstance(expr, sp.DiracDelta):
+        return mpmath.mpf(0)
+    if isinstance(expr, sp.atan2):
+        return mpmath.atan2(_eval_mp(expr.args[0], point), _eval_mp(expr.args[1], point))
+    func = _FUNCS.get(type(expr))
+    if func is None:
+        raise TypeError(f"no mpmath rule for {type(expr).__name__}")
+    return func[1](_eval_mp(expr.args[0], point))
+
+
+def _eval_cond_mp(cond, point) -> bool:
+    if cond is sp.true:
+        return True
+    if cond is sp.false:
+        return False
+    lhs, rhs = _eval_mp(cond.lhs, point), _eval_mp(cond.rhs, point)
+    return bool(_RELATIONS[type(cond)](lhs, rhs))
+
+
+_RELATIONS = {
+    sp.StrictLessThan: lambda a, b: a < b, sp.LessThan: lambda a, b: a <= b,
+    sp.StrictGreaterThan: lambda a, b: a > b, sp.GreaterThan: lambda a, b: a >= b,
+    sp.Equality: lambda a, b: a == b, sp.Unequality: lambda a, b: a != b,
+}
+
+
+def _number_err(x: float) -> float:
+    """A literal costs one rounding unless float32 holds it exactly."""
+    return 0.0 if float(np.float32(x)) == x else abs(x)
+
+
+def _eval(expr, env, with_err):
+    if expr.is_Symbol:
+        value, err = env[expr]
+        return value, err
+    if expr.is_Number or expr.is_NumberSymbol:
+        x = float(expr)
+        return x, _number_err(x)
+    if expr.is_Add:
+        parts = [_eval(a, env, with_err) for a in expr.args]
+        value = sum(p[0] for p in parts)
+        if not with_err:
+            return value, 0.0
+        # k-1 roundings, each bounded by the sum of the magnitudes of the terms
+        err = sum(p[1] for p in parts) + (len(parts) - 1) * sum(np.abs(p[0]) for p in parts)
+        return value, err
+    if expr.is_Mul:
+        parts = [_eval(a, env, with_err) for a in expr.args]
+        value = parts[0][0]
+        for p in parts[1:]:
+            value = value * p[0]
+        if not with_err:
+            return value, 0.0
+        err = (len(parts) - 1) * np.abs(value)
+        for i, (_, e) in enumerate(parts):
+            if np.any(e):
+                others = 1.0
+                for j, (v, _) in enumerate(parts):
+                    if j != i:
+                        others = others * v
+                err = err + np.abs(others) * e
+        return value, err
+    if expr.is_Pow:
+        (b, eb), (x, ex) = _eval(expr.args[0], env, with_err), _eval(expr.args[1], env, with_err)
+        value = np.power(b, x) if np.ndim(b) or np.ndim(x) else _scalar_pow(b, x)
+        if not with_err:
+            return value, 0.0
+        err = np.abs(x * np.power(b, x - 1.0)) * eb if np.any(eb) else 0.0
+        if np.any(ex):
+            err = err + np.abs(value * np.log(np.abs(b))) * ex
+        exponent = expr.args[1]
+        steps = abs(int(exponent)) if exponent.is_Integer and abs(int(exponent)) <= 4 else FUNCTION_ULPS
+        return value, err + steps * np.abs(value)
+    if isinstance(expr, sp.Piecewise):
+        return _piecewise(expr, env, with_err)
+    if isinstance(expr, sp.Heaviside):
+        x, _ = _eval(expr.args[0], env, False)
+        return np.heaviside(x, 0.5), 0.0
+    if isinstance(expr, sp.DiracDelta):
+        x, _ = _eval(expr.args[0], env, False)
+        return np.zeros_like(np.asarray(x, dtype=float)), 0.0
+    if isinstance(expr, sp.atan2):
+        (y, ey), (x, ex) = _eval(expr.args[0], env, with_err), _eval(expr.args[1], env, with_err)
+        value = np.arctan2(y, x)
+        if not with_err:
+            return value, 0.0
+        r2 = x * x + y * y
+        return value, np.abs(x / r2) * ey + np.abs(y / r2) * ex + FUNCTION_ULPS * np.abs(value)
+    func = _FUNCS.get(type(expr))
+    if func is None or len(expr.args) != 1:
+        raise TypeError(f"the symbolic engine cannot evaluate {type(expr).__name__}")
+    a, ea = _eval(expr.args[0], env, with_err)
+    value = func[0](a)
+    if not with_err:
+        return value, 0.0
+    err = FUNCTION_ULPS * np.abs(value)
+    if type(expr) not in _ZERO_SLOPE and np.any(ea):
+        slope, _ = _eval(_slope(type(expr)), {_T: (a, 0.0)}, False)
+        err = err + np.abs(slope) * ea
+    return value, err
+
+
+def _scalar_pow(b: float, x: float) -> float:
+    try:
+        return float(b) ** float(x) if b >= 0 or float(x).is_integer() else float("nan")
+    except OverflowError:
+        return float("inf")
+    except ZeroDivisionError:
+        return float("inf")
+
+
+def _piecewise(expr, env, with_err):
+    conds = [_cond(c, env) for _, c in expr.args]
+    branches = [_eval(b, env, with_err) for b, _ in expr.args]
+    shape = np.broadcast_shapes(*(np.shape(c) for c in conds), *(np.shape(b[0]) for b in branches))
+    value = np.full(shape, np.nan)
+    err = np.zeros(shape)
+    taken = np.zeros(shape, dtype=bool)
+    for (bv, be), c in zip(branches, conds):
+        pick = np.broadcast_to(c, shape) & ~taken
+        value = np.where(pick, np.broadcast_to(bv, shape), value)
+        if with_err:
+            err = np.where(pick, np.broadcast_to(be, shape), err)
+        taken |= pick
+    return (value if shape else float(value)), (err if shape else float(err))
+
+
+def _cond(cond, env):
+    if cond is sp.true:
+        return True
+    if cond is sp.false:
+        return False
+    if isinstance(cond, sp.And):
+        out = True
+        for c in cond.args:
+            out = out & _cond(c, env)
+        return out
+    if isinstance(cond, sp.Or):
+        out = False
+        for c in cond.args:
+            out = out | _cond(c, env)
+        return out
+    lhs, _ = _eval(cond.lhs, env, False)
+    rhs, _ = _eval(cond.rhs, env, False)
+    return _RELATIONS[type(cond)](np.asarray(lhs), np.asarray(rhs))
