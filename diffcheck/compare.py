@@ -1,0 +1,156 @@
+"""Entry-by-entry comparison of two results into a Check record, with the worst entries and a diagnosis.
+
+Never raises on bad numbers: nan, inf and wrong shapes become failing entries with a message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .tolerance import Tolerance
+
+WORST = 5
+
+
+@dataclass
+class Entry:
+    index: list[int]
+    got: float
+    ref: float
+    abs_err: float
+    allowed: float
+    fd: float | None = None
+    lo: float | None = None  # one-sided derivatives at a kink, when the entry sits on one
+    hi: float | None = None
+
+    @property
+    def rel_err(self) -> float:
+        return self.abs_err / abs(self.ref) if self.ref else (0.0 if self.abs_err == 0 else float("inf"))
+
+
+@dataclass
+class Check:
+    kind: str  # "value", "grad", "fd", "expect_value", "expect_grad", "semantic"
+    engine: str  # what was judged: "autograd", "symbolic", "finite"
+    against: str  # what it was judged against
+    var: str | None = None
+    dtype: str | None = None
+    device: str | None = None
+    status: str = "pass"  # pass, fail, warn, skip
+    message: str = ""
+    max_abs_err: float = 0.0
+    max_rel_err: float = 0.0
+    margin: float = 0.0  # worst abs_err / allowed: below 1 passes
+    atol: float | None = None
+    rtol: float | None = None
+    tolerance: str = ""
+    entries: int = 0
+    bad: int = 0
+    ambiguous: int = 0
+    diagnosis: str = ""
+    worst: list[Entry] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        parts = [self.kind]
+        if self.var:
+            parts.append(self.var)
+        where = " ".join(p for p in (self.dtype, self.device) if p)
+        return " ".join(parts) + (f" [{where}]" if where else "")
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["worst"] = [dict(asdict(e), rel_err=_finite_or_none(e.rel_err)) for e in self.worst]
+        for key in ("max_abs_err", "max_rel_err", "margin"):
+            data[key] = _finite_or_none(data[key])
+        return data
+
+
+def _finite_or_none(x):
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None) -> Check:
+    """Fill ``check`` from comparing ``got`` to ``ref`` entry by entry under ``tol``.
+
+    ``lo``/``hi`` (optional) give, per entry, the hull of one-sided derivatives where the reference sits on a
+    kink: there any value inside the hull (within tolerance) is right.
+    """
+    got = np.asarray(got, dtype=float)
+    ref = np.asarray(ref, dtype=float)
+    check.atol, check.rtol, check.tolerance = tol.atol, tol.rtol, tol.source
+    if got.shape != ref.shape:
+        check.status = "fail"
+        check.message = f"shape {list(got.shape)} where {list(ref.shape)} was expected"
+        return check
+    allowed = np.broadcast_to(tol.allowed, ref.shape)
+    err = np.abs(got - ref)
+    ambiguous = np.zeros(ref.shape, dtype=bool)
+    if lo is not None and hi is not None:
+        ambiguous = np.asarray(hi > lo)
+        below, above = np.asarray(lo) - got, got - np.asarray(hi)
+        err = np.where(ambiguous, np.maximum(np.maximum(below, above), 0.0), err)
+    err = np.where(np.isnan(got) | np.isnan(ref), np.inf, err)
+    err = np.where(np.isinf(got) & np.isinf(ref) & (got == ref), 0.0, err)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        margin = np.where(err == 0, 0.0, err / allowed)
+        rel = np.where(err == 0, 0.0, err / np.abs(ref))
+    bad = margin > 1.0
+    check.entries = int(ref.size)
+    check.bad = int(bad.sum())
+    check.ambiguous = int(ambiguous.sum())
+    check.max_abs_err = float(err.max()) if err.size else 0.0
+    check.max_rel_err = float(rel.max()) if rel.size else 0.0
+    check.margin = float(margin.max()) if margin.size else 0.0
+    order = np.argsort(-margin.reshape(-1), kind="stable")[:WORST]
+    for flat in order:
+        idx = np.unravel_index(flat, ref.shape) if ref.ndim else ()
+        check.worst.append(Entry([int(i) for i in idx], float(got[idx]), float(ref[idx]), float(err[idx]),
+                                 float(allowed[idx]), None if fd is None else float(np.asarray(fd)[idx]),
+                                 float(lo[idx]) if ambiguous[idx] else None,
+                                 float(hi[idx]) if ambiguous[idx] else None))
+    if check.bad:
+        check.status = "fail"
+        check.message = f"{check.bad} of {check.entries} entries outside tolerance (worst margin {check.margin:.3g})"
+        check.diagnosis = diagnose(got, ref, bad)
+    elif check.ambiguous:
+        check.status = "warn"
+        check.message = (f"{check.ambiguous} entries sit on a non-differentiable point; the value there lies "
+                         f"between the one-sided derivatives")
+    return check
+
+
+def diagnose(got: np.ndarray, ref: np.ndarray, bad: np.ndarray) -> str:
+    """One line naming the pattern of a wrong result, where the pattern is clear."""
+    if not bad.any():
+        return ""
+    if np.isnan(got[bad]).any():
+        return "nan where the reference is finite"
+    if np.all(got == 0) and np.any(ref != 0):
+        return "all zero: the gradient never reached this input (detached, or upstream gradient ignored)"
+    if ref.ndim == 2 and ref.shape[0] == ref.shape[1] and ref.shape[0] > 1:
+        scale = np.max(np.abs(ref)) or 1.0
+        if np.allclose(got, ref.T, rtol=1e-3, atol=1e-6 * scale) and not np.allclose(got, ref, rtol=1e-3):
+            return "transposed: the result equals the reference's transpose"
+    nz = bad & (ref != 0)
+    if nz.sum() >= 2:
+        ratios = got[nz] / ref[nz]
+        r = float(np.median(ratios))
+        if np.allclose(ratios, r, rtol=1e-3):
+            if abs(r + 1) < 1e-3:
+                return "sign flipped: every wrong entry is the negated reference"
+            every = " (every entry)" if bad.sum() == bad.size else ""
+            return f"scaled by {r:.6g}{every}"
+    if bad.sum() == 1:
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        return f"only entry {list(idx)} is wrong"
+    if ref.ndim == 2:
+        rows, cols = np.unique(np.argwhere(bad)[:, 0]), np.unique(np.argwhere(bad)[:, 1])
+        if len(rows) == 1 and ref.shape[0] > 1:
+            return f"only row {int(rows[0])} is wrong"
+        if len(cols) == 1 and ref.shape[1] > 1:
+            return f"only column {int(cols[0])} is wrong"
+    frac = bad.sum() / bad.size
+    return f"{int(bad.sum())} of {bad.size} entries wrong ({frac:.0%}), no single pattern"

@@ -1,0 +1,143 @@
+"""The engine under test: the expression built from real torch ops, differentiated by torch.autograd.
+
+Every VJP is taken with ``torch.autograd.grad`` on one graph. Beside the numbers it records what gradcheck
+calls semantic checks: each gradient must have its input's dtype, device and shape. On CUDA, TF32 matmul is
+switched off while a check runs (it would change float32 results by ~1e-3), and the report says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..expr.ir import Call, Const, Node, Var
+from ..expr.ops import OPS
+
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+                "bfloat16": torch.bfloat16}
+
+
+def build(ir: Node) -> Callable[..., torch.Tensor]:
+    """A torch function of the case's variables (keyword arguments) computing ``ir``."""
+
+    def fn(**tensors):
+        return _eval(ir, tensors)
+
+    return fn
+
+
+def _eval(node: Node, env: dict):
+    if isinstance(node, Const):
+        return node.value
+    if isinstance(node, Var):
+        return env[node.name]
+    assert isinstance(node, Call)
+    args = [_eval(a, env) for a in node.args]
+    p = dict(node.params)
+    op = node.op
+    if op == "matmul":
+        return torch.matmul(args[0], args[1])
+    if op == "transpose":
+        x = args[0]
+        return x.permute(*reversed(range(x.ndim))) if x.ndim > 1 else x
+    if op in ("sum", "mean", "logsumexp"):
+        x = args[0]
+        dim = tuple(range(x.ndim)) if p["dim"] is None else p["dim"]
+        if x.ndim == 0:
+            return x
+        return getattr(torch, op)(x, dim=dim, keepdim=p["keepdim"])
+    if op in ("softmax", "log_softmax"):
+        dim = p["dim"] if isinstance(p["dim"], int) else p["dim"][0]
+        return getattr(torch, op)(args[0], dim=dim)
+    if op == "mse_loss":
+        a, b = torch.broadcast_tensors(*args)
+        return torch.nn.functional.mse_loss(a, b)
+    if op == "binary_cross_entropy":
+        return torch.nn.functional.binary_cross_entropy(args[0], args[1])
+    if all(not isinstance(a, torch.Tensor) for a in args):  # constant sub-expression: keep it a Python float
+        return float(OPS[op].numpy(*[np.float64(a) for a in args], **p))
+    return OPS[op].torch(*args, **p)
+
+
+@dataclass
+class AutogradResult:
+    value: np.ndarray
+    vjps: list[dict[str, np.ndarray]]  # one per cotangent: var -> gradient (float64 copy)
+    problems: list[str] = field(default_factory=list)  # semantic-check failures
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def to_tensor(x, dtype: str, device: str, requires_grad: bool = False) -> torch.Tensor:
+    t = torch.as_tensor(np.array(x, dtype=np.float64)).to(device=device, dtype=TORCH_DTYPES[dtype])
+    return t.requires_grad_(requires_grad)
+
+
+def to_numpy(t) -> np.ndarray:
+    if not isinstance(t, torch.Tensor):
+        return np.asarray(t, dtype=np.float64)
+    return t.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+
+def run(fn: Callable, inputs: dict, grad_vars, dtype: str, device: str, cotangents: list) -> AutogradResult:
+    """Forward once, then one VJP per cotangent on the same graph."""
+    with _no_tf32():
+        tensors = {n: to_tensor(v, dtype, device, n in grad_vars) for n, v in inputs.items()}
+        out = fn(**tensors)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"the function returned {type(out).__name__}, not a tensor")
+        problems = []
+        if out.dtype != TORCH_DTYPES[dtype]:
+            problems.append(f"output dtype is {out.dtype}, inputs are {TORCH_DTYPES[dtype]}")
+        leaves = [tensors[n] for n in grad_vars]
+        vjps = []
+        for c in cotangents:
+            g = to_tensor(np.broadcast_to(c, tuple(out.shape)), dtype, device).to(out.dtype)
+            if not out.requires_grad:
+                grads = [None] * len(leaves)
+            else:
+                grads = torch.autograd.grad(out, leaves, g, retain_graph=True, allow_unused=True)
+            vjp = {}
+            for name, leaf, grad in zip(grad_vars, leaves, grads):
+                if grad is None:
+                    vjp[name] = np.zeros(tuple(leaf.shape))
+                    continue
+                if grad.shape != leaf.shape:
+                    problems.append(f"gradient of {name} has shape {list(grad.shape)}, input {list(leaf.shape)}")
+                if grad.dtype != leaf.dtype:
+                    problems.append(f"gradient of {name} has dtype {grad.dtype}, input {leaf.dtype}")
+                if grad.device != leaf.device:
+                    problems.append(f"gradient of {name} is on {grad.device}, input on {leaf.device}")
+                vjp[name] = to_numpy(grad).reshape(tuple(leaf.shape)) if grad.numel() == leaf.numel() \
+                    else np.full(tuple(leaf.shape), np.nan)
+            vjps.append(vjp)
+        return AutogradResult(to_numpy(out), vjps, sorted(set(problems)))
+
+
+def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
+    """``x`` rounded to ``dtype`` and widened back to float64: the point a ``dtype`` computation sees."""
+    if dtype == "float64":
+        return np.asarray(x, dtype=np.float64)
+    return to_numpy(torch.as_tensor(np.array(x, dtype=np.float64)).to(TORCH_DTYPES[dtype]))
+
+
+def cuda_status() -> tuple[bool, str]:
+    """Whether CUDA can run checks here, and the reason when it cannot."""
+    if not torch.cuda.is_available():
+        why = "CUDA is not available (torch.cuda.is_available() is False"
+        why += ", this torch build has no CUDA)" if torch.version.cuda is None else ", no GPU visible)"
+        return False, why
+    return True, torch.cuda.get_device_name(0)

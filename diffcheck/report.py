@@ -1,0 +1,107 @@
+"""Text and JSON reports from case results; never calls an engine."""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections import Counter
+
+from .compare import Check
+
+STATUS_WORD = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skip": "SKIP"}
+
+
+def summary(results, seconds: float) -> dict:
+    counts = Counter(r.status for r in results)
+    checks = Counter(c.status for r in results for c in r.checks)
+    return {"cases": len(results), "passed": counts["pass"], "failed": counts["fail"], "skipped": counts["skip"],
+            "errors": counts["error"], "checks": dict(sorted(checks.items())), "seconds": round(seconds, 3)}
+
+
+def environment() -> dict:
+    import numpy
+    import sympy
+    import torch
+
+    from .engines.autograd import cuda_status
+
+    cuda_ok, cuda_note = cuda_status()
+    return {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+            "sympy": sympy.__version__, "numpy": numpy.__version__,
+            "devices": {"cpu": True, "cuda": cuda_ok, "cuda_note": cuda_note},
+            "tf32": "disabled during checks (torch.backends.cuda.matmul.allow_tf32 = False)"}
+
+
+def to_json(results, seconds: float) -> dict:
+    return {"cases": [r.to_json() for r in results], "summary": summary(results, seconds),
+            "environment": environment()}
+
+
+def write_json(path, results, seconds: float) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(to_json(results, seconds), fh, indent=1, allow_nan=False, default=_jsonable)
+        fh.write("\n")
+
+
+def _jsonable(x):
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(type(x).__name__)
+
+
+def case_line(result) -> str:
+    head = f"{STATUS_WORD[result.status]:5s} {result.file}::{result.name}"
+    if result.status == "error":
+        return f"{STATUS_WORD['error']:5s} {result.message}"
+    margins = [c.margin for c in result.checks if c.status in ("pass", "warn")]
+    parts = [f"{len(result.checks)} checks"]
+    if margins and result.status == "pass":
+        parts.append(f"worst margin {max(margins):.2g}")
+    parts.append(f"{result.seconds:.2f} s")
+    line = f"{head}  ({', '.join(parts)})"
+    if result.message:
+        line += f"  {result.message}"
+    return line
+
+
+def check_lines(check: Check, detail: bool) -> list[str]:
+    status = check.status.upper()
+    against = f" vs {check.against}"
+    lines = [f"    {status:4s} {check.label}: {check.engine}{against}"
+             + (f" -- {check.message}" if check.message else f" (margin {check.margin:.2g})")]
+    if check.status == "skip":
+        return lines
+    if detail or check.status == "fail":
+        if check.tolerance:
+            lines.append(f"         tolerance: {check.tolerance}")
+    if check.status == "fail":
+        if check.diagnosis:
+            lines.append(f"         diagnosis: {check.diagnosis}")
+        lines.append(f"         {'index':12s} {check.engine:>14s} {check.against[:14]:>14s} {'finite diff':>14s}"
+                     f" {'abs err':>10s} {'allowed':>10s}")
+        for e in check.worst:
+            if e.abs_err <= e.allowed and e is not check.worst[0]:
+                continue
+            fd = f"{e.fd:14.7g}" if e.fd is not None else f"{'-':>14s}"
+            lines.append(f"         {str(e.index):12s} {e.got:14.7g} {e.ref:14.7g} {fd} {e.abs_err:10.3g}"
+                         f" {e.allowed:10.3g}")
+    return lines
+
+
+def render_text(results, seconds: float, verbose: bool = False) -> str:
+    lines = []
+    for r in results:
+        lines.append(case_line(r))
+        if verbose:
+            lines.extend(f"    {f}" for f in r.formula)
+        for c in r.checks:
+            if verbose or c.status == "fail":
+                lines.extend(check_lines(c, verbose))
+    s = summary(results, seconds)
+    if not results:
+        lines.append("diffcheck: no cases selected")
+    lines.append(f"diffcheck: {s['passed']} passed, {s['failed']} failed, {s['skipped']} skipped, "
+                 f"{s['errors']} errors in {s['cases']} cases ({seconds:.1f} s)")
+    return "\n".join(lines)

@@ -1,0 +1,509 @@
+"""Runs cases: sample a point, build the reference, difference it, run autograd per dtype/device, compare.
+
+The stages, in order: inputs (sampled in the least precise dtype of the case, so every dtype computes at the
+same point) -> symbolic reference with error budgets -> finite differences check the reference -> autograd
+in each dtype and device is judged entry by entry against the reference -> known answers from ``expect``.
+No formatting happens here: the result is a list of Check records (see ``report``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import tolerance as tol
+from .casefile import Case, load_file
+from .compare import Check, compare
+from .errors import CaseError, DiffcheckError
+from .expr.ir import Call, Const, Var, walk
+from .expr.ops import OPS
+
+SMALL = 16  # variables with at most this many entries get a full entrywise finite-difference gradient
+SMALL_OUTPUT = 8  # outputs with at most this many entries get their full Jacobian (one VJP per entry)
+RANDOM_COTANGENTS = 2
+FD_DIRECTIONS = 2
+
+
+@dataclass
+class Options:
+    devices: tuple[str, ...] = ("cpu", "cuda")  # what the user asked for
+    dtypes: tuple[str, ...] | None = None  # restricts each case's dtypes
+    pattern: str | None = None
+    seed: int = 0
+    verbose: bool = False
+
+
+@dataclass
+class CaseResult:
+    name: str
+    file: str
+    status: str  # pass, fail, error, skip
+    message: str = ""
+    seed: int | None = None
+    seconds: float = 0.0
+    checks: list[Check] = field(default_factory=list)
+    formula: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "file": self.file, "status": self.status, "message": self.message,
+                "seed": self.seed, "seconds": round(self.seconds, 4), "formula": self.formula,
+                "checks": [c.to_json() for c in self.checks]}
+
+
+def collect(paths) -> list[Path]:
+    """Case files named on the command line: files as given, directories searched for ``*.toml``."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*.toml") if f.is_file()))
+        else:
+            files.append(p)
+    return files
+
+
+def load(paths, pattern: str | None = None) -> list[Case | CaseError]:
+    """Load every case under ``paths``; duplicate names and unreadable paths become CaseErrors."""
+    loaded: list[Case | CaseError] = []
+    seen: dict[str, str] = {}
+    for f in collect(paths):
+        if not f.exists():
+            loaded.append(CaseError("no such file or directory", str(f)))
+            continue
+        for item in load_file(f):
+            if isinstance(item, Case):
+                if pattern and not matches(item.name, pattern):
+                    continue
+                if item.name in seen:
+                    item = CaseError(f"name is already used by a case in {seen[item.name]}", item.path, item.name,
+                                     "name")
+                else:
+                    seen[item.name] = item.path
+            elif pattern and item.case and not matches(item.case, pattern):
+                continue
+            loaded.append(item)
+    return loaded
+
+
+def matches(name: str, pattern: str) -> bool:
+    if any(ch in pattern for ch in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return pattern.lower() in name.lower()
+
+
+def error_result(err: CaseError) -> CaseResult:
+    return CaseResult(err.case or Path(err.path).stem, err.path, "error", str(err))
+
+
+def case_seed(case: Case, run_seed: int) -> int:
+    """The seed that samples a case: its own ``seed``, else one derived from the run seed and its name."""
+    if case.seed is not None:
+        return case.seed
+    return (zlib.crc32(case.name.encode()) + 1_000_003 * run_seed) % 2**32
+
+
+def run_case(case: Case, options: Options) -> CaseResult:
+    start = time.perf_counter()
+    seed = case_seed(case, options.seed)
+    result = CaseResult(case.name, case.path, "pass", seed=seed)
+    try:
+        _CaseRun(case, options, seed, result).run()
+    except DiffcheckError as exc:
+        result.status, result.message = "error", str(exc)
+    result.seconds = time.perf_counter() - start
+    if result.status == "pass":
+        _verdict(result)
+    return result
+
+
+def _verdict(result: CaseResult) -> None:
+    statuses = [c.status for c in result.checks]
+    if "fail" in statuses:
+        result.status = "fail"
+        result.message = blame(result.checks)
+    elif statuses and all(s == "skip" for s in statuses):
+        result.status = "skip"
+        result.message = result.checks[0].message
+    else:
+        warns = statuses.count("warn")
+        skips = statuses.count("skip")
+        notes = [f"{warns} warning(s)"] * bool(warns) + [f"{skips} check(s) skipped"] * bool(skips)
+        result.message = ", ".join(notes)
+
+
+def blame(checks: list[Check]) -> str:
+    """Say which engine is the odd one out when two agree and one does not."""
+    failed = [c for c in checks if c.status == "fail"]
+    kinds = {(c.kind, c.engine) for c in failed}
+    fd_failed = any(k == "fd" for k, _ in kinds)
+    ad_failed = any(e == "autograd" and k in ("grad", "value", "semantic") for k, e in kinds)
+    expect_only = all(k.startswith("expect") for k, _ in kinds)
+    if expect_only:
+        engines = {c.engine for c in failed}
+        if "symbolic" in engines and not ad_failed:
+            return "the known answer in 'expect' disagrees with the engines, which agree with each other"
+        return "the result disagrees with the known answer in 'expect'"
+    if ad_failed and not fd_failed:
+        first = next(c for c in failed if c.engine == "autograd")
+        return f"autograd is off ({first.label}): the symbolic reference and finite differences agree"
+    if fd_failed and not ad_failed:
+        return ("finite differences disagree with the symbolic reference, which autograd matches: "
+                "the function may be non-smooth or ill-conditioned here")
+    return "the symbolic reference disagrees with both autograd and finite differences"
+
+
+class _CaseRun:
+    """One case's checks; a class only to share the sampled point and references between the stages."""
+
+    def __init__(self, case: Case, options: Options, seed: int, result: CaseResult):
+        self.case, self.options, self.result = case, options, result
+        self.rng = np.random.default_rng(seed)
+        self.dtypes = [d for d in case.dtypes if options.dtypes is None or d in options.dtypes]
+        self.refs: dict[bytes, tuple] = {}
+
+    def add(self, check: Check) -> Check:
+        self.result.checks.append(check)
+        return check
+
+    def run(self) -> None:
+        from .engines.autograd import build, cuda_status
+        from .engines.symbolic import Program
+
+        case = self.case
+        if not self.dtypes:
+            self.add(Check("grad", "autograd", "symbolic", status="skip",
+                           message=f"none of the case's dtypes {list(case.dtypes)} was requested"))
+            return
+        self.low = tol.lowest(self.dtypes)
+        self.base = self.sample()
+        self.program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
+        self.cotangents = self.make_cotangents()
+        fwd, grads = self.reference("float64")
+        if not self.reference_ok(fwd):
+            return
+        if self.options.verbose:
+            self.result.formula = formula(case)
+        self.fd_full = self.check_finite_differences(fwd, grads)
+        self.check_expect_reference(fwd, grads)
+        fn = build(case.ir)
+        for device in case.devices:
+            if device not in self.options.devices:
+                continue
+            if device == "cuda":
+                ok, why = cuda_status()
+                if not ok:
+                    for dtype in self.dtypes:
+                        self.add(Check("grad", "autograd", "symbolic", dtype=dtype, device="cuda", status="skip",
+                                       message=why))
+                    continue
+            for dtype in self.dtypes:
+                self.check_autograd(fn, dtype, device)
+
+    # ---- inputs ----
+    def sample(self) -> dict[str, np.ndarray]:
+        from .engines.autograd import round_to
+
+        base = {}
+        for name, spec in self.case.vars.items():
+            if spec.value is not None:
+                base[name] = spec.value
+            else:
+                lo, hi = spec.domain
+                base[name] = round_to(self.rng.uniform(lo, hi, spec.shape), self.low)
+        return base
+
+    def make_cotangents(self) -> list[np.ndarray]:
+        """Ones (what ``expect.grad`` means), random signed ones, and every basis vector of a small output."""
+        from .engines.autograd import round_to
+
+        shape = self.program.out_shape
+        cots = [np.ones(shape)]
+        size = int(np.prod(shape)) if shape else 1
+        for _ in range(RANDOM_COTANGENTS):
+            cots.append(round_to(self.rng.standard_normal(shape) if shape else
+                                 np.asarray(self.rng.uniform(0.5, 2.0)), self.low))
+        if 1 < size <= SMALL_OUTPUT:
+            for flat in range(size):
+                basis = np.zeros(size)
+                basis[flat] = 1.0
+                cots.append(basis.reshape(shape))
+        return cots
+
+    def point(self, dtype: str) -> dict[str, np.ndarray]:
+        from .engines.autograd import round_to
+
+        return {n: round_to(v, dtype) for n, v in self.base.items()}
+
+    def reference(self, dtype: str):
+        """Forward pass and one gradient per cotangent at ``dtype``'s point (cached per distinct point)."""
+        point = self.point(dtype)
+        key = b"".join(np.ascontiguousarray(v).tobytes() for v in point.values())
+        if key not in self.refs:
+            fwd = self.program.forward(point, kink_u=tol.UNIT_ROUNDOFF[self.low])
+            grads = [self.program.gradient(fwd, c) for c in self.cotangents] if self.finite(fwd) else []
+            self.refs[key] = (fwd, grads)
+        return self.refs[key]
+
+    def finite(self, fwd) -> bool:
+        return bool(np.all(np.isfinite(fwd.values[self.program.out])))
+
+    def reference_ok(self, fwd) -> bool:
+        out = fwd.values[self.program.out]
+        if np.any(np.isnan(out)):
+            raise CaseError(f"the expression is undefined at the sample point: {first_bad_op(self.program, fwd)}"
+                            " (choose vars.*.domain or value inside the ops' domains)", self.case.path,
+                            self.case.name, "vars")
+        if not np.all(np.isfinite(out)):
+            self.add(Check("value", "symbolic", "float64", status="skip",
+                           message=f"the value overflows float64 at the sample point ({first_bad_op(self.program, fwd)})"))
+            return False
+        return True
+
+    # ---- finite differences vs the symbolic reference ----
+    def check_finite_differences(self, fwd, grads) -> dict:
+        from .engines import finite
+
+        program, out = self.program, self.program.out
+        point = self.point("float64")
+        full = {}
+        for ci in sorted({0, len(self.cotangents) - 1}):
+            cot = self.cotangents[ci]
+            noise = finite.U64 * float(np.sum(np.abs(cot) * (fwd.errs[out] + np.abs(fwd.values[out])))) + 1e-300
+
+            def evaluate(inputs, cot=cot):
+                f = program.forward(inputs, None, with_err=False)
+                return float(np.sum(cot * f.values[out])), program.kink_signature(f)
+
+            for name in self.case.grad_vars:
+                g = grads[ci][name]
+                if not np.all(np.isfinite(g.value)):
+                    self.add(Check("fd", "symbolic", "finite differences", var=name, device="cpu", dtype="float64",
+                                   status="skip", message="the reference gradient is not finite at this point"))
+                    continue
+                if g.value.size <= SMALL and ci == 0:
+                    full[name] = self.fd_entrywise(evaluate, point, name, g, noise)
+                elif ci != 0 or g.value.size > SMALL:
+                    self.fd_directional(evaluate, point, name, g, noise)
+        return full
+
+    def fd_entrywise(self, evaluate, point, name, g, noise):
+        from .engines import finite
+
+        ests = finite.entrywise(evaluate, point, name, range(g.value.size), noise)
+        values = np.array([e.value for e in ests]).reshape(g.value.shape)
+        errors = np.array([e.error for e in ests]).reshape(g.value.shape)
+        usable = np.isfinite(values) & ~g.ambiguous
+        check = Check("fd", "symbolic", "finite differences", var=name, dtype="float64", device="cpu")
+        if not usable.any():
+            notes = {e.note for e in ests if e.note} or {"every entry sits on a kink"}
+            check.status, check.message = "skip", "; ".join(sorted(notes))
+            self.add(check)
+            return values
+        allowed = tol.FD_SAFETY * errors + tol.derived(g.err, g.value, "float64").allowed
+        tolerance = tol.Tolerance(np.where(usable, allowed, np.inf), None, None,
+                                  f"{tol.FD_SAFETY:g} x Richardson error estimate + float64 budget")
+        compare(check, np.where(usable, values, g.value), g.value, tolerance, fd=values)
+        skipped = int((~usable).sum())
+        if skipped and check.status == "pass":
+            check.status = "warn"
+            check.message = f"{skipped} entries not differenced (kink or domain edge within every step)"
+        self.add(check)
+        return values
+
+    def fd_directional(self, evaluate, point, name, g, noise):
+        from .engines import finite
+
+        got, ref, allowed, notes = [], [], [], []
+        for _ in range(FD_DIRECTIONS):
+            v = finite.random_direction(point[name], self.rng)
+            est = finite.directional(evaluate, point, {name: v}, noise)
+            if not np.isfinite(est.value):
+                notes.append(est.note)
+                continue
+            got.append(est.value)
+            ref.append(float(np.sum(g.value * v)))
+            budget = float(np.sum(np.abs(v) * g.err))
+            allowed.append(tol.FD_SAFETY * est.error + tol.SAFETY * tol.UNIT_ROUNDOFF["float64"] * budget)
+        check = Check("fd", "symbolic", "finite differences (random directions)", var=name, dtype="float64",
+                      device="cpu")
+        if not got:
+            check.status, check.message = "skip", "; ".join(sorted(set(notes)))
+        else:
+            tolerance = tol.Tolerance(np.array(allowed), None, None,
+                                      f"{tol.FD_SAFETY:g} x Richardson error estimate + float64 budget")
+            compare(check, np.array(got), np.array(ref), tolerance)
+            if notes and check.status == "pass":
+                check.status, check.message = "warn", "; ".join(sorted(set(notes)))
+        self.add(check)
+
+    # ---- known answers ----
+    def check_expect_reference(self, fwd, grads) -> None:
+        expect = self.case.expect
+        if expect is None:
+            return
+        if expect.value is not None:
+            t = tol.expected(expect.value, expect.atol, expect.rtol, fwd.errs[self.program.out], "float64")
+            self.add(compare(Check("expect_value", "symbolic", "expect", dtype="float64"),
+                             fwd.values[self.program.out], expect.value, t))
+        for name, want in expect.grad.items():
+            g = grads[0][name]
+            t = tol.expected(want, expect.atol, expect.rtol, g.err, "float64")
+            self.add(compare(Check("expect_grad", "symbolic", "expect", var=name, dtype="float64"),
+                             g.value, want, t, lo=g.lo, hi=g.hi))
+            if name in self.fd_full and np.all(np.isfinite(self.fd_full[name])):
+                t_fd = tol.Tolerance(t.allowed + 1e-6 * np.abs(want), t.atol, t.rtol,
+                                     t.source + " + 1e-6 relative for differencing")
+                self.add(compare(Check("expect_grad", "finite", "expect", var=name, dtype="float64"),
+                                 self.fd_full[name], want, t_fd, lo=g.lo, hi=g.hi))
+
+    # ---- autograd vs the reference ----
+    def check_autograd(self, fn, dtype: str, device: str) -> None:
+        from .engines.autograd import run
+
+        case = self.case
+        fwd, grads = self.reference(dtype)
+        out = self.program.out
+        peak = max([fwd.peak] + [float(np.max(np.abs(g.value), initial=0.0))
+                                 for gs in grads for g in gs.values() if np.all(np.isfinite(g.value))])
+        if peak > tol.MAX[dtype]:
+            self.add(Check("grad", "autograd", "symbolic", dtype=dtype, device=device, status="skip",
+                           message=f"values reach {peak:.3g}, beyond {dtype}'s largest {tol.MAX[dtype]:.3g}"))
+            return
+        try:
+            res = run(fn, self.point(dtype), case.grad_vars, dtype, device, self.cotangents)
+        except (RuntimeError, NotImplementedError, TypeError) as exc:
+            message = str(exc).strip().splitlines()[0][:200]
+            status = "skip" if "not implemented for" in message else "fail"
+            self.add(Check("grad", "autograd", "symbolic", dtype=dtype, device=device, status=status,
+                           message=f"torch raised {type(exc).__name__}: {message}"))
+            return
+        if res.problems:
+            self.add(Check("semantic", "autograd", "input metadata", dtype=dtype, device=device, status="fail",
+                           message="; ".join(res.problems)))
+        self.add(compare(Check("value", "autograd", "symbolic", dtype=dtype, device=device), res.value,
+                         fwd.values[out], tol.derived(fwd.errs[out], fwd.values[out], dtype, case.tolerance)))
+        for name in case.grad_vars:
+            self.add(self.worst_over_cotangents(res, grads, name, dtype, device))
+        if case.expect is not None:
+            self.check_expect_autograd(res, fwd, grads, dtype, device)
+
+    def worst_over_cotangents(self, res, grads, name, dtype, device) -> Check:
+        worst = None
+        for ci, (vjp, ref) in enumerate(zip(res.vjps, grads)):
+            g = ref[name]
+            if not np.all(np.isfinite(g.value)):
+                return Check("grad", "autograd", "symbolic", var=name, dtype=dtype, device=device, status="skip",
+                             message="the reference gradient is not finite at this point (a singularity)")
+            check = compare(Check("grad", "autograd", "symbolic", var=name, dtype=dtype, device=device),
+                            vjp[name], g.value, tol.derived(g.err, g.value, dtype, self.case.tolerance),
+                            lo=g.lo, hi=g.hi, fd=self.fd_full.get(name) if ci == 0 else None)
+            if worst is None or check.margin > worst.margin:
+                worst, worst_ci = check, ci
+        if worst.status == "fail" and worst.worst:
+            self.add_fd_column(worst, grads, worst_ci, name)
+        what = cotangent_name(worst_ci, len(self.cotangents))
+        worst.message = (worst.message + f"; " if worst.message else "") + \
+            f"{len(res.vjps)} cotangents, worst: {what}"
+        return worst
+
+    def add_fd_column(self, check: Check, grads, ci: int, name: str) -> None:
+        """Finite differences of the failing entries, so the report shows all three values for each."""
+        from .engines import finite
+
+        program, out = self.program, self.program.out
+        cot = self.cotangents[ci]
+        fwd, _ = self.reference("float64")
+        noise = finite.U64 * float(np.sum(np.abs(cot) * (fwd.errs[out] + np.abs(fwd.values[out])))) + 1e-300
+
+        def evaluate(inputs):
+            f = program.forward(inputs, None, with_err=False)
+            return float(np.sum(cot * f.values[out])), program.kink_signature(f)
+
+        shape = grads[ci][name].value.shape
+        flats = [int(np.ravel_multi_index(e.index, shape)) if shape else 0 for e in check.worst]
+        for entry, est in zip(check.worst, finite.entrywise(evaluate, self.point("float64"), name, flats, noise)):
+            entry.fd = est.value if np.isfinite(est.value) else None
+
+    def check_expect_autograd(self, res, fwd, grads, dtype, device) -> None:
+        expect = self.case.expect
+        if expect.value is not None:
+            t = tol.expected(expect.value, expect.atol, expect.rtol, fwd.errs[self.program.out], dtype)
+            self.add(compare(Check("expect_value", "autograd", "expect", dtype=dtype, device=device),
+                             res.value, expect.value, t))
+        for name, want in expect.grad.items():
+            g = grads[0][name]
+            t = tol.expected(want, expect.atol, expect.rtol, g.err, dtype)
+            self.add(compare(Check("expect_grad", "autograd", "expect", var=name, dtype=dtype, device=device),
+                             res.vjps[0][name], want, t, lo=g.lo, hi=g.hi))
+
+
+def cotangent_name(index: int, total: int) -> str:
+    if index == 0:
+        return "ones"
+    if index <= RANDOM_COTANGENTS:
+        return f"random #{index}"
+    return f"basis #{index - RANDOM_COTANGENTS - 1}"
+
+
+def first_bad_op(program, fwd) -> str:
+    """Name the first step whose value is not finite though its inputs are."""
+    for i, slot in enumerate(program.slots):
+        if slot.kind != "instr":
+            continue
+        v = np.asarray(fwd.values[i])
+        ins = [np.asarray(fwd.values[a]) for a in slot.instr.args]
+        if not np.all(np.isfinite(v)) and all(np.all(np.isfinite(a)) for a in ins):
+            kind = "nan" if np.any(np.isnan(v)) else "inf"
+            bad = ins[0][np.broadcast_to(~np.isfinite(v), v.shape)] if ins[0].shape == v.shape else ins[0]
+            sample = float(np.asarray(bad).reshape(-1)[0]) if np.size(bad) else float("nan")
+            return f"{slot.instr.op} gives {kind} (first input there: {sample:.6g})"
+    return "an intermediate value is not finite"
+
+
+def formula(case: Case, limit: int = 400) -> list[str]:
+    """``d/dw expr = ...`` for expressions made of elementwise ops under at most one outer sum or mean."""
+    import sympy as sp
+
+    from .engines.symbolic import local_rules
+
+    node, scale = case.ir, None
+    if isinstance(node, Call) and node.op in ("sum", "mean") and node.param("dim") is None:
+        scale = node.op
+        node = node.args[0]
+    if any(isinstance(n, Call) and OPS[n.op].kind != "elementwise" for n in walk(node)):
+        return []
+    symbols = {name: sp.Symbol(name, real=True) for name in case.vars}
+
+    def build(n):
+        if isinstance(n, Const):
+            return sp.Float(n.value) if not float(n.value).is_integer() else sp.Integer(int(n.value))
+        if isinstance(n, Var):
+            return symbols[n.name]
+        rules = local_rules(n.op, tuple(sorted(n.params)))
+        return rules.value.subs(dict(zip(rules.symbols, [build(a) for a in n.args])), simultaneous=True)
+
+    try:
+        expr = build(node)
+    except (TypeError, ValueError):
+        return []
+    lines = []
+    for name in case.grad_vars:
+        spec = case.vars[name]
+        if spec.shape != case.out_shape and scale is None:
+            continue
+        if any(other.shape != spec.shape for other in case.vars.values() if other.shape and scale) and \
+                spec.shape != tuple(np.broadcast_shapes(*(v.shape for v in case.vars.values()))):
+            continue
+        d = sp.simplify(sp.diff(expr, symbols[name]))
+        if scale == "mean":
+            d = d / sp.Symbol("N")
+        text = f"d/d{name} {case.expr} = {sp.sstr(d)}" + (" (per entry)" if spec.shape else "")
+        if scale == "mean":
+            text += ", N = number of entries"
+        if len(text) <= limit:
+            lines.append(text)
+    return lines
