@@ -39,8 +39,19 @@ def to_json(results, seconds: float) -> dict:
 
 def write_json(path, results, seconds: float) -> None:
     with open(path, "w", encoding="utf-8") as fh:
-        json.dump(to_json(results, seconds), fh, indent=1, allow_nan=False, default=_jsonable)
+        json.dump(_finite(to_json(results, seconds)), fh, indent=1, allow_nan=False, default=_jsonable)
         fh.write("\n")
+
+
+def _finite(obj):
+    """JSON has no inf or nan: such numbers become null (the report's messages say what they were)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _jsonable(x):
@@ -69,14 +80,15 @@ def case_line(result) -> str:
 def check_lines(check: Check, detail: bool) -> list[str]:
     status = check.status.upper()
     against = f" vs {check.against}"
-    lines = [f"    {status:4s} {check.label}: {check.engine}{against}"
-             + (f" -- {check.message}" if check.message else f" (margin {check.margin:.2g})")]
+    margin = f" (margin {check.margin:.2g})" if check.status != "skip" else ""
+    lines = [f"    {status:4s} {check.label}: {check.engine}{against}{margin}"
+             + (f" -- {check.message}" if check.message else "")]
     if check.status == "skip":
         return lines
     if detail or check.status == "fail":
         if check.tolerance:
             lines.append(f"         tolerance: {check.tolerance}")
-    if check.status == "fail":
+    if check.status == "fail" and check.worst:
         if check.diagnosis:
             lines.append(f"         diagnosis: {check.diagnosis}")
         lines.append(f"         {'index':12s} {check.engine:>14s} {check.against[:14]:>14s} {'finite diff':>14s}"

@@ -501,7 +501,7 @@ def formula(case: Case, limit: int = 400) -> list[str]:
         d = sp.simplify(sp.diff(expr, symbols[name]))
         if scale == "mean":
             d = d / sp.Symbol("N")
-        text = f"d/d{name} {case.expr} = {sp.sstr(d)}" + (" (per entry)" if spec.shape else "")
+        text = f"d/d{name} {case.expr} = {sp.sstr(d, full_prec=False)}" + (" (per entry)" if spec.shape else "")
         if scale == "mean":
             text += ", N = number of entries"
         if len(text) <= limit:

@@ -47,6 +47,7 @@ class Rules:
     grads: tuple
     kink: sp.Expr | None
     kink_slope: sp.Expr | None
+    grads_alt: tuple = ()  # the same derivatives written as torch evaluates them (for the error budget)
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,7 +59,8 @@ def local_rules(op_name: str, params: tuple) -> Rules:
     grads = tuple(sp.diff(value, s) for s in syms)
     kink = op.kink(*syms, **kw) if op.kink else None
     slope = sp.diff(kink, syms[0]) if kink is not None else None
-    return Rules(syms, value, grads, kink, slope)
+    alt = tuple(op.grad_alt(*syms, **kw)) if op.grad_alt else ()
+    return Rules(syms, value, grads, kink, slope, alt)
 
 
 @dataclass
@@ -226,6 +228,8 @@ class Program:
             rules = local_rules(ins.op, tuple(sorted(ins.params.items())))
             env = {s: (v, e) for s, v, e in zip(rules.symbols, vals, errs)}
             derivs = [sympy_eval.evaluate(g, env, with_err) for g in rules.grads]
+            for k, alt in enumerate(rules.grads_alt):  # budget: the worse of the two ways of computing it
+                derivs[k] = (derivs[k][0], np.maximum(derivs[k][1], sympy_eval.evaluate(alt, env, with_err)[1]))
             derivs = [(np.broadcast_to(d, ins.shape), np.broadcast_to(e, ins.shape)) for d, e in derivs]
             if self.slots[i].active:
                 fwd.derivs[i] = derivs
@@ -234,6 +238,9 @@ class Program:
                 near = np.abs(k) <= KINK_SAFETY * kink_u * np.abs(ek) + 1e-300
                 fwd.kinks[i] = np.broadcast_to(near, ins.shape)
             err = op.ulps * np.abs(value)
+            if op.formula:
+                err = np.maximum(err, sympy_eval.evaluate(rules.value, {s: (v, 0.0) for s, v in
+                                                                         zip(rules.symbols, vals)}, True)[1])
             for (d, _), e in zip(derivs, errs):
                 if np.any(e):
                     err = err + np.abs(d) * e

@@ -32,7 +32,8 @@ _FUNCS = {
 }
 _ZERO_SLOPE = (sp.sign, sp.Heaviside, sp.DiracDelta)
 FUNCTION_ULPS = 4.0  # a library transcendental function: within 2 ulp, i.e. 4 u
-_MPMATH_LIMIT = 20_000  # entries re-evaluated in high precision at most, per node
+_MPMATH_LIMIT = 20_000
+EXTREME = 1e150  # an intermediate beyond this magnitude (or below its inverse) may over- or underflow later  # entries re-evaluated in high precision at most, per node
 _T = sp.Symbol("t", real=True)
 
 
@@ -44,17 +45,21 @@ def _slope(func) -> sp.Expr:
 
 def evaluate(expr, env: dict, with_err: bool = True):
     """Value (and error bound in units of u) of sympy ``expr``; ``env`` maps Symbol -> (value, err)."""
+    overflow: list = []
     with np.errstate(all="ignore"):
-        value, err = _eval(expr, env, with_err)
-        if with_err and np.ndim(value):
-            bad = ~np.isfinite(value)
+        value, err = _eval(expr, env, with_err, overflow)
+        if overflow:
+            bad = np.zeros(np.shape(value), dtype=bool)
+            for mask in overflow:
+                bad |= np.broadcast_to(mask, bad.shape) if np.ndim(mask) <= bad.ndim else False
             if bad.any():
                 value, err = _repair(expr, env, value, err, bad)
     return value, err
 
 
 def _repair(expr, env, value, err, bad):
-    """Recompute non-finite entries whose inputs are finite with mpmath at 50 digits."""
+    """Recompute with mpmath at 50 digits the entries where any intermediate overflowed or became nan:
+    such an entry may be finite and still wrong (x*exp(-x)/(1+exp(-x))**2 at x = -700 gives 0 in float64)."""
     arrays = {s: np.broadcast_to(np.asarray(v, dtype=float), np.shape(value)) for s, (v, _) in env.items()}
     idx = np.argwhere(bad)
     if len(idx) > _MPMATH_LIMIT:
@@ -74,7 +79,7 @@ def _repair(expr, env, value, err, bad):
             if math.isfinite(real):
                 value[i] = real
                 err[i] = FUNCTION_ULPS * abs(real)
-    return value, err
+    return (value if value.ndim else float(value)), (err if np.ndim(err) else float(err))
 
 
 def _eval_mp(expr, point):
@@ -130,7 +135,17 @@ def _number_err(x: float) -> float:
     return 0.0 if float(np.float32(x)) == x else abs(x)
 
 
-def _eval(expr, env, with_err):
+def _eval(expr, env, with_err, overflow=None):
+    value, err = _eval_node(expr, env, with_err, overflow)
+    if overflow is not None and not expr.is_Symbol:
+        mag = np.abs(value)
+        extreme = ~np.isfinite(mag) | (mag > EXTREME) | ((mag < 1 / EXTREME) & (mag > 0))
+        if np.any(extreme):
+            overflow.append(extreme)
+    return value, err
+
+
+def _eval_node(expr, env, with_err, overflow):
     if expr.is_Symbol:
         value, err = env[expr]
         return value, err
@@ -138,7 +153,7 @@ def _eval(expr, env, with_err):
         x = float(expr)
         return x, _number_err(x)
     if expr.is_Add:
-        parts = [_eval(a, env, with_err) for a in expr.args]
+        parts = [_eval(a, env, with_err, overflow) for a in expr.args]
         value = sum(p[0] for p in parts)
         if not with_err:
             return value, 0.0
@@ -146,7 +161,7 @@ def _eval(expr, env, with_err):
         err = sum(p[1] for p in parts) + (len(parts) - 1) * sum(np.abs(p[0]) for p in parts)
         return value, err
     if expr.is_Mul:
-        parts = [_eval(a, env, with_err) for a in expr.args]
+        parts = [_eval(a, env, with_err, overflow) for a in expr.args]
         value = parts[0][0]
         for p in parts[1:]:
             value = value * p[0]
@@ -162,7 +177,7 @@ def _eval(expr, env, with_err):
                 err = err + np.abs(others) * e
         return value, err
     if expr.is_Pow:
-        (b, eb), (x, ex) = _eval(expr.args[0], env, with_err), _eval(expr.args[1], env, with_err)
+        (b, eb), (x, ex) = _eval(expr.args[0], env, with_err, overflow), _eval(expr.args[1], env, with_err, overflow)
         value = np.power(b, x) if np.ndim(b) or np.ndim(x) else _scalar_pow(b, x)
         if not with_err:
             return value, 0.0
@@ -181,7 +196,7 @@ def _eval(expr, env, with_err):
         x, _ = _eval(expr.args[0], env, False)
         return np.zeros_like(np.asarray(x, dtype=float)), 0.0
     if isinstance(expr, sp.atan2):
-        (y, ey), (x, ex) = _eval(expr.args[0], env, with_err), _eval(expr.args[1], env, with_err)
+        (y, ey), (x, ex) = _eval(expr.args[0], env, with_err, overflow), _eval(expr.args[1], env, with_err, overflow)
         value = np.arctan2(y, x)
         if not with_err:
             return value, 0.0
@@ -190,7 +205,7 @@ def _eval(expr, env, with_err):
     func = _FUNCS.get(type(expr))
     if func is None or len(expr.args) != 1:
         raise TypeError(f"the symbolic engine cannot evaluate {type(expr).__name__}")
-    a, ea = _eval(expr.args[0], env, with_err)
+    a, ea = _eval(expr.args[0], env, with_err, overflow)
     value = func[0](a)
     if not with_err:
         return value, 0.0
@@ -210,9 +225,9 @@ def _scalar_pow(b: float, x: float) -> float:
         return float("inf")
 
 
-def _piecewise(expr, env, with_err):
+def _piecewise(expr, env, with_err, overflow=None):
     conds = [_cond(c, env) for _, c in expr.args]
-    branches = [_eval(b, env, with_err) for b, _ in expr.args]
+    branches = [_eval(b, env, with_err) for b, _ in expr.args]  # an unused branch may overflow: ignore it
     shape = np.broadcast_shapes(*(np.shape(c) for c in conds), *(np.shape(b[0]) for b in branches))
     value = np.full(shape, np.nan)
     err = np.zeros(shape)

@@ -38,6 +38,8 @@ class Op:
     domain: tuple[tuple[float, float], ...] = ()  # per argument, for sampling
     ulps: float = 4.0  # accuracy of torch's implementation, in units of roundoff u
     doc: str = ""
+    formula: bool = False  # implemented by its defining formula: its value budget comes from that formula
+    grad_alt: Callable | None = None  # (*symbols, **params) -> derivatives as torch computes them
     param_names: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self):
@@ -111,8 +113,14 @@ def _np_softplus(x, beta, threshold):
     return np.where(bx > threshold, x, np.log1p(np.exp(np.minimum(bx, threshold))) / beta)
 
 
-def _unary(name, sympy_fn, numpy_fn, torch_fn, domain=(-1.0, 1.0), ulps=4.0, kink=None, params=(), doc=""):
-    return Op(name, 1, "elementwise", tuple(params), sympy_fn, numpy_fn, torch_fn, kink, (domain,), ulps, doc)
+def _unary(name, sympy_fn, numpy_fn, torch_fn, domain=(-1.0, 1.0), ulps=4.0, kink=None, params=(), doc="",
+           formula=False, grad_alt=None):
+    return Op(name, 1, "elementwise", tuple(params), sympy_fn, numpy_fn, torch_fn, kink, (domain,), ulps, doc,
+              formula, grad_alt)
+
+
+def _sig(x):
+    return 1 / (1 + _sp().exp(-x))
 
 
 def _build() -> dict[str, Op]:
@@ -163,24 +171,25 @@ def _build() -> dict[str, Op]:
                (-2, 2)),
         _unary("erfinv", lambda x: _sp().erfinv(x), lambda x: _special().erfinv(x),
                lambda x: _torch().erfinv(x), (-0.9, 0.9), ulps=8),
-        _unary("sigmoid", lambda x: 1 / (1 + _sp().exp(-x)), lambda x: _special().expit(x),
-               lambda x: _torch().sigmoid(x), (-4, 4)),
+        _unary("sigmoid", _sig, lambda x: _special().expit(x), lambda x: _torch().sigmoid(x), (-4, 4),
+               grad_alt=lambda x: (_sig(x) * (1 - _sig(x)),)),
         _unary("relu", _relu, lambda x: _np().maximum(x, 0.0), lambda x: _torch().relu(x), ulps=0,
                kink=lambda x: x),
         _unary("elu", _elu, lambda x, alpha: _np().where(x > 0, x, alpha * _np().expm1(_np().minimum(x, 0))),
-               lambda x, alpha: _F().elu(x, alpha=alpha), (-2, 2), kink=lambda x, alpha: x,
+               lambda x, alpha: _F().elu(x, alpha=alpha), (-2, 2), kink=lambda x, alpha: x, formula=True,
                params=(Param("alpha", "number", 1.0),)),
         _unary("leaky_relu", _leaky, lambda x, negative_slope: _np().where(x > 0, x, negative_slope * x),
                lambda x, negative_slope: _F().leaky_relu(x, negative_slope=negative_slope), ulps=1,
                kink=lambda x, negative_slope: x, params=(Param("negative_slope", "number", 0.01),)),
         _unary("softplus", _softplus, _np_softplus,
-               lambda x, beta, threshold: _F().softplus(x, beta=beta, threshold=threshold), (-4, 4),
+               lambda x, beta, threshold: _F().softplus(x, beta=beta, threshold=threshold), (-4, 4), formula=True,
                kink=lambda x, beta, threshold: beta * x - threshold,
                params=(Param("beta", "number", 1.0), Param("threshold", "number", 20.0))),
-        _unary("silu", lambda x: x / (1 + _sp().exp(-x)), lambda x: x * _special().expit(x),
-               lambda x: _F().silu(x), (-4, 4)),
+        _unary("silu", lambda x: x * _sig(x), lambda x: x * _special().expit(x), lambda x: _F().silu(x), (-4, 4),
+               formula=True, grad_alt=lambda x: (_sig(x) * (1 + x * (1 - _sig(x))),)),
         _unary("gelu", lambda x: x / 2 * (1 + _sp().erf(x / _sp().sqrt(2))),
-               lambda x: x / 2 * (1 + _special().erf(x / math.sqrt(2))), lambda x: _F().gelu(x), (-3, 3)),
+               lambda x: x / 2 * (1 + _special().erf(x / math.sqrt(2))), lambda x: _F().gelu(x), (-3, 3),
+               formula=True),
         Op("atan2", 2, "elementwise", (), lambda y, x: _sp().atan2(y, x), lambda y, x: _np().arctan2(y, x),
            lambda y, x: _torch().atan2(y, x), domain=((-1, 1), (0.5, 2))),
         Op("maximum", 2, "elementwise", (), _maximum, lambda a, b: _np().maximum(a, b),

@@ -1,0 +1,199 @@
+"""Writes the op corpus (cases/ops/*.toml) from the tables below: python cases/ops/generate.py
+
+The corpus covers every op of the language over its usual domain, special values, 1-D/2-D/3-D shapes,
+broadcasting pairs, every matmul form, reductions with dims, losses and small networks. The TOML files are
+committed; rerun this after changing the tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+UNARY = {  # op -> domain
+    "exp": (-3, 3), "log": (0.1, 3), "log1p": (-0.9, 3), "expm1": (-3, 3), "sqrt": (0.1, 3), "rsqrt": (0.1, 3),
+    "abs": (-1, 1), "sin": (-3, 3), "cos": (-3, 3), "tan": (-1.2, 1.2), "asin": (-0.9, 0.9),
+    "acos": (-0.9, 0.9), "atan": (-3, 3), "sinh": (-3, 3), "cosh": (-3, 3), "tanh": (-3, 3),
+    "asinh": (-3, 3), "acosh": (1.1, 4), "atanh": (-0.9, 0.9), "erf": (-2, 2), "erfc": (-2, 2),
+    "erfinv": (-0.9, 0.9), "sigmoid": (-4, 4), "relu": (-1, 1), "elu": (-2, 2), "leaky_relu": (-1, 1),
+    "softplus": (-4, 4), "silu": (-4, 4), "gelu": (-3, 3),
+}
+SHAPES = [[], [5], [3, 4], [2, 3, 4]]
+
+SPECIAL = [  # name, expr, vars {name: (shape, value)}
+    ("tanh_saturated_pos", "tanh(x)", {"x": ([], 1000.0)}),
+    ("tanh_saturated_neg", "tanh(x)", {"x": ([], -1000.0)}),
+    ("tanh_large_vector", "sum(tanh(x))", {"x": ([4], [10.0, 20.0, -30.0, 1000.0])}),
+    ("erf_ten", "erf(x)", {"x": ([], 10.0)}),
+    ("erfc_ten", "erfc(x)", {"x": ([], 10.0)}),
+    ("erf_minus_six", "erf(x)", {"x": ([], -6.0)}),
+    ("sin_pi", "sin(x * pi)", {"x": ([], 1.0)}),
+    ("cos_half_pi", "cos(x * pi / 2)", {"x": ([], 1.0)}),
+    ("sigmoid_far_negative", "sigmoid(x)", {"x": ([3], [-800.0, -100.0, -30.0])}),
+    ("sigmoid_far_positive", "sigmoid(x)", {"x": ([3], [800.0, 100.0, 30.0])}),
+    ("softplus_past_threshold", "softplus(x)", {"x": ([3], [25.0, 50.0, 1000.0])}),
+    ("softplus_far_negative", "softplus(x)", {"x": ([3], [-25.0, -100.0, -1000.0])}),
+    ("softplus_beta_threshold", "softplus(x, beta=2.0, threshold=5.0)", {"x": ([4], [-1.0, 1.0, 2.4, 3.0])}),
+    ("relu_at_zero", "relu(x)", {"x": ([3], [0.0, 1.0, -1.0])}),
+    ("abs_at_zero", "abs(x)", {"x": ([3], [0.0, 2.0, -2.0])}),
+    ("leaky_relu_at_zero", "leaky_relu(x, negative_slope=0.2)", {"x": ([2], [0.0, -3.0])}),
+    ("elu_at_zero", "elu(x, alpha=0.5)", {"x": ([2], [0.0, -1.0])}),
+    ("maximum_tie", "maximum(x, y)", {"x": ([3], [1.0, 2.0, 3.0]), "y": ([3], [1.0, 0.0, 5.0])}),
+    ("minimum_tie", "minimum(x, y)", {"x": ([3], [1.0, 2.0, 3.0]), "y": ([3], [1.0, 0.0, 5.0])}),
+    ("relu_after_cancellation", "sum(relu(x - y))", {"x": ([2], [0.1, 0.3]), "y": ([2], [0.1, 0.3])}),
+    ("exp_large", "exp(x)", {"x": ([], 80.0)}),
+    ("exp_overflows_float32", "exp(x)", {"x": ([], 100.0)}),
+    ("exp_very_negative", "exp(x)", {"x": ([], -700.0)}),
+    ("log_tiny", "log(x)", {"x": ([], 1e-30)}),
+    ("log1p_tiny", "log1p(x)", {"x": ([], 1e-12)}),
+    ("log1p_near_minus_one", "log1p(x)", {"x": ([], -0.999)}),
+    ("expm1_tiny", "expm1(x)", {"x": ([], 1e-10)}),
+    ("sqrt_small", "sqrt(x)", {"x": ([], 1e-6)}),
+    ("atan_huge", "atan(x)", {"x": ([], 1e10)}),
+    ("asin_near_one", "asin(x)", {"x": ([], 0.999)}),
+    ("atanh_near_one", "atanh(x)", {"x": ([], 0.999)}),
+    ("acosh_near_one", "acosh(x)", {"x": ([], 1.001)}),
+    ("erfinv_near_one", "erfinv(x)", {"x": ([], 0.999)}),
+    ("gelu_far_negative", "gelu(x)", {"x": ([2], [-10.0, -30.0])}),
+    ("silu_far_negative", "silu(x)", {"x": ([2], [-50.0, -700.0])}),
+    ("elu_far_negative", "elu(x)", {"x": ([2], [-50.0, -700.0])}),
+    ("logsumexp_large_equal", "logsumexp(x)", {"x": ([2], [1000.0, 1000.0])}),
+    ("softmax_wide_range", "softmax(x, dim=0)", {"x": ([3], [1000.0, 0.0, -1000.0])}),
+    ("log_softmax_wide_range", "log_softmax(x, dim=0)", {"x": ([3], [50.0, 0.0, -50.0])}),
+    ("pow_zero_base_integer_exponent", "x**3", {"x": ([], 0.0)}),
+    ("cosh_large", "cosh(x)", {"x": ([], 50.0)}),
+    ("bce_near_edges", "binary_cross_entropy(p, y)", {"p": ([2], [0.001, 0.999]), "y": ([2], [1.0, 0.0])}),
+]
+
+BINARY = {"add": "x + y", "sub": "x - y", "mul": "x * y", "div": "x / y", "pow": "x ** y", "atan2": "atan2(x, y)",
+          "maximum": "maximum(x, y)", "minimum": "minimum(x, y)"}
+BINARY_DOMAINS = {"div": ((-1, 1), (0.5, 2)), "pow": ((0.5, 2), (-2, 2)), "atan2": ((-1, 1), (0.5, 2))}
+BROADCAST_PAIRS = [([3, 4], [4]), ([3, 1], [1, 4]), ([2, 3, 4], [3, 1]), ([], [3])]
+
+MATMUL = [([3], [3]), ([2, 3], [3]), ([3], [3, 4]), ([2, 3], [3, 4]), ([5, 2, 3], [3, 4]), ([5, 2, 3], [5, 3, 4]),
+          ([2, 1, 3, 4], [5, 4, 2])]
+
+REDUCTIONS = [
+    ("sum_dim0", "sum(x, dim=0)", [3, 4]), ("sum_dim_neg1_keepdim", "sum(x, dim=-1, keepdim=True)", [3, 4]),
+    ("sum_dims_tuple", "sum(x, dim=(0, 2))", [2, 3, 4]), ("mean_all", "mean(x)", [2, 3, 4]),
+    ("mean_dim1", "mean(x, dim=1)", [2, 3, 4]), ("mean_keepdim_broadcast", "x - mean(x, dim=1, keepdim=True)",
+                                                   [3, 4]),
+    ("logsumexp_all", "logsumexp(x)", [3, 4]), ("logsumexp_dim1", "logsumexp(x, dim=1)", [3, 4]),
+    ("logsumexp_keepdim", "logsumexp(x, dim=0, keepdim=True)", [2, 3, 4]),
+    ("softmax_dim0", "softmax(x, dim=0)", [3, 4]), ("softmax_last", "softmax(x, dim=-1)", [2, 3, 4]),
+    ("softmax_middle", "softmax(x, dim=1)", [2, 3, 4]), ("log_softmax_dim1", "log_softmax(x, dim=1)", [3, 4]),
+    ("log_softmax_3d", "log_softmax(x, dim=0)", [2, 3, 4]), ("transpose_2d", "x.T", [3, 4]),
+    ("transpose_3d", "x.T", [2, 3, 4]), ("sum_scalar", "sum(x)", []),
+]
+
+NETWORKS = [
+    ("mlp_tanh_mse", "mean((tanh(x @ w1 + b1) @ w2 + b2 - y)**2)",
+     {"x": [8, 5], "w1": [5, 6], "b1": [6], "w2": [6, 3], "b2": [3], "y": [8, 3]}, ["x", "y"]),
+    ("mlp_relu_mse_loss", "mse_loss(relu(x @ w1 + b1) @ w2 + b2, y)",
+     {"x": [8, 5], "w1": [5, 16], "b1": [16], "w2": [16, 2], "b2": [2], "y": [8, 2]}, ["x", "y"]),
+    ("mlp_gelu", "sum(gelu(x @ w1) @ w2)", {"x": [4, 6], "w1": [6, 8], "w2": [8, 2]}, []),
+    ("softmax_cross_entropy", "-mean(sum(y * log_softmax(x @ w + b, dim=1), dim=1))",
+     {"x": [6, 4], "w": [4, 5], "b": [5], "y": [6, 5]}, ["x", "y"]),
+    ("logistic_regression_bce", "binary_cross_entropy(sigmoid(x @ w + b), y)",
+     {"x": [10, 3], "w": [3], "b": [], "y": ([10], [0.0, 1.0])}, ["x", "y"]),
+    ("attention_head", "sum(softmax(q @ k.T / sqrt(4.0), dim=-1) @ v)", {"q": [3, 4], "k": [5, 4], "v": [5, 2]}, []),
+    ("layer_norm_like", "sum((x - mean(x, dim=1, keepdim=True)) * rsqrt(mean((x - mean(x, dim=1, keepdim=True))**2,"
+     " dim=1, keepdim=True) + 0.00001) * g)", {"x": [4, 6], "g": [6]}, []),
+    ("silu_gate", "sum(silu(x @ w1) * (x @ w2))", {"x": [3, 4], "w1": [4, 5], "w2": [4, 5]}, []),
+    ("elu_softplus_stack", "mean(softplus(elu(x @ w) @ v))", {"x": [5, 3], "w": [3, 4], "v": [4, 2]}, []),
+    ("mse_large_64x100x100", "mean((x @ w + b - y)**2)", {"x": [64, 100], "w": [100, 100], "b": [100],
+                                                           "y": [64, 100]}, ["x", "y"]),
+    ("linear_regression_half_squared", "mean(0.5 * (y - (x @ w + b))**2)", {"x": [20, 2], "w": [2], "b": [],
+                                                                             "y": [20]}, ["x", "y"]),
+    ("polynomial", "sum(3*x**3 - 2*x**2 + x - 7)", {"x": [6]}, []),
+    ("rational", "sum((x**2 + 1) / (x**2 + 2))", {"x": [3, 3]}, []),
+    ("trig_mix", "sum(sin(x) * cos(y) + tan(x * y) / 4)", {"x": [4], "y": [4]}, []),
+    ("hyperbolic_chain", "sum(tanh(sinh(x)) + asinh(cosh(x) - 1))", {"x": [2, 3]}, []),
+]
+
+
+def toml_value(v) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(e) for e in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, int):
+        return f"{float(v)!r}"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def case(name, expr, vars_, description="", extra=None) -> str:
+    lines = ["[[case]]", f"name = {toml_value(name)}", f"expr = {toml_value(expr)}"]
+    if description:
+        lines.append(f"description = {toml_value(description)}")
+    for key, value in (extra or {}).items():
+        lines.append(f"{key} = {toml_value(value)}")
+    for vname, spec in vars_.items():
+        items = ", ".join(f"{k} = {toml_value(v) if k != 'shape' else '[' + ', '.join(map(str, v)) + ']'}"
+                          for k, v in spec.items())
+        lines.append(f"vars.{vname} = {{ {items} }}")
+    return "\n".join(lines) + "\n"
+
+
+def shape_name(shape) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def write(filename: str, header: str, cases: list[str]) -> int:
+    text = f"# {header}\n# Generated by cases/ops/generate.py -- edit the tables there, not this file.\n\n"
+    (HERE / filename).write_text(text + "\n".join(cases))
+    return len(cases)
+
+
+def main() -> None:
+    total = 0
+    unary = []
+    for op, dom in UNARY.items():
+        for shape in SHAPES:
+            expr = f"sum({op}(x))" if len(shape) == 3 else f"{op}(x)"
+            unary.append(case(f"{op}_{shape_name(shape)}", expr, {"x": {"shape": shape, "domain": list(dom)}}))
+    total += write("unary.toml", "Every unary op over its usual domain, scalar to 3-D.", unary)
+    total += write("special_values.toml", "Special values: saturation, overflow, tiny inputs, kinks, domain edges.",
+                   [case(n, e, {k: {"shape": s, "value": v} for k, (s, v) in vs.items()}) for n, e, vs in SPECIAL])
+    binary = []
+    for op, expr in BINARY.items():
+        dx, dy = BINARY_DOMAINS.get(op, ((-1, 1), (-1, 1)))
+        for sx, sy in BROADCAST_PAIRS:
+            binary.append(case(f"{op}_{shape_name(sx)}_{shape_name(sy)}", expr,
+                               {"x": {"shape": sx, "domain": list(dx)}, "y": {"shape": sy, "domain": list(dy)}}))
+    total += write("binary_broadcast.toml", "Binary ops over broadcasting shape pairs.", binary)
+    mm = [case(f"matmul_{shape_name(a)}_{shape_name(b)}", "a @ b", {"a": {"shape": a}, "b": {"shape": b}})
+          for a, b in MATMUL]
+    mm.append(case("matmul_chain_transpose", "sum((a @ b.T) @ c)", {"a": {"shape": [3, 4]}, "b": {"shape": [5, 4]},
+                                                                    "c": {"shape": [5, 2]}}))
+    total += write("matmul.toml", "Every matmul form: 1-D, 2-D, batched, broadcast batches.", mm)
+    red = [case(n, e, {"x": {"shape": s, "domain": [-3.0, 3.0]}}) for n, e, s in REDUCTIONS]
+    total += write("reductions.toml", "Reductions, softmax family and transposes with dims and keepdim.", red)
+    losses = [
+        case("mse_loss_same_shape", "mse_loss(a, b)", {"a": {"shape": [4, 3]}, "b": {"shape": [4, 3]}}),
+        case("mse_loss_target_no_grad", "mse_loss(a, b)", {"a": {"shape": [5]},
+                                                            "b": {"shape": [5], "requires_grad": False}}),
+        case("bce_probabilities", "binary_cross_entropy(p, y)", {"p": {"shape": [6], "domain": [0.05, 0.95]},
+                                                                 "y": {"shape": [6], "domain": [0.0, 1.0]}}),
+        case("bce_2d", "binary_cross_entropy(p, y)", {"p": {"shape": [3, 4], "domain": [0.05, 0.95]},
+                                                      "y": {"shape": [3, 4], "domain": [0.0, 1.0],
+                                                            "requires_grad": False}}),
+    ]
+    total += write("losses.toml", "Losses.", losses)
+    nets = []
+    for name, expr, shapes, fixed in NETWORKS:
+        vars_ = {}
+        for v, s in shapes.items():
+            shape, domain = s if isinstance(s, tuple) else (s, None)
+            vars_[v] = {"shape": shape, **({"domain": list(domain)} if domain else {}),
+                        **({"requires_grad": False} if v in fixed and name.startswith("mse_large") else {})}
+        nets.append(case(name, expr, vars_))
+    total += write("networks.toml", "Compositions: small networks, losses over matmuls, polynomial chains.", nets)
+    print(f"wrote {total} cases to {HERE}")
+
+
+if __name__ == "__main__":
+    main()
