@@ -60,7 +60,14 @@ def _eval(node: Node, env: dict):
         return torch.nn.functional.binary_cross_entropy(args[0], args[1])
     if all(not isinstance(a, torch.Tensor) for a in args):  # constant sub-expression: keep it a Python float
         return float(OPS[op].numpy(*[np.float64(a) for a in args], **p))
+    if op in TENSOR_ONLY:  # torch.maximum(3.0, x) is a TypeError: give constants x's dtype and device
+        like = next(a for a in args if isinstance(a, torch.Tensor))
+        args = [a if isinstance(a, torch.Tensor) else torch.tensor(a, dtype=like.dtype, device=like.device)
+                for a in args]
     return OPS[op].torch(*args, **p)
+
+
+TENSOR_ONLY = {"maximum", "minimum", "atan2"}
 
 
 @dataclass

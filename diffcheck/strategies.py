@@ -1,0 +1,107 @@
+"""Hypothesis strategies for property tests of gradients: random well-typed expressions and whole cases.
+
+``expressions()`` draws IR trees over the language's elementwise ops and reductions; every argument of a
+domain-restricted op is squashed into that op's domain (``c + r*tanh(t)``), so the drawn function is defined
+everywhere its variables are sampled. ``cases()`` wraps one into a ready Case with broadcast-compatible shapes.
+
+    from hypothesis import given
+    from diffcheck.strategies import cases
+    from diffcheck import run_case
+
+    @given(cases())
+    def test_autograd_matches(case):
+        assert run_case(case).status == "pass"
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from .expr.ir import Call, Const, Node, Var, to_text
+from .expr.ops import OPS
+
+# ops whose arguments are safe anywhere in [-1, 1]-ish ranges produced by the squash below
+UNARY_OPS = ("exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "abs", "sin", "cos", "tan", "asin", "acos", "atan",
+             "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "erf", "erfc", "erfinv", "sigmoid", "relu", "elu",
+             "leaky_relu", "softplus", "silu", "gelu")
+BINARY_OPS = ("add", "sub", "mul", "div", "pow", "atan2", "maximum", "minimum")
+UNBOUNDED = {"abs", "sin", "cos", "atan", "tanh", "erf", "erfc", "sigmoid", "relu", "leaky_relu", "softplus",
+             "silu", "gelu", "elu", "asinh", "add", "sub", "mul", "maximum", "minimum"}
+
+
+def squash(node: Node, domain: tuple[float, float]) -> Node:
+    """Map any value into the open interval ``domain`` smoothly: centre + radius * tanh(node)."""
+    lo, hi = domain
+    centre, radius = (lo + hi) / 2, (hi - lo) / 2
+    t = Call("tanh", (node,))
+    scaled = Call("mul", (Const(radius), t)) if radius != 1 else t
+    return Call("add", (Const(centre), scaled)) if centre else scaled
+
+
+def _guard(op: str, index: int, child: Node) -> Node:
+    """``child`` as the ``index``-th argument of ``op``, squashed into the op's domain unless surely inside."""
+    if op in UNBOUNDED:
+        return child
+    lo, hi = OPS[op].domain[index]
+    if isinstance(child, Var) and lo <= -1 and hi >= 1:
+        return child
+    if isinstance(child, Const) and lo < child.value < hi:
+        return child
+    return squash(child, (lo, hi))
+
+
+def _params(op: str) -> tuple:
+    return tuple((p.name, p.default) for p in OPS[op].params)
+
+
+@st.composite
+def _unary(draw, children):
+    op = draw(st.sampled_from(UNARY_OPS))
+    return Call(op, (_guard(op, 0, draw(children)),), _params(op))
+
+
+@st.composite
+def _binary(draw, children):
+    op = draw(st.sampled_from(BINARY_OPS))
+    a, b = draw(children), draw(children)
+    if op == "pow":
+        b = Const(draw(st.sampled_from([2.0, 3.0, 0.5, -1.0, 1.5])))
+    return Call(op, (_guard(op, 0, a), _guard(op, 1, b)))
+
+
+def expressions(names=("x", "y"), max_leaves: int = 6) -> st.SearchStrategy[Node]:
+    """Random elementwise expression trees over ``names``, defined wherever each name lies in [-1, 1]."""
+    leaves = st.one_of(st.sampled_from([Var(n) for n in names]),
+                       st.sampled_from([Const(c) for c in (0.5, 2.0, 3.0, -1.5)]))
+    tree = st.recursive(leaves, lambda children: st.one_of(_unary(children), _binary(children)),
+                        max_leaves=max_leaves)
+    return tree.filter(lambda n: any(isinstance(m, Var) for m in _walk(n)))
+
+
+def _walk(node):
+    yield node
+    if isinstance(node, Call):
+        for a in node.args:
+            yield from _walk(a)
+
+
+SHAPE_PAIRS = [((), ()), ((4,), (4,)), ((3, 4), (4,)), ((3, 1), (1, 4)), ((2, 3, 4), (3, 1)), ((), (3,))]
+
+
+@st.composite
+def cases(draw, dtypes=("float64", "float32"), devices=("cpu",), reduce: bool | None = None):
+    """A whole Case: a random expression, broadcast-compatible shapes, optionally an outer sum or mean."""
+    from .casefile import build_case
+
+    node = draw(expressions())
+    used = sorted({n.name for n in _walk(node) if isinstance(n, Var)})
+    sx, sy = draw(st.sampled_from(SHAPE_PAIRS))
+    shapes = {"x": list(sx), "y": list(sy)}
+    outer = draw(st.sampled_from(["", "sum", "mean"])) if reduce is None else ("sum" if reduce else "")
+    text = to_text(node)
+    if outer:
+        text = f"{outer}({text})"
+    seed = draw(st.integers(0, 2**31 - 1))
+    raw = {"name": f"random_{seed}", "expr": text, "dtypes": list(dtypes), "devices": list(devices),
+           "seed": seed, "vars": {n: {"shape": shapes[n]} for n in used}}
+    return build_case(raw, "<hypothesis>")
