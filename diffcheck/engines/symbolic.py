@@ -29,13 +29,41 @@ from . import sympy_eval
 KINK_SAFETY = 16.0  # entries this many rounding bounds from a kink are treated as sitting on it
 
 
-def gamma(n: int) -> float:
-    """Rounding bound, in units of u, of a sum of n terms relative to the sum of their magnitudes.
+def rss(*terms):
+    """Root-sum-square of error terms: independent rounding errors add in quadrature (hypot: no underflow)."""
+    total = 0.0
+    for t in terms:
+        if np.any(t):
+            total = np.hypot(total, t)
+    return total
 
-    The worst case is n-1; pairwise and blocked summation (torch, BLAS) stay near sqrt(n). We take the smaller
-    of n-1 and 4*sqrt(n): rigorous for short sums, a generous probabilistic bound for long ones.
+
+def l2(x, axis, keepdims: bool = False):
+    """2-norm along ``axis``, scaled so that squares of tiny or huge entries neither underflow nor overflow."""
+    x = np.abs(np.asarray(x, dtype=float))
+    m = np.max(x, axis=axis, keepdims=True) if x.size else np.zeros(())
+    m = np.where((m > 0) & np.isfinite(m), m, 1.0)
+    out = np.sqrt(np.sum(np.square(x / m), axis=axis, keepdims=True)) * m
+    return out if keepdims else np.squeeze(out, axis=axis)
+
+
+def l2_matmul(a, b):
+    """sqrt(|a|**2 @ |b|**2), the 2-norms of the terms of each entry of a @ b, scaled like ``l2``."""
+    sa = float(np.max(np.abs(a), initial=0.0)) or 1.0
+    sb = float(np.max(np.abs(b), initial=0.0)) or 1.0
+    return np.sqrt(np.matmul(np.square(a / sa), np.square(b / sb))) * (sa * sb)
+
+
+def accumulation(k: int, norm, total):
+    """Rounding of a k-term sum, in units of u, from the sum of squared terms and the sum itself.
+
+    A sequential sum rounds each partial sum S_j once, so its error is about u*sqrt(sum_j S_j**2): for terms
+    of random sign that is sqrt(k/2)*||t||_2, for terms of one sign sqrt(k/3)*|sum|. sqrt(k)*hypot(||t||_2,
+    sum) bounds both; pairwise and blocked sums (torch, BLAS) stay well below it. ``norm`` is ||t||_2.
     """
-    return 0.0 if n <= 1 else min(n - 1.0, 4.0 * math.sqrt(n))
+    if k <= 1:
+        return 0.0
+    return np.sqrt(k) * np.hypot(norm, total)
 
 
 @dataclass(frozen=True)
@@ -241,19 +269,18 @@ class Program:
             if op.formula:
                 err = np.maximum(err, sympy_eval.evaluate(rules.value, {s: (v, 0.0) for s, v in
                                                                          zip(rules.symbols, vals)}, True)[1])
-            for (d, _), e in zip(derivs, errs):
-                if np.any(e):
-                    err = err + np.abs(d) * e
+            # an exact input contributes nothing, even where its derivative is undefined (x**c at x < 0)
+            err = rss(err, *[np.abs(d) * e for (d, _), e in zip(derivs, errs) if np.any(e)])
             return value, err
         if ins.op in ("sum", "mean"):
             x, e = vals[0], errs[0]
             n = _count(np.shape(x), ins.params["dims"])
-            total = np.sum(x, axis=ins.params["dims"], keepdims=ins.params["keepdim"])
-            err = np.sum(np.broadcast_to(e, np.shape(x)), axis=ins.params["dims"], keepdims=ins.params["keepdim"]) \
-                + gamma(n) * np.sum(np.abs(x), axis=ins.params["dims"], keepdims=ins.params["keepdim"])
+            axes, keep = ins.params["dims"], ins.params["keepdim"]
+            total = np.sum(x, axis=axes, keepdims=keep)
+            err = rss(l2(np.broadcast_to(e, np.shape(x)), axes, keep), accumulation(n, l2(x, axes, keep), total))
             if ins.op == "mean":
                 total = total / n
-                err = err / n + np.abs(total)
+                err = rss(err / n, total)
             return total, err
         if ins.op == "lse":
             x, e = vals[0], errs[0]
@@ -264,8 +291,8 @@ class Program:
             v = m + np.log(s)
             q = np.exp(x - v)
             n = _count(np.shape(x), dims)
-            err = np.sum(q * e, axis=dims, keepdims=True) + gamma(n) + sympy_eval.FUNCTION_ULPS \
-                + np.abs(m) + np.abs(v)
+            err = rss(l2(q * e, dims, True), accumulation(n, l2(q, dims, True), 1.0), sympy_eval.FUNCTION_ULPS,
+                      m, v)
             if not keep:
                 v, err = np.squeeze(v, axis=dims), np.squeeze(err, axis=dims)
             return v, err
@@ -274,13 +301,12 @@ class Program:
             value = np.matmul(a, b)
             if not with_err:
                 return value, 0.0
-            absa, absb = np.abs(a), np.abs(b)
             k = np.shape(a)[-1]
-            err = gamma(k + 1) * np.matmul(absa, absb)
+            err = accumulation(k + 1, l2_matmul(a, b), value)
             if np.any(eb):
-                err = err + np.matmul(absa, np.broadcast_to(eb, np.shape(b)))
+                err = rss(err, l2_matmul(a, np.broadcast_to(eb, np.shape(b))))
             if np.any(ea):
-                err = err + np.matmul(np.broadcast_to(ea, np.shape(a)), absb)
+                err = rss(err, l2_matmul(np.broadcast_to(ea, np.shape(a)), b))
             return value, err
         if ins.op == "transpose":
             return np.transpose(vals[0]), np.transpose(errs[0]) if np.ndim(errs[0]) else errs[0]
@@ -303,7 +329,7 @@ class Program:
                         continue
                     if arg in adj:
                         total = adj[arg] + ga
-                        aerr[arg] = aerr[arg] + gae + np.abs(total)
+                        aerr[arg] = rss(aerr[arg], gae, total)
                         adj[arg] = total
                     else:
                         adj[arg], aerr[arg] = ga, gae
@@ -336,7 +362,7 @@ class Program:
                 derivs = self._one_sided(i, ins, fwd, side)
             for arg, shape, (d, de) in zip(ins.args, shapes, derivs):
                 contrib = g * d
-                err = (np.abs(d) * ge + np.abs(g) * de + np.abs(contrib)) if with_err else 0.0
+                err = rss(np.abs(d) * ge, np.abs(g) * de, contrib) if with_err else 0.0
                 yield arg, _unbroadcast(contrib, err, shape, with_err)
             return
         if ins.op in ("sum", "mean"):
@@ -346,7 +372,7 @@ class Program:
             if ins.op == "mean":
                 n = _count(x_shape, dims)
                 ga = ga / n
-                gae = gae / n + np.abs(ga)
+                gae = rss(gae / n, ga)
             yield ins.args[0], (ga, gae)
             return
         if ins.op == "lse":
@@ -357,9 +383,8 @@ class Program:
             q = np.exp(x - v)
             ga, gae = _expand(g, x.shape, dims, keep), _expand(ge, x.shape, dims, keep)
             contrib = ga * q
-            qe = q * (np.broadcast_to(fwd.errs[ins.args[0]], x.shape) + ve + np.abs(x) + np.abs(v)
-                      + sympy_eval.FUNCTION_ULPS)
-            yield ins.args[0], (contrib, np.abs(q) * gae + np.abs(ga) * qe + np.abs(contrib))
+            qe = q * rss(np.broadcast_to(fwd.errs[ins.args[0]], x.shape), ve, x, v, sympy_eval.FUNCTION_ULPS)
+            yield ins.args[0], (contrib, rss(np.abs(q) * gae, np.abs(ga) * qe, contrib))
             return
         if ins.op == "matmul":
             yield from _matmul_back(ins, vals, [fwd.errs[a] for a in ins.args], shapes, g, ge, with_err)
@@ -411,8 +436,8 @@ def _unbroadcast(contrib, err, shape, with_err):
     total = np.sum(contrib, axis=axes).reshape(shape)
     if not with_err:
         return total, 0.0
-    err = np.sum(np.broadcast_to(err, contrib.shape), axis=axes).reshape(shape) \
-        + gamma(n) * np.sum(np.abs(contrib), axis=axes).reshape(shape)
+    err = rss(l2(np.broadcast_to(err, contrib.shape), axes).reshape(shape),
+              accumulation(n, l2(contrib, axes).reshape(shape), total))
     return total, err
 
 
@@ -431,14 +456,14 @@ def _matmul_back(ins: Instr, vals, errs, shapes, g, ge, with_err):
     gb = np.matmul(at, g2)
     ea_ = gb_err = 0.0
     if with_err:
-        absg = np.abs(g2)
+        ge_full = np.broadcast_to(ge2, g2.shape)
         m, n = b2.shape[-1], a2.shape[-2]
-        ea_ = gamma(m + 1) * np.matmul(absg, np.abs(bt)) + np.matmul(ge2, np.abs(bt))
-        gb_err = gamma(n + 1) * np.matmul(np.abs(at), absg) + np.matmul(np.abs(at), ge2)
+        ea_ = rss(accumulation(m + 1, l2_matmul(g2, bt), ga), l2_matmul(ge_full, bt))
+        gb_err = rss(accumulation(n + 1, l2_matmul(at, g2), gb), l2_matmul(at, ge_full))
         if np.any(eb):
-            ea_ = ea_ + np.matmul(absg, np.swapaxes(np.broadcast_to(eb, np.shape(b2)), -1, -2))
+            ea_ = rss(ea_, l2_matmul(g2, np.swapaxes(np.broadcast_to(eb, np.shape(b2)), -1, -2)))
         if np.any(ea):
-            gb_err = gb_err + np.matmul(np.swapaxes(np.broadcast_to(ea, np.shape(a2)), -1, -2), absg)
+            gb_err = rss(gb_err, l2_matmul(np.swapaxes(np.broadcast_to(ea, np.shape(a2)), -1, -2), g2))
     ga, ea_ = _unbroadcast(ga, ea_, a2.shape, with_err)
     gb, gb_err = _unbroadcast(gb, gb_err, b2.shape, with_err)
     yield ins.args[0], (ga.reshape(sa), np.reshape(ea_, sa) if with_err else 0.0)

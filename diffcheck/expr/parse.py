@@ -125,6 +125,9 @@ class _Converter:
         for arg in positional:
             if isinstance(arg, ast.Starred):
                 self.fail("starred arguments are not allowed", arg)
+        for kw in node.keywords:
+            if kw.arg is None:
+                self.fail("'**' arguments are not allowed", kw.value)
         if len(positional) < op.arity:
             self.fail(f"{fname}() takes {op.arity} tensor argument(s), got {len(positional)}", node)
         args = tuple(self.convert(a, depth) for a in positional[: op.arity])
@@ -135,8 +138,6 @@ class _Converter:
         for param, value_node in zip(op.params, extra):
             given[param.name] = self.param_value(fname, param, value_node)
         for kw in node.keywords:
-            if kw.arg is None:
-                self.fail("'**' arguments are not allowed", kw.value)
             param = next((p for p in op.params if p.name == kw.arg), None)
             if param is None:
                 allowed = ", ".join(op.param_names) or "none"

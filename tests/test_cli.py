@@ -1,0 +1,115 @@
+"""The CLI end to end on real case files: exit codes, the report, JSON, bad input beside good input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from diffcheck.cli import main
+
+from .conftest import DATA, ROOT
+
+GOOD = '''
+name = "good"
+expr = "sum(2*w**2)"
+vars.w = { shape = [2], value = [10.0, 20.0] }
+expect.grad.w = [40.0, 80.0]
+'''
+
+
+def run(*args):
+    result = CliRunner().invoke(main, ["run", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def test_passing_case_exits_0(write_case):
+    code, out = run(write_case(GOOD), "--device", "cpu")
+    assert code == 0, out
+    assert "PASS" in out and "1 passed, 0 failed" in out
+
+
+def test_wrong_known_answer_fails_with_exit_1():
+    code, out = run(DATA / "wrong_expect.toml", "--device", "cpu")
+    assert code == 1, out
+    assert "FAIL" in out and "expect_grad w" in out
+    assert "the known answer in 'expect' disagrees with the engines" in out
+
+
+def test_invalid_file_beside_a_good_one_exits_2_and_the_good_one_still_runs(write_case, tmp_path):
+    write_case(GOOD, "a_good.toml")
+    write_case('name = "typo"\nexpr = "x"\nvars.x = { shpe = [2] }\n', "b_typo.toml")
+    code, out = run(tmp_path, "--device", "cpu", "--json", tmp_path / "r.json")
+    assert code == 2, out
+    assert "PASS" in out and "b_typo.toml: case 'typo': unknown key 'shpe' in vars.x (did you mean 'shape'?)" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    statuses = {c["name"]: c["status"] for c in report["cases"]}
+    assert statuses == {"good": "pass", "typo": "error"}
+    assert report["summary"]["errors"] == 1 and report["summary"]["passed"] == 1
+
+
+def test_json_report_shape(write_case, tmp_path):
+    code, _ = run(write_case(GOOD), "--json", tmp_path / "r.json")
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    case = report["cases"][0]
+    assert set(case) >= {"name", "file", "status", "message", "checks"}
+    check = next(c for c in case["checks"] if c["kind"] == "grad" and c["device"] == "cpu")
+    assert set(check) >= {"kind", "var", "dtype", "device", "status", "max_abs_err", "max_rel_err", "atol", "rtol",
+                          "worst", "tolerance"}
+    assert "derived" in check["tolerance"]
+    assert set(report["environment"]) >= {"torch", "sympy", "devices"}
+
+
+def test_cuda_checks_are_reported_as_skipped_never_dropped(write_case):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the skip path does not apply")
+    code, out = run(write_case(GOOD), "-v")
+    assert code == 0
+    assert "SKIP grad [float32 cuda]" in out and "CUDA is not available" in out
+
+
+def test_explicit_cuda_without_cuda_is_a_usage_error(write_case):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, out = run(write_case(GOOD), "--device", "cuda")
+    assert code == 2 and "--device cuda" in out
+
+
+def test_selecting_nothing_says_so(write_case):
+    code, out = run(write_case(GOOD), "-k", "no_such_case")
+    assert code == 2 and "no cases selected" in out
+
+
+def test_dtype_and_pattern_select(write_case):
+    code, out = run(write_case(GOOD), "-k", "goo", "--dtype", "float32", "--device", "cpu", "-v")
+    assert code == 0
+    assert "grad w [float32 cpu]" in out and "grad w [float64 cpu]" not in out
+
+
+def test_verbose_shows_the_symbolic_formula(write_case):
+    code, out = run(write_case(GOOD), "-v", "--device", "cpu")
+    assert "d/dw sum(2*w**2) = 4*w (per entry)" in out
+
+
+def test_missing_path_is_an_error(tmp_path):
+    code, out = run(tmp_path / "nope.toml")
+    assert code == 2 and "no such file" in out
+
+
+def test_help_documents_every_option():
+    result = CliRunner().invoke(main, ["run", "--help"])
+    for option in ("--device", "--dtype", "-k", "--json", "--seed", "-v"):
+        assert option in result.output
+
+
+def test_console_script_runs_the_shipped_seeds():
+    proc = subprocess.run([sys.executable, "-m", "diffcheck", "run", str(ROOT / "cases" / "seeds.toml")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 failed" in proc.stdout

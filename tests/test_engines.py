@@ -1,0 +1,155 @@
+"""Each engine against known answers, and the comparison's power: no false alarms, real errors caught."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from diffcheck import tolerance as tol
+from diffcheck.casefile import build_case
+from diffcheck.compare import Check, compare
+from diffcheck.engines import autograd, finite
+from diffcheck.engines.symbolic import Program
+from diffcheck.expr.parse import parse
+from diffcheck.runner import Options, run_case
+from diffcheck.strategies import cases
+
+
+def reference(expr, **values):
+    values = {k: np.asarray(v, dtype=float) for k, v in values.items()}
+    program = Program(parse(expr), {k: v.shape for k, v in values.items()}, list(values))
+    fwd = program.forward(values, kink_u=2.0**-24)
+    return program, fwd, program.gradient(fwd, 1.0)
+
+
+@pytest.mark.parametrize("expr, values, want", [
+    ("sum(2*w**2)", {"w": [10.0, 20.0]}, {"w": [40.0, 80.0]}),
+    ("w**2 + 20", {"w": 10.0}, {"w": 20.0}),
+    ("3*(a + b*c)", {"a": 1.0, "b": 4.0, "c": 2.0}, {"a": 3.0, "b": 6.0, "c": 12.0}),
+    ("mean(3*(x+2)*(x+2))", {"x": [[1.0, 2.0], [3.0, 4.0]]}, {"x": [[4.5, 6.0], [7.5, 9.0]]}),
+    ("sum(softmax(x, dim=0) * y)", {"x": [0.0, 0.0], "y": [1.0, 0.0]}, {"x": [0.25, -0.25], "y": [0.5, 0.5]}),
+    ("logsumexp(x)", {"x": [1000.0, 1000.0]}, {"x": [0.5, 0.5]}),
+    ("sum(x @ w)", {"x": [[1.0, 2.0]], "w": [[3.0], [4.0]]}, {"x": [[3.0, 4.0]], "w": [[1.0], [2.0]]}),
+    ("erf(x)", {"x": 10.0}, {"x": 2 / math.sqrt(math.pi) * math.exp(-100.0)}),
+    ("tanh(x)", {"x": 1000.0}, {"x": 0.0}),
+    ("silu(x)", {"x": -700.0}, {"x": -6.8919139040880798e-302}),  # needs the high-precision repair
+    ("sigmoid(x)", {"x": -800.0}, {"x": 0.0}),
+    ("atan2(y, x)", {"y": 1.0, "x": 1.0}, {"y": 0.5, "x": -0.5}),
+    ("binary_cross_entropy(p, y)", {"p": [0.25], "y": [1.0]}, {"p": [-4.0], "y": [math.log(3)]}),
+])
+def test_symbolic_engine_known_answers(expr, values, want):
+    _, _, grads = reference(expr, **values)
+    for name, value in want.items():
+        np.testing.assert_allclose(grads[name].value, value, rtol=1e-12, atol=0)
+
+
+def test_kink_gives_the_hull_of_one_sided_derivatives():
+    _, fwd, grads = reference("sum(relu(x) + abs(x))", x=[0.0, 2.0])
+    g = grads["x"]
+    assert g.ambiguous.tolist() == [True, False]
+    assert (g.lo[0], g.hi[0]) == (-1.0, 2.0)  # relu' in [0, 1] plus abs' in [-1, 1]
+    assert g.value[1] == 2.0
+
+
+def test_finite_differences_know_their_error():
+    f = lambda p: (float(np.sum(np.sin(p["x"]) * np.exp(p["x"]))), [])  # noqa: E731
+    x = np.array([0.3, -1.2, 2.0])
+    v = np.array([1.0, -2.0, 0.5])
+    est = finite.directional(f, {"x": x}, {"x": v}, noise=1e-16)
+    exact = float(np.sum((np.cos(x) + np.sin(x)) * np.exp(x) * v))
+    assert abs(est.value - exact) <= 4 * est.error
+    assert est.error < 1e-8
+
+
+def test_finite_differences_do_not_difference_across_a_kink():
+    program, fwd, _ = reference("sum(relu(x))", x=[1e-7, 1.0])
+    evaluate = lambda p: (float(program.value(p)), program.kink_signature(program.forward(p, None, False)))  # noqa
+    est = finite.directional(evaluate, {"x": np.array([1e-7, 1.0])}, {"x": np.array([1.0, 1.0])}, 1e-16)
+    assert est.step < 1e-7 and abs(est.value - 2.0) < 1e-6
+
+
+def test_autograd_engine_runs_each_dtype():
+    fn = autograd.build(parse("sum(2*w**2)"))
+    for dtype in ("float64", "float32", "float16", "bfloat16"):
+        res = autograd.run(fn, {"w": np.array([10.0, 20.0])}, ["w"], dtype, "cpu", [np.array(1.0)])
+        np.testing.assert_allclose(res.vjps[0]["w"], [40.0, 80.0])
+        assert not res.problems
+
+
+def mse_case(dtypes=("float32",)):
+    return build_case({"name": "mse", "expr": "mean((x @ w + b - y)**2)", "dtypes": list(dtypes),
+                       "devices": ["cpu"], "seed": 3, "vars": {
+                           "x": {"shape": [64, 100], "requires_grad": False}, "w": {"shape": [100, 100]},
+                           "b": {"shape": [100]}, "y": {"shape": [64, 100], "requires_grad": False}}})
+
+
+def test_a_correct_float32_gradient_passes_where_gradcheck_would_not():
+    result = run_case(mse_case(("float64", "float32", "bfloat16")), Options(devices=("cpu",)))
+    assert result.status == "pass", [c.message for c in result.checks if c.status == "fail"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_one_entry_off_by_a_thousandth_in_a_100x100_gradient_fails(dtype):
+    case = mse_case((dtype,))
+    rng = np.random.default_rng(case.seed)
+    point = {n: autograd.round_to(rng.uniform(-1, 1, v.shape), dtype) for n, v in case.vars.items()}
+    program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
+    fwd = program.forward(point, kink_u=tol.UNIT_ROUNDOFF[dtype])
+    ref = program.gradient(fwd, 1.0)["w"]
+    res = autograd.run(autograd.build(case.ir), point, case.grad_vars, dtype, "cpu", [np.array(1.0)])
+    got = res.vjps[0]["w"]
+    check = compare(Check("grad", "autograd", "symbolic", "w"), got, ref.value, tol.derived(ref.err, ref.value, dtype))
+    assert check.status == "pass", check.message
+    typical = int(np.argmin(np.abs(np.abs(ref.value) - np.median(np.abs(ref.value)))))
+    index = tuple(int(i) for i in np.unravel_index(typical, got.shape))
+    wrong = got.copy()
+    wrong[index] *= 1.001
+    check = compare(Check("grad", "autograd", "symbolic", "w"), wrong, ref.value,
+                    tol.derived(ref.err, ref.value, dtype))
+    assert check.status == "fail" and check.bad == 1
+    assert check.worst[0].index == list(index)
+    assert check.diagnosis == f"only entry {list(index)} is wrong"
+
+
+@pytest.mark.parametrize("transform, needle", [
+    (lambda g: -g, "sign flipped"),
+    (lambda g: 0.5 * g, "scaled by 0.5"),
+    (lambda g: g.T, "transposed"),
+    (lambda g: np.zeros_like(g), "all zero"),
+])
+def test_diagnosis_names_the_pattern(transform, needle):
+    ref = np.random.default_rng(0).standard_normal((4, 4))
+    t = tol.Tolerance(np.full(ref.shape, 1e-9), None, None, "test")
+    check = compare(Check("grad", "autograd", "symbolic", "w"), transform(ref), ref, t)
+    assert needle in check.diagnosis
+
+
+def test_value_beyond_float16_range_is_skipped_with_the_reason():
+    case = build_case({"name": "big", "expr": "exp(x)", "dtypes": ["float64", "float16"], "devices": ["cpu"],
+                       "vars": {"x": {"shape": [], "value": 20.0}}})
+    result = run_case(case, Options(devices=("cpu",)))
+    assert result.status == "pass"
+    skipped = [c for c in result.checks if c.status == "skip"]
+    assert skipped and "beyond float16's largest" in skipped[0].message
+
+
+def test_point_outside_the_domain_is_an_error_naming_the_op():
+    case = build_case({"name": "dom", "expr": "log(x)", "devices": ["cpu"], "vars": {"x": {"shape": [3]}}})
+    result = run_case(case, Options(devices=("cpu",)))
+    assert result.status == "error" and "log gives nan" in result.message
+
+
+def test_relu_at_zero_warns_and_never_fails():
+    case = build_case({"name": "kink", "expr": "relu(x)", "devices": ["cpu"],
+                       "vars": {"x": {"shape": [3], "value": [0.0, 1.0, -1.0]}}})
+    result = run_case(case, Options(devices=("cpu",)))
+    assert result.status == "pass"
+    assert any(c.status == "warn" and "non-differentiable" in c.message for c in result.checks)
+
+
+@settings(max_examples=60)
+@given(cases(dtypes=("float64", "float32", "bfloat16")))
+def test_all_engines_agree_on_random_compositions(case):
+    result = run_case(case, Options(devices=("cpu",)))
+    assert result.status == "pass", (case.expr, [(c.label, c.message) for c in result.checks if c.status == "fail"])

@@ -1,0 +1,93 @@
+"""The whitelisting parser: the language is accepted, everything else is a clear ExpressionError."""
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from diffcheck.errors import ExpressionError
+from diffcheck.expr.ir import Call, Const, Var, to_text
+from diffcheck.expr.parse import parse
+from diffcheck.strategies import expressions
+
+ACCEPTED = [
+    ("2*w**2", Call("mul", (Const(2.0), Call("pow", (Var("w"), Const(2.0)))))),
+    ("-x", Call("neg", (Var("x"),))),
+    ("-3", Const(-3.0)),
+    ("x.T", Call("transpose", (Var("x"),))),
+    ("x @ w", Call("matmul", (Var("x"), Var("w")))),
+    ("sin(pi)", Call("sin", (Const(3.141592653589793),))),
+    ("sum(x, dim=1, keepdim=True)", Call("sum", (Var("x"),), (("dim", 1), ("keepdim", True)))),
+    ("sum(x, (0, 1))", Call("sum", (Var("x"),), (("dim", (0, 1)), ("keepdim", False)))),
+    ("softmax(x, dim=-1)", Call("softmax", (Var("x"),), (("dim", -1),))),
+    ("elu(x, alpha=0.5)", Call("elu", (Var("x"),), (("alpha", 0.5),))),
+    ("leaky_relu(x, negative_slope=-0.1)", Call("leaky_relu", (Var("x"),), (("negative_slope", -0.1),))),
+]
+
+
+@pytest.mark.parametrize("text, tree", ACCEPTED)
+def test_accepts_the_language(text, tree):
+    assert parse(text, {"x", "w"}) == tree
+
+
+HOSTILE = [
+    ("__import__('os').system('rm -rf /')", "only calls of the language's functions"),
+    ("().__class__.__bases__", "attribute '.__bases__'"),
+    ("getattr(x, 'grad')", "unknown function 'getattr'"),
+    ("x[0].__dict__", "attribute '.__dict__'"),
+    ("x[0]", "subscripts"),
+    ("globals()", "unknown function 'globals'"),
+    ("eval('1')", "unknown function 'eval'"),
+    ("lambda: x", "lambdas"),
+    ("[i for i in x]", "comprehensions"),
+    ("(i for i in x)", "generators"),
+    ("x if x else x", "conditional expressions"),
+    ("x < 1", "comparisons"),
+    ("'text'", "strings"),
+    ("x.grad", "attribute '.grad'"),
+    ("__builtins__", "names may not start with '_'"),
+    ("_x", "names may not start with '_'"),
+    ("sum(x, dim=__import__('os'))", "must be an integer dimension"),
+    ("exp(x, foo=1)", "has no keyword 'foo'"),
+    ("exp(*x)", "starred"),
+    ("exp(**x)", "'**' arguments"),
+    ("1e999 * x", "too large"),
+    ("x +", "syntax error"),
+    ("x ^ 2", "operator BitXor"),
+    ("not x", "unary operator Not"),
+    ("y", "unknown name 'y'"),
+    ("exp", "is a function"),
+    ("True * x", "bool literals"),
+    ("1j * x", "complex literals"),
+    ("(" * 300 + "x" + ")" * 300, ""),
+    ("x\x00", "null bytes"),
+    ("", "empty"),
+]
+
+
+@pytest.mark.parametrize("text, needle", HOSTILE)
+def test_rejects_everything_else_with_a_clear_error(text, needle):
+    with pytest.raises(ExpressionError) as info:
+        parse(text, {"x"})
+    assert needle in str(info.value)
+
+
+def test_error_points_at_the_column():
+    with pytest.raises(ExpressionError) as info:
+        parse("x + foo(x)", {"x"})
+    assert info.value.col == 4
+
+
+@given(expressions())
+def test_printing_and_parsing_back_gives_the_same_tree(tree):
+    assert parse(to_text(tree)) == tree
+
+
+@given(st.text(max_size=60))
+@example("x.__class__")
+@example("__import__")
+@example("sum(x, dim=(1,)) ** -x.T")
+def test_random_text_gives_a_tree_or_an_expression_error(text):
+    try:
+        parse(text, {"x", "y"})
+    except ExpressionError:
+        pass
