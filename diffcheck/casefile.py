@@ -73,6 +73,9 @@ class CaseModel(_Strict):
     seed: int | None = None
     expect: ExpectModel | None = None
     tolerance: ToleranceModel | None = None
+    impl: str | None = None
+    impl_args: dict[str, int | float | bool | str] = {}
+    order: int = 1
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,14 @@ class Case:
     description: str = ""
     expect: Expect | None = None
     tolerance: Tolerance | None = None
+    impl: str | None = None  # "module:attribute" of the user's implementation under test
+    impl_args: dict = field(default_factory=dict)
+    order: int = 1  # 2 also checks Hessian-vector products
+
+    @property
+    def base_dir(self) -> Path:
+        """Where ``impl`` modules are looked for first: the case file's directory."""
+        return Path(self.path).resolve().parent
 
     @property
     def grad_vars(self) -> list[str]:
@@ -212,11 +223,18 @@ def build_case(raw: dict, where: str = "<data>") -> Case:
         if len(set(values)) != len(values):
             fail(f"'{key}' lists an entry twice", key)
 
+    if model.order not in (1, 2):
+        fail(f"order must be 1 or 2, got {model.order}", "order")
+    if model.impl is not None and not model.impl.strip():
+        fail("impl must name 'module:attribute'", "impl")
+    if model.impl_args and model.impl is None:
+        fail("impl_args needs impl", "impl_args")
     expect = _expect(model.expect, specs, out_shape, fail) if model.expect is not None else None
     tolerance = _tolerance(model.tolerance, fail) if model.tolerance is not None else None
     return Case(name=model.name, path=where, expr=model.expr, ir=ir, vars=specs, out_shape=out_shape,
                 dtypes=tuple(model.dtypes), devices=tuple(model.devices), seed=model.seed,
-                description=model.description, expect=expect, tolerance=tolerance)
+                description=model.description, expect=expect, tolerance=tolerance, impl=model.impl,
+                impl_args=dict(model.impl_args), order=model.order)
 
 
 def _var_spec(vname: str, vm: VarModel, fail) -> VarSpec:

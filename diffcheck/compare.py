@@ -12,6 +12,7 @@ import numpy as np
 from .tolerance import Tolerance
 
 WORST = 5
+MATRIX = 64  # failing results up to this many entries carry their full error matrix
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Check:
     ambiguous: int = 0
     diagnosis: str = ""
     worst: list[Entry] = field(default_factory=list)
+    error_matrix: list | None = None  # got - ref for small failing results, shown by -v
 
     @property
     def label(self) -> str:
@@ -112,6 +114,8 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None) -
                                  float(lo[idx]) if ambiguous[idx] else None,
                                  float(hi[idx]) if ambiguous[idx] else None))
     if check.bad:
+        if ref.size <= MATRIX:
+            check.error_matrix = np.where(np.isfinite(got - ref), got - ref, np.nan).tolist()
         check.status = "fail"
         check.message = f"{check.bad} of {check.entries} entries outside tolerance (worst margin {check.margin:.3g})"
         check.diagnosis = diagnose(got, ref, bad)

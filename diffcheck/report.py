@@ -99,6 +99,12 @@ def check_lines(check: Check, detail: bool) -> list[str]:
             fd = f"{e.fd:14.7g}" if e.fd is not None else f"{'-':>14s}"
             lines.append(f"         {str(e.index):12s} {e.got:14.7g} {e.ref:14.7g} {fd} {e.abs_err:10.3g}"
                          f" {e.allowed:10.3g}")
+        if detail and check.error_matrix is not None:
+            import numpy as np
+
+            lines.append(f"         error matrix ({check.engine} - {check.against}):")
+            text = np.array2string(np.asarray(check.error_matrix, dtype=float), precision=3, max_line_width=100)
+            lines.extend(f"           {row}" for row in text.splitlines())
     return lines
 
 

@@ -138,6 +138,8 @@ def _verdict(result: CaseResult) -> None:
 def blame(checks: list[Check]) -> str:
     """Say which engine is the odd one out when two agree and one does not."""
     failed = [c for c in checks if c.status == "fail"]
+    if any(c.engine == "impl" for c in checks):
+        return blame_impl(checks, failed)
     kinds = {(c.kind, c.engine) for c in failed}
     fd_failed = any(k == "fd" for k, _ in kinds)
     ad_failed = any(e == "autograd" and k in ("grad", "value", "semantic") for k, e in kinds)
@@ -164,6 +166,7 @@ class _CaseRun:
         self.rng = np.random.default_rng(seed)
         self.dtypes = [d for d in case.dtypes if options.dtypes is None or d in options.dtypes]
         self.refs: dict[bytes, tuple] = {}
+        self.engine = "impl" if case.impl else "autograd"
 
     def add(self, check: Check) -> Check:
         self.result.checks.append(check)
@@ -175,9 +178,15 @@ class _CaseRun:
 
         case = self.case
         if not self.dtypes:
-            self.add(Check("grad", "autograd", "symbolic", status="skip",
+            self.add(Check("grad", self.engine, "symbolic", status="skip",
                            message=f"none of the case's dtypes {list(case.dtypes)} was requested"))
             return
+        if case.impl:
+            from .engines import impl
+
+            fn = impl.load(case.impl, case.base_dir, list(case.vars), case.impl_args, case.path, case.name)
+        else:
+            fn = build(case.ir)
         self.low = tol.lowest(self.dtypes)
         self.base = self.sample()
         self.program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
@@ -189,7 +198,10 @@ class _CaseRun:
             self.result.formula = formula(case)
         self.fd_full = self.check_finite_differences(fwd, grads)
         self.check_expect_reference(fwd, grads)
-        fn = build(case.ir)
+        if case.impl:
+            self.check_impl_self_consistency(fn, fwd, grads)
+        if case.order == 2:
+            self.check_hvp(fn)
         for device in case.devices:
             if device not in self.options.devices:
                 continue
@@ -197,7 +209,7 @@ class _CaseRun:
                 ok, why = cuda_status()
                 if not ok:
                     for dtype in self.dtypes:
-                        self.add(Check("grad", "autograd", "symbolic", dtype=dtype, device="cuda", status="skip",
+                        self.add(Check("grad", self.engine, "symbolic", dtype=dtype, device="cuda", status="skip",
                                        message=why))
                     continue
             for dtype in self.dtypes:
@@ -267,17 +279,10 @@ class _CaseRun:
     def check_finite_differences(self, fwd, grads) -> dict:
         from .engines import finite
 
-        program, out = self.program, self.program.out
         point = self.point("float64")
         full = {}
         for ci in sorted({0, len(self.cotangents) - 1}):
-            cot = self.cotangents[ci]
-            noise = finite.U64 * float(np.sum(np.abs(cot) * (fwd.errs[out] + np.abs(fwd.values[out])))) + 1e-300
-
-            def evaluate(inputs, cot=cot):
-                f = program.forward(inputs, None, with_err=False)
-                return float(np.sum(cot * f.values[out])), program.kink_signature(f)
-
+            evaluate, noise = self.evaluator(ci, fwd)
             for name in self.case.grad_vars:
                 g = grads[ci][name]
                 if not np.all(np.isfinite(g.value)):
@@ -285,19 +290,35 @@ class _CaseRun:
                                    status="skip", message="the reference gradient is not finite at this point"))
                     continue
                 if g.value.size <= SMALL and ci == 0:
-                    full[name] = self.fd_entrywise(evaluate, point, name, g, noise)
+                    full[name] = self.fd_entrywise(evaluate, point, name, g.value, g, noise)
                 elif ci != 0 or g.value.size > SMALL:
-                    self.fd_directional(evaluate, point, name, g, noise)
+                    self.fd_directional(evaluate, point, name, g.value, g, noise)
         return full
 
-    def fd_entrywise(self, evaluate, point, name, g, noise):
+    def evaluator(self, ci: int, fwd, forward=None):
+        """phi(x) = <cotangent, f(x)> for finite differences, with the kink signature of the reference, and the
+        float64 rounding noise of one evaluation. ``forward`` (inputs -> output array) defaults to the
+        reference program; an impl's own forward can stand in."""
+        program, out = self.program, self.program.out
+        cot = self.cotangents[ci]
+        noise = 2.0**-53 * float(np.sum(np.abs(cot) * (fwd.errs[out] + np.abs(fwd.values[out])))) + 1e-300
+
+        def evaluate(inputs):
+            f = program.forward(inputs, None, with_err=False)
+            value = f.values[out] if forward is None else forward(inputs)
+            return float(np.sum(cot * value)), program.kink_signature(f)
+
+        return evaluate, noise
+
+    def fd_entrywise(self, evaluate, point, name, got, g, noise, kind="fd", engine="symbolic"):
+        """Every entry of ``got`` (a gradient of ``name``) against finite differences; ``g`` gives the budget."""
         from .engines import finite
 
         ests = finite.entrywise(evaluate, point, name, range(g.value.size), noise)
         values = np.array([e.value for e in ests]).reshape(g.value.shape)
         errors = np.array([e.error for e in ests]).reshape(g.value.shape)
         usable = np.isfinite(values) & ~g.ambiguous
-        check = Check("fd", "symbolic", "finite differences", var=name, dtype="float64", device="cpu")
+        check = Check(kind, engine, "finite differences", var=name, dtype="float64", device="cpu")
         if not usable.any():
             notes = {e.note for e in ests if e.note} or {"every entry sits on a kink"}
             check.status, check.message = "skip", "; ".join(sorted(notes))
@@ -306,15 +327,16 @@ class _CaseRun:
         allowed = tol.FD_SAFETY * errors + tol.derived(g.err, g.value, "float64").allowed
         tolerance = tol.Tolerance(np.where(usable, allowed, np.inf), None, None,
                                   f"{tol.FD_SAFETY:g} x Richardson error estimate + float64 budget")
-        compare(check, np.where(usable, values, g.value), g.value, tolerance, fd=values)
+        compare(check, np.where(usable, got, values), values, tolerance, fd=values)
         skipped = int((~usable).sum())
         if skipped and check.status == "pass":
             check.status = "warn"
             check.message = f"{skipped} entries not differenced (kink or domain edge within every step)"
         self.add(check)
-        return values
+        return values if kind == "fd" else check
 
-    def fd_directional(self, evaluate, point, name, g, noise):
+    def fd_directional(self, evaluate, point, name, grad, g, noise, kind="fd", engine="symbolic"):
+        """<grad, v> against finite differences along random directions v; ``g`` gives the budget."""
         from .engines import finite
 
         got, ref, allowed, notes = [], [], [], []
@@ -324,11 +346,11 @@ class _CaseRun:
             if not np.isfinite(est.value):
                 notes.append(est.note)
                 continue
-            got.append(est.value)
-            ref.append(float(np.sum(g.value * v)))
+            got.append(float(np.sum(grad * v)))
+            ref.append(est.value)
             budget = float(np.sum(np.abs(v) * g.err))
             allowed.append(tol.FD_SAFETY * est.error + tol.SAFETY * tol.UNIT_ROUNDOFF["float64"] * budget)
-        check = Check("fd", "symbolic", "finite differences (random directions)", var=name, dtype="float64",
+        check = Check(kind, engine, "finite differences (random directions)", var=name, dtype="float64",
                       device="cpu")
         if not got:
             check.status, check.message = "skip", "; ".join(sorted(set(notes)))
@@ -339,6 +361,99 @@ class _CaseRun:
             if notes and check.status == "pass":
                 check.status, check.message = "warn", "; ".join(sorted(set(notes)))
         self.add(check)
+        return check
+
+    # ---- a user's implementation: its backward against its own forward, forward mode against reverse ----
+    def check_impl_self_consistency(self, fn, fwd, grads) -> None:
+        from .engines.autograd import run, to_numpy, to_tensor
+
+        point = self.point("float64")
+        names = list(self.case.vars)
+
+        def impl_forward(inputs):
+            import torch
+
+            with torch.no_grad():
+                return to_numpy(fn(**{n: to_tensor(inputs[n], "float64", "cpu") for n in names}))
+
+        try:
+            res = run(fn, point, self.case.grad_vars, "float64", "cpu", self.cotangents)
+        except Exception as exc:  # user code: a crash is a finding, not a diffcheck error
+            self.add(Check("self_fd", "impl", "finite differences of the impl", dtype="float64", device="cpu",
+                           status="fail", message=f"the impl raised {type(exc).__name__}: {exc}"[:300]))
+            return
+        for ci in sorted({0, len(self.cotangents) - 1}):
+            evaluate, noise = self.evaluator(ci, fwd, impl_forward)
+            for name in self.case.grad_vars:
+                got, g = res.vjps[ci][name], grads[ci][name]
+                if not np.all(np.isfinite(g.value)):
+                    continue
+                if g.value.size <= SMALL and ci == 0:
+                    check = self.fd_entrywise(evaluate, point, name, got, g, noise, "self_fd", "impl")
+                else:
+                    check = self.fd_directional(evaluate, point, name, got, g, noise, "self_fd", "impl")
+                check.against = "finite differences of the impl's own forward"
+        self.check_jvp(fn, res, grads)
+
+    def check_jvp(self, fn, res, grads) -> None:
+        """Forward mode (torch.func.jvp) and reverse mode of the impl against the reference, float64."""
+        from .engines import finite
+        from .engines.autograd import jvp
+
+        point = self.point("float64")
+        names = self.case.grad_vars
+        v = {n: finite.random_direction(point[n], self.rng) for n in names}
+        check = Check("jvp", "impl", "symbolic (forward mode vs reverse mode)", dtype="float64", device="cpu")
+        try:
+            jv = jvp(fn, point, names, v, "float64", "cpu")
+        except Exception as exc:  # forward mode is optional for a custom Function
+            check.status = "skip"
+            check.message = f"forward mode not supported by the impl: {type(exc).__name__}: {str(exc)[:160]}"
+            self.add(check)
+            return
+        got, ref, allowed = [], [], []
+        for ci in sorted({0, len(self.cotangents) - 1}):
+            c = self.cotangents[ci]
+            if np.shape(jv) != np.shape(np.broadcast_to(c, np.shape(jv))):
+                break
+            got.append(float(np.sum(c * jv)))
+            ref.append(sum(float(np.sum(grads[ci][n].value * v[n])) for n in names))
+            budget = sum(float(np.sum(np.abs(v[n]) * grads[ci][n].err)) for n in names)
+            allowed.append(2 * tol.SAFETY * tol.UNIT_ROUNDOFF["float64"] * budget + 1e-300)
+        tolerance = tol.Tolerance(np.array(allowed), None, None, "derived: float64 budget of <J^T c, v>")
+        self.add(compare(check, np.array(got), np.array(ref), tolerance))
+
+    def check_hvp(self, fn) -> None:
+        """Hessian-vector products by double backward against Richardson differences of the exact symbolic
+        gradient (second derivatives have no error budget yet: the allowance is 64 u per entry, stated)."""
+        from .engines import finite
+        from .engines.autograd import hvp
+
+        point = self.point("float64")
+        names = self.case.grad_vars
+        cot = self.cotangents[-1]
+        v = {n: finite.random_direction(point[n], self.rng) for n in names}
+
+        def gradient(inputs):
+            f = self.program.forward(inputs, None, with_err=True)
+            grads = self.program.vjp(f, cot, with_err=False)
+            return {n: grads[n][0] for n in names}
+
+        ref, err = finite.directional_vector(gradient, point, v)
+        for dtype in self.dtypes:
+            try:
+                got = hvp(fn, self.point(dtype), names, cot, v, dtype, "cpu")
+            except Exception as exc:  # user code or an op without double backward
+                self.add(Check("hvp", self.engine, "symbolic", dtype=dtype, device="cpu", status="fail",
+                               message=f"double backward raised {type(exc).__name__}: {str(exc)[:160]}"))
+                continue
+            u = tol.UNIT_ROUNDOFF[dtype] + tol.UNIT_ROUNDOFF["float64"]
+            for n in names:
+                scale = np.abs(ref[n]) + float(np.sqrt(np.mean(np.square(ref[n])))) if ref[n].size else 0.0
+                allowed = tol.FD_SAFETY * err[n] + 64 * u * scale + tol.FLOOR * tol.TINY[dtype]
+                tolerance = tol.Tolerance(allowed, None, None, "4 x Richardson error + 64 u x |Hv| (second order)")
+                self.add(compare(Check("hvp", self.engine, "symbolic", var=n, dtype=dtype, device="cpu"),
+                                 got[n], ref[n], tolerance))
 
     # ---- known answers ----
     def check_expect_reference(self, fwd, grads) -> None:
@@ -370,7 +485,7 @@ class _CaseRun:
         peak = max([fwd.peak] + [float(np.max(np.abs(g.value), initial=0.0))
                                  for gs in grads for g in gs.values() if np.all(np.isfinite(g.value))])
         if peak > tol.MAX[dtype]:
-            self.add(Check("grad", "autograd", "symbolic", dtype=dtype, device=device, status="skip",
+            self.add(Check("grad", self.engine, "symbolic", dtype=dtype, device=device, status="skip",
                            message=f"values reach {peak:.3g}, beyond {dtype}'s largest {tol.MAX[dtype]:.3g}"))
             return
         try:
@@ -378,13 +493,13 @@ class _CaseRun:
         except (RuntimeError, NotImplementedError, TypeError) as exc:
             message = str(exc).strip().splitlines()[0][:200]
             status = "skip" if "not implemented for" in message else "fail"
-            self.add(Check("grad", "autograd", "symbolic", dtype=dtype, device=device, status=status,
+            self.add(Check("grad", self.engine, "symbolic", dtype=dtype, device=device, status=status,
                            message=f"torch raised {type(exc).__name__}: {message}"))
             return
         if res.problems:
-            self.add(Check("semantic", "autograd", "input metadata", dtype=dtype, device=device, status="fail",
+            self.add(Check("semantic", self.engine, "input metadata", dtype=dtype, device=device, status="fail",
                            message="; ".join(res.problems)))
-        self.add(compare(Check("value", "autograd", "symbolic", dtype=dtype, device=device), res.value,
+        self.add(compare(Check("value", self.engine, "symbolic", dtype=dtype, device=device), res.value,
                          fwd.values[out], tol.derived(fwd.errs[out], fwd.values[out], dtype, case.tolerance)))
         for name in case.grad_vars:
             self.add(self.worst_over_cotangents(res, grads, name, dtype, device))
@@ -396,9 +511,9 @@ class _CaseRun:
         for ci, (vjp, ref) in enumerate(zip(res.vjps, grads)):
             g = ref[name]
             if not np.all(np.isfinite(g.value)):
-                return Check("grad", "autograd", "symbolic", var=name, dtype=dtype, device=device, status="skip",
+                return Check("grad", self.engine, "symbolic", var=name, dtype=dtype, device=device, status="skip",
                              message="the reference gradient is not finite at this point (a singularity)")
-            check = compare(Check("grad", "autograd", "symbolic", var=name, dtype=dtype, device=device),
+            check = compare(Check("grad", self.engine, "symbolic", var=name, dtype=dtype, device=device),
                             vjp[name], g.value, tol.derived(g.err, g.value, dtype, self.case.tolerance),
                             lo=g.lo, hi=g.hi, fd=self.fd_full.get(name) if ci == 0 else None)
             if worst is None or check.margin > worst.margin:
@@ -432,13 +547,32 @@ class _CaseRun:
         expect = self.case.expect
         if expect.value is not None:
             t = tol.expected(expect.value, expect.atol, expect.rtol, fwd.errs[self.program.out], dtype)
-            self.add(compare(Check("expect_value", "autograd", "expect", dtype=dtype, device=device),
+            self.add(compare(Check("expect_value", self.engine, "expect", dtype=dtype, device=device),
                              res.value, expect.value, t))
         for name, want in expect.grad.items():
             g = grads[0][name]
             t = tol.expected(want, expect.atol, expect.rtol, g.err, dtype)
-            self.add(compare(Check("expect_grad", "autograd", "expect", var=name, dtype=dtype, device=device),
+            self.add(compare(Check("expect_grad", self.engine, "expect", var=name, dtype=dtype, device=device),
                              res.vjps[0][name], want, t, lo=g.lo, hi=g.hi))
+
+
+def blame_impl(checks: list[Check], failed: list[Check]) -> str:
+    """For a user's implementation: is the forward wrong, the backward, or both?"""
+    kinds = {c.kind for c in failed if c.engine == "impl"}
+    forward_wrong = "value" in kinds
+    self_inconsistent = "self_fd" in kinds
+    if forward_wrong and not self_inconsistent:
+        return "the impl's forward is wrong (its value disagrees with the reference); its backward is consistent " \
+               "with its own forward"
+    if forward_wrong:
+        return "the impl's forward and backward are both wrong"
+    if self_inconsistent or "grad" in kinds:
+        first = next((c for c in failed if c.kind == "grad"), failed[0])
+        return f"the impl's backward is wrong ({first.label}{': ' + first.diagnosis if first.diagnosis else ''})"
+    if kinds & {"semantic", "jvp", "hvp"}:
+        first = next(c for c in failed if c.kind in ("semantic", "jvp", "hvp"))
+        return f"the impl fails the {first.kind} check: {first.message}"
+    return blame([c for c in checks if c.engine != "impl"]) if failed else ""
 
 
 def cotangent_name(index: int, total: int) -> str:

@@ -131,7 +131,59 @@ def run(fn: Callable, inputs: dict, grad_vars, dtype: str, device: str, cotangen
                 vjp[name] = to_numpy(grad).reshape(tuple(leaf.shape)) if grad.numel() == leaf.numel() \
                     else np.full(tuple(leaf.shape), np.nan)
             vjps.append(vjp)
+        if out.requires_grad:
+            problems += _semantic(out, leaves, grad_vars, vjps, cotangents, dtype, device)
         return AutogradResult(to_numpy(out), vjps, sorted(set(problems)))
+
+
+def _semantic(out, leaves, grad_vars, vjps, cotangents, dtype, device) -> list[str]:
+    """gradcheck's extra checks: a zero upstream gradient gives zero, and backward is deterministic."""
+    problems = []
+    zero = torch.zeros_like(out)
+    for name, grad in zip(grad_vars, torch.autograd.grad(out, leaves, zero, retain_graph=True, allow_unused=True)):
+        if grad is not None and bool(torch.any(grad != 0)):
+            problems.append(f"a zero upstream gradient gave a nonzero gradient of {name} "
+                            f"(max {float(grad.abs().max()):.3g}): backward ignores grad_output")
+    last = len(cotangents) - 1
+    g = to_tensor(np.broadcast_to(cotangents[last], tuple(out.shape)), dtype, device).to(out.dtype)
+    again = torch.autograd.grad(out, leaves, g, retain_graph=True, allow_unused=True)
+    for name, grad in zip(grad_vars, again):
+        first = vjps[last][name]
+        second = to_numpy(grad).reshape(first.shape) if grad is not None else np.zeros(first.shape)
+        diff = float(np.max(np.abs(first - second), initial=0.0))
+        limit = 0.0 if device == "cpu" else np.sqrt(first.size) * 2.0**-24 * float(np.max(np.abs(first), initial=0))
+        if diff > limit:
+            problems.append(f"backward is not deterministic: two runs of the gradient of {name} differ by {diff:.3g}")
+    return problems
+
+
+def jvp(fn: Callable, inputs: dict, grad_vars, tangents: dict, dtype: str, device: str) -> np.ndarray:
+    """Forward-mode derivative J v with ``torch.func.jvp`` (raises where the function does not support it)."""
+    names = list(inputs)
+    fixed = {n: to_tensor(v, dtype, device) for n, v in inputs.items() if n not in grad_vars}
+    primals = tuple(to_tensor(inputs[n], dtype, device) for n in grad_vars)
+    dirs = tuple(to_tensor(tangents[n], dtype, device) for n in grad_vars)
+
+    def call(*xs):
+        tensors = dict(fixed, **dict(zip(grad_vars, xs)))
+        return fn(**{n: tensors[n] for n in names})
+
+    with _no_tf32():
+        _, out = torch.func.jvp(call, primals, dirs)
+    return to_numpy(out)
+
+
+def hvp(fn: Callable, inputs: dict, grad_vars, cotangent, direction: dict, dtype: str, device: str) -> dict:
+    """Hessian-vector product of <cotangent, fn> along ``direction``, by double backward."""
+    with _no_tf32():
+        tensors = {n: to_tensor(v, dtype, device, n in grad_vars) for n, v in inputs.items()}
+        out = fn(**tensors)
+        leaves = [tensors[n] for n in grad_vars]
+        c = to_tensor(np.broadcast_to(cotangent, tuple(out.shape)), dtype, device)
+        grads = torch.autograd.grad(out, leaves, c, create_graph=True)
+        dot = sum((g * to_tensor(direction[n], dtype, device)).sum() for n, g in zip(grad_vars, grads))
+        second = torch.autograd.grad(dot, leaves, allow_unused=True)
+    return {n: (to_numpy(h) if h is not None else np.zeros(np.shape(inputs[n]))) for n, h in zip(grad_vars, second)}
 
 
 def round_to(x: np.ndarray, dtype: str) -> np.ndarray:

@@ -96,3 +96,26 @@ def entrywise(evaluate: Evaluator, point: dict, var: str, indices, noise: float)
 
 def random_direction(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return rng.standard_normal(np.shape(x)) * entry_scale(x)
+
+
+def directional_vector(evaluate: Callable[[dict], dict], point: dict, direction: dict) -> tuple[dict, dict]:
+    """d/dt G(point + t*direction) for a vector-valued G (dict of arrays), Richardson per entry.
+
+    Used for Hessian-vector products: G is the exact symbolic gradient, so only truncation and float64
+    rounding of G limit the estimate; both are returned per entry.
+    """
+    h = FIRST_STEP
+    base = evaluate(point)
+    diffs = []
+    for step in (h, h / 2, h / 4):
+        plus = evaluate(_shift(point, direction, step))
+        minus = evaluate(_shift(point, direction, -step))
+        diffs.append({k: (plus[k] - minus[k]) / (2 * step) for k in plus})
+    value, error = {}, {}
+    for k in diffs[0]:
+        d = [x[k] for x in diffs]
+        r1a, r1b = (4 * d[1] - d[0]) / 3, (4 * d[2] - d[1]) / 3
+        value[k] = (16 * r1b - r1a) / 15
+        scale = max(float(np.max(np.abs(base[k]), initial=0.0)), 1e-300)
+        error[k] = np.abs(value[k] - r1b) + 7.0 * 64 * U64 * scale / h
+    return value, error

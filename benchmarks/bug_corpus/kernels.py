@@ -1,0 +1,123 @@
+"""Custom autograd Functions with the backward mistakes people really make, each beside its correct twin.
+
+Every entry of BUGS is (name, forward, wrong backward, right backward). ``make`` turns a forward and a backward
+into a ``torch.autograd.Function``; the module exposes ``bug_<name>`` and ``ok_<name>`` for the case files.
+A backward receives (grad_output, *inputs, output) and returns one gradient per input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def make(name: str, forward, backward):
+    """A torch.autograd.Function named ``name`` from a forward and a backward."""
+
+    class Function(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            out = forward(*inputs)
+            ctx.save_for_backward(*inputs, out)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            *inputs, out = ctx.saved_tensors
+            grads = backward(grad, *inputs, out)
+            return grads if isinstance(grads, tuple) else (grads,)
+
+    Function.__name__ = Function.__qualname__ = name
+    return Function
+
+
+def _softplus2_grad(g, x, out):
+    return g * torch.sigmoid(2 * x)
+
+
+def _gelu_exact_grad(g, x, out):
+    cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+    pdf = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    return g * (cdf + x * pdf)
+
+
+def _gelu_tanh_grad(g, x, out):  # the tanh approximation's derivative, used under an exact-erf forward
+    k = math.sqrt(2 / math.pi)
+    inner = k * (x + 0.044715 * x**3)
+    t = torch.tanh(inner)
+    return g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x))
+
+
+def _one_entry_off(g, x, w, out):
+    gw = x.T @ g
+    gw[3, 7] = gw[3, 7] * 1.001
+    return g @ w.T, gw
+
+
+def _r2(y, x):
+    return x * x + y * y
+
+
+BUGS = [
+    ("sigmoid_sign_flip", torch.sigmoid,
+     lambda g, x, o: -g * o * (1 - o), lambda g, x, o: g * o * (1 - o)),
+    ("square_missing_factor_2", lambda x: x * x,
+     lambda g, x, o: g * x, lambda g, x, o: 2 * g * x),
+    ("elu_missing_alpha", lambda x: F.elu(x, alpha=0.5),
+     lambda g, x, o: torch.where(x > 0, g, g * torch.exp(x)),
+     lambda g, x, o: torch.where(x > 0, g, g * 0.5 * torch.exp(x))),
+    ("exp_grad_of_wrong_variable", torch.exp,
+     lambda g, x, o: g * x, lambda g, x, o: g * o),
+    ("cube_wrong_power", lambda x: x**3,
+     lambda g, x, o: 3 * g * x, lambda g, x, o: 3 * g * x**2),
+    ("log_epsilon_in_denominator", torch.log,
+     lambda g, x, o: g / (x + 1e-5), lambda g, x, o: g / x),
+    ("relu_leaks_through_dead_side", torch.relu,
+     lambda g, x, o: g * torch.where(x > 0, 1.0, 0.01), lambda g, x, o: g * (x > 0)),
+    ("linear_weight_grad_transposed", lambda x, w: x @ w,
+     lambda g, x, w, o: (g @ w.T, (x.T @ g).T), lambda g, x, w, o: (g @ w.T, x.T @ g)),
+    ("bias_grad_from_one_row", lambda x, w, b: x @ w + b,
+     lambda g, x, w, b, o: (g @ w.T, x.T @ g, g[0]), lambda g, x, w, b, o: (g @ w.T, x.T @ g, g.sum(0))),
+    ("mean_divides_by_n_minus_1", lambda x: x.mean(),
+     lambda g, x, o: g.expand_as(x) / (x.numel() - 1), lambda g, x, o: g.expand_as(x) / x.numel()),
+    ("one_entry_off_in_100x100_weight_grad", lambda x, w: x @ w,
+     _one_entry_off, lambda g, x, w, o: (g @ w.T, x.T @ g)),
+    ("tanh_derivative_of_input", torch.tanh,
+     lambda g, x, o: g * (1 - x * x), lambda g, x, o: g * (1 - o * o)),
+    ("softmax_missing_term", lambda x: torch.softmax(x, dim=-1),
+     lambda g, x, o: g * o, lambda g, x, o: o * (g - (g * o).sum(-1, keepdim=True))),
+    ("logsumexp_unnormalised", lambda x: torch.logsumexp(x, dim=1),
+     lambda g, x, o: g[:, None] * torch.exp(x), lambda g, x, o: g[:, None] * torch.exp(x - o[:, None])),
+    ("mse_missing_mean", lambda a, b: F.mse_loss(a, b),
+     lambda g, a, b, o: (2 * (a - b) * g, -2 * (a - b) * g),
+     lambda g, a, b, o: (2 * (a - b) * g / a.numel(), -2 * (a - b) * g / a.numel())),
+    ("matmul_input_grad_untransposed", lambda x, w: x @ w,
+     lambda g, x, w, o: (g @ w, x.T @ g), lambda g, x, w, o: (g @ w.T, x.T @ g)),
+    ("ignores_upstream_gradient", lambda x: (x * x).sum(),
+     lambda g, x, o: 2 * x, lambda g, x, o: 2 * x * g),
+    ("softplus_beta_missing", lambda x: F.softplus(x, beta=2.0),
+     lambda g, x, o: g * torch.sigmoid(x), _softplus2_grad),
+    ("atan2_partials_swapped", torch.atan2,
+     lambda g, y, x, o: (-g * y / _r2(y, x), g * x / _r2(y, x)),
+     lambda g, y, x, o: (g * x / _r2(y, x), -g * y / _r2(y, x))),
+    ("gelu_tanh_approximation_in_backward", lambda x: F.gelu(x),
+     _gelu_tanh_grad, _gelu_exact_grad),
+]
+
+for _name, _forward, _wrong, _right in BUGS:
+    globals()[f"bug_{_name}"] = make(f"bug_{_name}", _forward, _wrong)
+    globals()[f"ok_{_name}"] = make(f"ok_{_name}", _forward, _right)
+
+
+class Linear(torch.nn.Module):
+    """An nn.Module whose forward uses a correct custom Function: the module convention, checked as a twin."""
+
+    def __init__(self, n_in: int = 3, n_out: int = 2):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(n_in, n_out))
+        self.bias = torch.nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x):
+        return globals()["ok_bias_grad_from_one_row"].apply(x, self.weight, self.bias)
