@@ -64,6 +64,7 @@ class ToleranceModel(_Strict):
 
 
 class CaseModel(_Strict):
+    kind: Literal["grad"] = "grad"
     name: str
     expr: str
     description: str = ""
@@ -186,13 +187,27 @@ def load_data(data: dict, where: str = "<data>") -> list[Case | CaseError]:
     return results
 
 
-def build_case(raw: dict, where: str = "<data>") -> Case:
-    """Validate one case's raw mapping into a Case, or raise CaseError naming the key."""
+def validator(where: str, name: str | None):
+    """model_validate that turns pydantic's errors into a CaseError naming file, case and dotted key."""
+
+    def validate(model_cls, raw):
+        try:
+            return model_cls.model_validate(raw)
+        except ValidationError as exc:
+            raise CaseError(_describe_validation(exc, model_cls), where, name,
+                            _dotted(exc.errors()[0]["loc"])) from None
+
+    return validate
+
+
+def build_case(raw: dict, where: str = "<data>"):
+    """Validate one case's raw mapping into a Case (or a TrainCase for ``kind = "train"``), or raise CaseError."""
     name = raw.get("name") if isinstance(raw.get("name"), str) else None
-    try:
-        model = CaseModel.model_validate(raw)
-    except ValidationError as exc:
-        raise CaseError(_describe_validation(exc), where, name, _dotted(exc.errors()[0]["loc"])) from None
+    if raw.get("kind") == "train":
+        from .training import build_train_case
+
+        return build_train_case(raw, where, validator(where, name))
+    model = validator(where, name)(CaseModel, raw)
 
     def fail(message: str, key: str):
         raise CaseError(message, where, model.name, key)
@@ -327,34 +342,58 @@ def _point_at(expr: str, exc: ExpressionError) -> str:
     return f"{exc.message}\n    {expr}\n    {' ' * exc.col}^"
 
 
-def _model_at(parent: tuple) -> type[BaseModel] | None:
-    """The model that validates the table at ``parent`` (for suggesting known keys)."""
-    if not parent:
-        return CaseModel
-    if parent[0] == "vars" and len(parent) == 2:
-        return VarModel
-    if parent == ("expect",):
-        return ExpectModel
-    if parent == ("tolerance",):
-        return ToleranceModel
-    if parent[0] == "tolerance" and len(parent) == 2:
-        return DtypeToleranceModel
+def _model_at(root: type[BaseModel], parent: tuple) -> type[BaseModel] | None:
+    """The model that validates the table at ``parent`` below ``root`` (for suggesting known keys)."""
+    import typing
+
+    model = root
+    for part in parent:
+        if model is None or not isinstance(part, str):
+            return None
+        if part in model.model_fields:
+            annotation = model.model_fields[part].annotation
+        elif getattr(model, "_dict_value", None) is not None:
+            annotation = model._dict_value
+        else:
+            return None
+        model = _model_in(annotation, typing)
+    return model
+
+
+def _model_in(annotation, typing):
+    """The pydantic model inside an annotation (Model, Model | None, dict[str, Model])."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg, typing)
+        if found is not None:
+            if typing.get_origin(annotation) is dict:
+                return _DictOf(found)
+            return found
     return None
+
+
+class _DictOf:
+    """Marks a dict of models: the next path part is a free key, the one after it a field of the model."""
+
+    def __init__(self, model):
+        self.model_fields = {}
+        self._dict_value = model
 
 
 def _dotted(loc) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def _describe_validation(exc: ValidationError) -> str:
+def _describe_validation(exc: ValidationError, root: type[BaseModel] = CaseModel) -> str:
     """Say the first problem in words: unknown keys with a suggestion, missing keys, wrong types."""
     err = exc.errors()[0]
     loc = tuple(err["loc"])
     where = _dotted(loc[:-1])
     last = loc[-1] if loc else ""
     if err["type"] == "extra_forbidden":
-        model = _model_at(loc[:-1])
-        known = list(model.model_fields) if model else []
+        model = _model_at(root, loc[:-1])
+        known = list(model.model_fields) if model is not None and not isinstance(model, _DictOf) else []
         close = difflib.get_close_matches(str(last), known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else (f" (known: {', '.join(known)})" if known else "")
         inside = f" in {where}" if where else ""

@@ -75,7 +75,7 @@ def load(paths, pattern: str | None = None) -> list[Case | CaseError]:
             loaded.append(CaseError("no such file or directory", str(f)))
             continue
         for item in load_file(f):
-            if isinstance(item, Case):
+            if not isinstance(item, CaseError):
                 if pattern and not matches(item.name, pattern):
                     continue
                 if item.name in seen:
@@ -101,17 +101,22 @@ def error_result(err: CaseError) -> CaseResult:
 
 def case_seed(case: Case, run_seed: int) -> int:
     """The seed that samples a case: its own ``seed``, else one derived from the run seed and its name."""
-    if case.seed is not None:
+    if getattr(case, "seed", None) is not None:
         return case.seed
     return (zlib.crc32(case.name.encode()) + 1_000_003 * run_seed) % 2**32
 
 
-def run_case(case: Case, options: Options) -> CaseResult:
+def run_case(case: Case, options: Options = Options()) -> CaseResult:
     start = time.perf_counter()
     seed = case_seed(case, options.seed)
     result = CaseResult(case.name, case.path, "pass", seed=seed)
     try:
-        _CaseRun(case, options, seed, result).run()
+        if getattr(case, "model", None) is not None:  # a training case
+            from .training import check_train_case
+
+            result.checks = check_train_case(case, options.dtypes or case.dtypes, options.devices)
+        else:
+            _CaseRun(case, options, seed, result).run()
     except DiffcheckError as exc:
         result.status, result.message = "error", str(exc)
     result.seconds = time.perf_counter() - start
@@ -138,6 +143,9 @@ def _verdict(result: CaseResult) -> None:
 def blame(checks: list[Check]) -> str:
     """Say which engine is the odd one out when two agree and one does not."""
     failed = [c for c in checks if c.status == "fail"]
+    if any(c.kind in ("converge", "trajectory", "reproducible") for c in failed):
+        first = next(c for c in failed if c.kind in ("converge", "trajectory", "reproducible"))
+        return f"training: {first.label}: {first.message}"
     if any(c.engine == "impl" for c in checks):
         return blame_impl(checks, failed)
     kinds = {(c.kind, c.engine) for c in failed}
@@ -304,7 +312,7 @@ class _CaseRun:
         noise = 2.0**-53 * float(np.sum(np.abs(cot) * (fwd.errs[out] + np.abs(fwd.values[out])))) + 1e-300
 
         def evaluate(inputs):
-            f = program.forward(inputs, None, with_err=False)
+            f = program.forward(inputs, None, with_err=False, derivs=False)
             value = f.values[out] if forward is None else forward(inputs)
             return float(np.sum(cot * value)), program.kink_signature(f)
 
@@ -535,7 +543,7 @@ class _CaseRun:
         noise = finite.U64 * float(np.sum(np.abs(cot) * (fwd.errs[out] + np.abs(fwd.values[out])))) + 1e-300
 
         def evaluate(inputs):
-            f = program.forward(inputs, None, with_err=False)
+            f = program.forward(inputs, None, with_err=False, derivs=False)
             return float(np.sum(cot * f.values[out])), program.kink_signature(f)
 
         shape = grads[ci][name].value.shape

@@ -208,9 +208,11 @@ class Program:
         raise NotImplementedError(node.op)  # pragma: no cover - every op in OPS is handled above
 
     # ---- forward ----
-    def forward(self, inputs: dict[str, np.ndarray], kink_u: float | None = None, with_err: bool = True) -> Forward:
+    def forward(self, inputs: dict[str, np.ndarray], kink_u: float | None = None, with_err: bool = True,
+                derivs: bool = True) -> Forward:
         """Evaluate every slot. ``kink_u`` (the unit roundoff of the least precise dtype under test) sets how
-        close to a kink an entry must be to count as on it; None skips kink detection."""
+        close to a kink an entry must be to count as on it; None skips kink detection. ``derivs=False`` computes
+        values only (what finite differences need); the backward pass needs the local derivatives."""
         values: list = [None] * len(self.slots)
         errs: list = [0.0] * len(self.slots)
         fwd = Forward(values, errs)
@@ -223,7 +225,7 @@ class Program:
                     values[i] = slot.value
                     errs[i] = sympy_eval._number_err(slot.value)
                 else:
-                    values[i], errs[i] = self._step(i, slot.instr, fwd, kink_u, with_err)
+                    values[i], errs[i] = self._step(i, slot.instr, fwd, kink_u, with_err, derivs)
                 finite = np.abs(values[i])[np.isfinite(values[i])]
                 if finite.size:
                     peak = max(peak, float(finite.max()))
@@ -232,7 +234,7 @@ class Program:
 
     def value(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """The output alone, in float64 (what finite differences evaluate)."""
-        return self.forward(inputs, None, with_err=False).values[self.out]
+        return self.forward(inputs, None, with_err=False, derivs=False).values[self.out]
 
     def kink_signature(self, fwd: Forward) -> list[np.ndarray]:
         """Which side of its kink every kinked entry is on: finite differences must not cross a kink."""
@@ -245,19 +247,23 @@ class Program:
                 sig.append(np.sign(k))
         return sig
 
-    def _step(self, i: int, ins: Instr, fwd: Forward, kink_u, with_err):
+    def _step(self, i: int, ins: Instr, fwd: Forward, kink_u, with_err, need_derivs=True):
         vals = [fwd.values[a] for a in ins.args]
         errs = [fwd.errs[a] for a in ins.args]
         if ins.op in OPS and OPS[ins.op].kind == "elementwise":
             op = OPS[ins.op]
             value = np.broadcast_to(op.numpy(*vals, **ins.params), ins.shape).astype(np.float64)
-            if not with_err and kink_u is None:
+            if not (with_err or need_derivs or kink_u is not None):
                 return value, 0.0
             rules = local_rules(ins.op, tuple(sorted(ins.params.items())))
             env = {s: (v, e) for s, v, e in zip(rules.symbols, vals, errs)}
-            derivs = [sympy_eval.evaluate(g, env, with_err) for g in rules.grads]
+            # only the derivatives someone needs: towards a differentiated input, or an input with rounding error
+            needed = [self.slots[a].active or (with_err and bool(np.any(e))) for a, e in zip(ins.args, errs)]
+            derivs = [sympy_eval.evaluate(g, env, with_err) if need else (0.0, 0.0)
+                      for g, need in zip(rules.grads, needed)]
             for k, alt in enumerate(rules.grads_alt):  # budget: the worse of the two ways of computing it
-                derivs[k] = (derivs[k][0], np.maximum(derivs[k][1], sympy_eval.evaluate(alt, env, with_err)[1]))
+                if needed[k]:
+                    derivs[k] = (derivs[k][0], np.maximum(derivs[k][1], sympy_eval.evaluate(alt, env, with_err)[1]))
             derivs = [(np.broadcast_to(d, ins.shape), np.broadcast_to(e, ins.shape)) for d, e in derivs]
             if self.slots[i].active:
                 fwd.derivs[i] = derivs

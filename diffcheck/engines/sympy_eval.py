@@ -73,6 +73,9 @@ def _repair(expr, env, value, err, bad):
                 continue
             try:
                 exact = _eval_mp(expr, point)
+                if mpmath.im(exact) != 0:  # outside the real domain (log of a negative): stays nan
+                    value[i] = float("nan")
+                    continue
                 real = float(mpmath.re(exact))
             except (ValueError, ZeroDivisionError, OverflowError, TypeError):
                 continue
