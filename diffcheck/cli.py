@@ -35,7 +35,9 @@ def main():
                    "sets 'seed'. The report prints the seed each case used.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show every check with its tolerance, and the symbolic gradient formula of small cases.")
-def run(paths, device, dtypes, pattern, json_path, seed, verbose):
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False),
+              help="Write a PNG per training case (loss curves, fitted line over the data) into this directory.")
+def run(paths, device, dtypes, pattern, json_path, seed, verbose, plot_dir):
     """Check every case in PATHS (files, or directories searched for *.toml)."""
     import time
 
@@ -49,7 +51,8 @@ def run(paths, device, dtypes, pattern, json_path, seed, verbose):
     except UsageError as exc:
         click.echo(f"diffcheck: usage error: {exc}", err=True)
         sys.exit(2)
-    options = Options(devices=devices, dtypes=tuple(dtypes) or None, pattern=pattern, seed=seed, verbose=verbose)
+    options = Options(devices=devices, dtypes=tuple(dtypes) or None, pattern=pattern, seed=seed, verbose=verbose,
+                      plot_dir=plot_dir)
     results = []
     for item in load(paths, pattern):
         if isinstance(item, Exception):

@@ -112,6 +112,7 @@ def render_text(results, seconds: float, verbose: bool = False) -> str:
     lines = []
     for r in results:
         lines.append(case_line(r))
+        lines.extend(f"    plot: {a}" for a in r.artifacts)
         if verbose:
             lines.extend(f"    {f}" for f in r.formula)
         for c in r.checks:

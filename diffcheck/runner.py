@@ -36,6 +36,7 @@ class Options:
     pattern: str | None = None
     seed: int = 0
     verbose: bool = False
+    plot_dir: str | None = None  # training cases write a PNG each here
 
 
 @dataclass
@@ -48,11 +49,12 @@ class CaseResult:
     seconds: float = 0.0
     checks: list[Check] = field(default_factory=list)
     formula: list[str] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)  # files written for this case (training plots)
 
     def to_json(self) -> dict:
         return {"name": self.name, "file": self.file, "status": self.status, "message": self.message,
                 "seed": self.seed, "seconds": round(self.seconds, 4), "formula": self.formula,
-                "checks": [c.to_json() for c in self.checks]}
+                "artifacts": self.artifacts, "checks": [c.to_json() for c in self.checks]}
 
 
 def collect(paths) -> list[Path]:
@@ -114,7 +116,8 @@ def run_case(case: Case, options: Options = Options()) -> CaseResult:
         if getattr(case, "model", None) is not None:  # a training case
             from .training import check_train_case
 
-            result.checks = check_train_case(case, options.dtypes or case.dtypes, options.devices)
+            result.checks, result.artifacts = check_train_case(case, options.dtypes or case.dtypes, options.devices,
+                                                               options.plot_dir)
         else:
             _CaseRun(case, options, seed, result).run()
     except DiffcheckError as exc:

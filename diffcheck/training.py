@@ -420,8 +420,49 @@ def least_squares(case: TrainCase, data) -> dict[str, np.ndarray]:
     return {wn: w.reshape(ws), bn: b.reshape(bs)}
 
 
-def check_train_case(case: TrainCase, dtypes, devices) -> list[Check]:
-    """Every check of one training case: converge, trajectory and reproducible, per dtype and device."""
+def plot(case: TrainCase, data, runs: dict, directory) -> str:
+    """A PNG of the loss curves and, for one input feature, the fitted line over the data. Returns its path."""
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+
+    t = case.model.train
+    fig = Figure(figsize=(11, 4.2))
+    ax_loss, ax_fit = fig.subplots(1, 2)
+    for label, run in runs.items():
+        ax_loss.plot(range(len(run.losses)), run.losses, label=label)
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss (before the step's update)")
+    ax_loss.legend(fontsize=8)
+    x = np.asarray(data[t.inputs[0]], dtype=float)
+    y = np.asarray(data[t.target], dtype=float)
+    if x.ndim <= 2 and x.reshape(len(x), -1).shape[1] == 1:
+        xs = x.reshape(-1)
+        ax_fit.scatter(xs, y.reshape(len(xs), -1)[:, 0], s=12, label="data")
+        label, run = next(iter(runs.items()))
+        final = run.params[-1]
+        grid = np.linspace(xs.min(), xs.max(), 50)
+        if case.model.model.type == "linear":
+            line = grid * float(final["weight"].reshape(-1)[0]) + float(final["bias"].reshape(-1)[0])
+        else:
+            (wn, w), (bn, b) = list(final.items())[:2]
+            line = grid * float(np.reshape(w, -1)[0]) + float(np.reshape(b, -1)[0])
+        ax_fit.plot(grid, line, color="red", label=f"fit ({label})")
+        ax_fit.legend(fontsize=8)
+    else:
+        ax_fit.text(0.5, 0.5, "more than one input feature:\nno line to draw", ha="center", va="center")
+    ax_fit.set_title(case.name, fontsize=9)
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    path = Path(directory) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', case.name)}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    return str(path)
+
+
+def check_train_case(case: TrainCase, dtypes, devices, plot_dir=None) -> tuple[list[Check], list[str]]:
+    """Every check of one training case (converge, trajectory and reproducible, per dtype and device), and the
+    paths of the plots written."""
     from .engines.autograd import cuda_status
 
     data, init = draw(case)
@@ -429,24 +470,27 @@ def check_train_case(case: TrainCase, dtypes, devices) -> list[Check]:
     steps = batches(case, len(data[case.model.train.target]) if data else n)
     reference = run_reference(case, data, init, steps)
     checks = []
+    runs = {"symbolic-gradient loop (float64)": reference}
     for device in case.devices:
         if device not in devices:
             continue
         if device == "cuda":
             ok, why = cuda_status()
             if not ok:
-                checks += [Check("converge", "autograd", "expect", dtype=d, device="cuda", status="skip", message=why)
-                           for d in case.dtypes if d in dtypes]
+                checks += [Check(kind, "autograd", "expect", dtype=d, device="cuda", status="skip", message=why)
+                           for d in case.dtypes if d in dtypes for kind in ("converge", "trajectory")]
                 continue
         for dtype in case.dtypes:
             if dtype not in dtypes:
                 continue
             run = run_torch(case, data, init, dtype, device, steps)
+            runs[f"autograd {dtype} {device}"] = run
             again = run_torch(case, data, init, dtype, device, steps)
             checks.append(_converge(case, data, run, dtype, device))
             checks.append(_trajectory(case, run, reference, dtype, device))
             checks.append(_reproducible(run, again, dtype, device))
-    return checks
+    plots = [plot(case, data, dict(reversed(list(runs.items()))), plot_dir)] if plot_dir is not None else []
+    return checks, plots
 
 
 def _converge(case: TrainCase, data, run: Trajectory, dtype, device) -> Check:
