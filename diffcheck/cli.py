@@ -30,6 +30,8 @@ def main():
               help="Run only cases whose name contains PATTERN (or matches it, if it has * ? [).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
               help="Write the full report as JSON to this file.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write a JUnit XML report (pytest's xunit2 shape) to this file, for CI systems.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Run seed; each case's sampling seed derives from it and the case name unless the case "
                    "sets 'seed'. The report prints the seed each case used.")
@@ -37,7 +39,7 @@ def main():
               help="Show every check with its tolerance, and the symbolic gradient formula of small cases.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False),
               help="Write a PNG per training case (loss curves, fitted line over the data) into this directory.")
-def run(paths, device, dtypes, pattern, json_path, seed, verbose, plot_dir):
+def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, plot_dir):
     """Check every case in PATHS (files, or directories searched for *.toml)."""
     import time
 
@@ -53,19 +55,83 @@ def run(paths, device, dtypes, pattern, json_path, seed, verbose, plot_dir):
         sys.exit(2)
     options = Options(devices=devices, dtypes=tuple(dtypes) or None, pattern=pattern, seed=seed, verbose=verbose,
                       plot_dir=plot_dir)
+    items = load(paths, pattern)
     results = []
-    for item in load(paths, pattern):
-        if isinstance(item, Exception):
-            results.append(error_result(item))
-        else:
-            results.append(run_case(item, options))
-        click.echo(_line(results[-1], verbose))
+    with _Progress(len(items)) as progress:
+        for item in items:
+            results.append(error_result(item) if isinstance(item, Exception) else run_case(item, options))
+            progress.echo(_line(results[-1], verbose))
     seconds = time.perf_counter() - start
     text = render_text(results, seconds, verbose)
+    _summary(results, seconds)
     click.echo(text.splitlines()[-1] if results else text)
     if json_path:
         write_json(json_path, results, seconds)
+    if junit_path:
+        from .report import write_junit
+
+        write_junit(junit_path, results, seconds)
     sys.exit(exit_code(results))
+
+
+def _fancy() -> bool:
+    """rich output only on a terminal, without NO_COLOR, and not for a dumb terminal."""
+    import os
+
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+class _Progress:
+    """A rich progress bar that appears once a run has taken more than a second (terminals only)."""
+
+    def __init__(self, total: int):
+        import time
+
+        self.total, self.start, self.bar, self.task, self.done = total, time.perf_counter(), None, None, 0
+        self.fancy = _fancy()
+
+    def __enter__(self):
+        return self
+
+    def echo(self, line: str) -> None:
+        import time
+
+        self.done += 1
+        if self.bar is not None:
+            self.bar.console.print(line, markup=False, highlight=False)
+            self.bar.update(self.task, completed=self.done)
+            return
+        click.echo(line)
+        if self.fancy and self.done < self.total and time.perf_counter() - self.start > 1.0:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+            self.bar = Progress("checking", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("cases", total=self.total, completed=self.done)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _summary(results, seconds: float) -> None:
+    from .report import plain_table, summary_rows
+
+    if not results:
+        return
+    if not _fancy():
+        click.echo(plain_table(results, seconds))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="diffcheck summary")
+    table.add_column("result")
+    table.add_column("count", justify="right")
+    styles = {"passed": "green", "failed": "red", "errors": "red", "skipped": "yellow"}
+    for key, value in summary_rows(results, seconds):
+        table.add_row(key, value, style=styles.get(key) if value != "0" else None)
+    Console().print(table)
 
 
 def _line(result, verbose: bool) -> str:

@@ -124,3 +124,34 @@ def render_text(results, seconds: float, verbose: bool = False) -> str:
     lines.append(f"diffcheck: {s['passed']} passed, {s['failed']} failed, {s['skipped']} skipped, "
                  f"{s['errors']} errors in {s['cases']} cases ({seconds:.1f} s)")
     return "\n".join(lines)
+
+
+def write_junit(path, results, seconds: float) -> None:
+    """JUnit XML in pytest's xunit2 shape: one testcase per case, failures carrying the localized report."""
+    import xml.etree.ElementTree as ET
+
+    s = summary(results, seconds)
+    suites = ET.Element("testsuites")
+    suite = ET.SubElement(suites, "testsuite", name="diffcheck", tests=str(s["cases"]), failures=str(s["failed"]),
+                          errors=str(s["errors"]), skipped=str(s["skipped"]), time=f"{seconds:.3f}")
+    for r in results:
+        case = ET.SubElement(suite, "testcase", classname=str(r.file).replace("/", ".").removesuffix(".toml"),
+                             name=r.name, time=f"{r.seconds:.3f}")
+        if r.status in ("fail", "error"):
+            detail = "\n".join(render_text([r], r.seconds, False).splitlines()[:-1])
+            tag = "failure" if r.status == "fail" else "error"
+            ET.SubElement(case, tag, message=r.message[:500]).text = detail
+        elif r.status == "skip":
+            ET.SubElement(case, "skipped", message=r.message[:500])
+    ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def summary_rows(results, seconds: float) -> list[tuple[str, str]]:
+    s = summary(results, seconds)
+    return [("passed", str(s["passed"])), ("failed", str(s["failed"])), ("skipped", str(s["skipped"])),
+            ("errors", str(s["errors"])), ("checks", str(sum(s["checks"].values()))), ("time", f"{seconds:.1f} s")]
+
+
+def plain_table(results, seconds: float) -> str:
+    rows = summary_rows(results, seconds)
+    return "\n".join(f"{k:8s} {v}" for k, v in rows)

@@ -26,3 +26,7 @@ def write_case(tmp_path):
         return path
 
     return write
+
+# tests/data holds case files that must fail or are invalid on purpose: the CLI tests run them, pytest must not
+# collect them as tests of their own.
+collect_ignore_glob = ["data/*"]

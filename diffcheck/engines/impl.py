@@ -40,7 +40,18 @@ def load(spec: str, base_dir: Path, var_names: list[str], args: dict, where: str
         if not hasattr(obj, part):
             fail(f"module '{module_name}' has no attribute '{attr_path}'")
         obj = getattr(obj, part)
+    return resolve(obj, var_names, args, where, case, spec)
 
+
+def resolve(obj, var_names: list[str], args: dict, where: str = "", case: str = "", spec: str = "") -> Callable:
+    """Turn a function, autograd.Function subclass, nn.Module class or instance into ``fn(**tensors)``."""
+    import torch
+
+    def fail(message: str):
+        raise CaseError(message, where, case, "impl")
+
+    spec = spec or getattr(obj, "__name__", type(obj).__name__)
+    attr_path = spec.split(":")[-1]
     if isinstance(obj, type) and issubclass(obj, torch.autograd.Function):
         function = obj
         return lambda **t: function.apply(*[t[n] for n in var_names])
