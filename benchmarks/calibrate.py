@@ -46,5 +46,5 @@ if __name__ == "__main__":
         print(f"{margin:9.3g} {status:5s} {label:28s} seed={seed} {expr[:110]}")
     fails = [w for w in worst if w[1] == "fail"]
     print(f"failing checks: {len(fails)}")
-    for margin, status, label, expr, seed in fails[:15]:
+    for margin, _status, label, expr, seed in fails[:15]:
         print(f"FAIL {margin:9.3g} {label:28s} seed={seed} {expr[:110]}")

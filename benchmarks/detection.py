@@ -45,7 +45,7 @@ def gradcheck_verdict(case: Case, dtype: str, fast: bool) -> bool:
     apply = function.apply if isinstance(function, type) and issubclass(function, torch.autograd.Function) else None
     if apply is None:  # the nn.Module twin: parameters are the case's vars
         module = function(**case.impl_args)
-        apply = lambda x, w, b: torch.func.functional_call(module, {"weight": w, "bias": b}, (x,))  # noqa: E731
+        apply = lambda x, w, b: torch.func.functional_call(module, {"weight": w, "bias": b}, (x,))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -71,7 +71,7 @@ def main() -> None:
             rows.append((tool, dtype, sum(caught), len(bugs), sum(alarms), len(twins), seconds))
             missed += [f"{tool} {dtype}: missed {c.name}" for c, hit in zip(bugs, caught) if not hit]
             missed += [f"{tool} {dtype}: false alarm on {c.name}" for c, hit in zip(twins, alarms) if hit]
-    print(f"| tool | dtype | bugs caught | false alarms on correct twins | time |")
+    print("| tool | dtype | bugs caught | false alarms on correct twins | time |")
     print("|---|---|---|---|---|")
     for tool, dtype, hit, nb, fa, nt, sec in rows:
         print(f"| {tool} | {dtype} | {hit} / {nb} | {fa} / {nt} | {sec:.1f} s |")

@@ -8,8 +8,17 @@ The public API is small and loads lazily (``import diffcheck`` does not import t
 - ``strategies`` -- hypothesis strategies for property tests of gradients.
 """
 
-__all__ = ["check", "load", "run_case", "Options", "CaseResult", "DiffcheckError", "CaseError", "ExpressionError",
-           "strategies"]
+__all__ = [
+    "CaseError",
+    "CaseResult",
+    "DiffcheckError",
+    "ExpressionError",
+    "Options",
+    "check",
+    "load",
+    "run_case",
+    "strategies",
+]
 
 _WHERE = {"check": "api", "load": "runner", "run_case": "runner", "Options": "runner", "CaseResult": "runner",
           "DiffcheckError": "errors", "CaseError": "errors", "ExpressionError": "errors"}

@@ -104,9 +104,6 @@ class CaseItem(pytest.Item):
             return "\n".join(render_text([excinfo.value.result], excinfo.value.result.seconds, False).splitlines()[:-1])
         return super().repr_failure(excinfo, style)
 
-    def reportinfo(self):
-        return self.path, None, f"{self.path.name}::{self.name}"
-
 
 class CaseFailure(Exception):
     def __init__(self, result):

@@ -85,9 +85,8 @@ def check_lines(check: Check, detail: bool) -> list[str]:
              + (f" -- {check.message}" if check.message else "")]
     if check.status == "skip":
         return lines
-    if detail or check.status == "fail":
-        if check.tolerance:
-            lines.append(f"         tolerance: {check.tolerance}")
+    if (detail or check.status == "fail") and check.tolerance:
+        lines.append(f"         tolerance: {check.tolerance}")
     if check.status == "fail" and check.worst:
         if check.diagnosis:
             lines.append(f"         diagnosis: {check.diagnosis}")
@@ -97,7 +96,7 @@ def check_lines(check: Check, detail: bool) -> list[str]:
             if e.abs_err <= e.allowed and e is not check.worst[0]:
                 continue
             fd = f"{e.fd:14.7g}" if e.fd is not None else f"{'-':>14s}"
-            lines.append(f"         {str(e.index):12s} {e.got:14.7g} {e.ref:14.7g} {fd} {e.abs_err:10.3g}"
+            lines.append(f"         {e.index!s:12s} {e.got:14.7g} {e.ref:14.7g} {fd} {e.abs_err:10.3g}"
                          f" {e.allowed:10.3g}")
         if detail and check.error_matrix is not None:
             import numpy as np

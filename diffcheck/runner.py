@@ -57,7 +57,7 @@ class CaseResult:
         """Passed, warnings and skipped checks allowed."""
         return self.status == "pass"
 
-    def assert_ok(self) -> "CaseResult":
+    def assert_ok(self) -> CaseResult:
         """Raise AssertionError with the full localized report unless the case passed."""
         if not self.ok:
             from .report import render_text
@@ -122,7 +122,8 @@ def case_seed(case: Case, run_seed: int) -> int:
     return (zlib.crc32(case.name.encode()) + 1_000_003 * run_seed) % 2**32
 
 
-def run_case(case: Case, options: Options = Options()) -> CaseResult:
+def run_case(case: Case, options: Options | None = None) -> CaseResult:
+    options = Options() if options is None else options
     start = time.perf_counter()
     seed = case_seed(case, options.seed)
     result = CaseResult(case.name, case.path, "pass", seed=seed)
@@ -301,14 +302,14 @@ class _CaseRun:
                             " (choose vars.*.domain or value inside the ops' domains)", self.case.path,
                             self.case.name, "vars")
         if not np.all(np.isfinite(out)):
+            where = first_bad_op(self.program, fwd)
             self.add(Check("value", "symbolic", "float64", status="skip",
-                           message=f"the value overflows float64 at the sample point ({first_bad_op(self.program, fwd)})"))
+                           message=f"the value overflows float64 at the sample point ({where})"))
             return False
         return True
 
     # ---- finite differences vs the symbolic reference ----
     def check_finite_differences(self, fwd, grads) -> dict:
-        from .engines import finite
 
         point = self.point("float64")
         full = {}
@@ -552,7 +553,7 @@ class _CaseRun:
         if worst.status == "fail" and worst.worst:
             self.add_fd_column(worst, grads, worst_ci, name)
         what = cotangent_name(worst_ci, len(self.cotangents))
-        worst.message = (worst.message + f"; " if worst.message else "") + \
+        worst.message = (worst.message + "; " if worst.message else "") + \
             f"{len(res.vjps)} cotangents, worst: {what}"
         return worst
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from . import tolerance as tol
 from .compare import Check
 from .errors import CaseError, ExpressionError
-from .expr.ir import Call, Const, Node, Var, variables
+from .expr.ir import Call, Node, Var, variables
 from .expr.parse import parse
 from .expr.shapes import infer
 
@@ -153,7 +153,7 @@ def build_train_case(raw: dict, where: str, validate_model) -> TrainCase:
                 fail(f"{key}: {exc}", key)
         else:
             data_shapes[name] = _draw_shape(item, key, fail)
-    for name in t.inputs + [t.target]:
+    for name in [*t.inputs, t.target]:
         if name not in data_shapes:
             fail(f"'{name}' is not in [data] (known: {', '.join(data_shapes)})", "train")
 
@@ -183,7 +183,7 @@ def build_train_case(raw: dict, where: str, validate_model) -> TrainCase:
     except ExpressionError as exc:
         fail(f"bad train.loss (a name in {list(LOSSES)} or an expression of p and y): {exc}", "train.loss")
     loss_ir = _substitute(loss_template, {"p": model_ir, "y": Var(t.target)})
-    shapes = {**{n: data_shapes[n] for n in t.inputs + [t.target]}, **param_shapes}
+    shapes = {**{n: data_shapes[n] for n in [*t.inputs, t.target]}, **param_shapes}
     try:
         out = infer(loss_ir, shapes)
     except ExpressionError as exc:
@@ -315,7 +315,7 @@ def run_torch(case: TrainCase, data, init, dtype: str, device: str, steps) -> Tr
 
     t = case.model.train
     tdt = TORCH_DTYPES[dtype]
-    names = t.inputs + [t.target]
+    names = [*t.inputs, t.target]
     tensors = {k: torch.tensor(data[k], dtype=tdt, device=device) for k in names}  # copies: runs stay independent
     if case.model.model.type == "linear":
         w = case.param_shapes["weight"]
@@ -324,11 +324,11 @@ def run_torch(case: TrainCase, data, init, dtype: str, device: str, steps) -> Tr
             layer.weight.copy_(torch.tensor(init["weight"]))
             layer.bias.copy_(torch.tensor(init["bias"]))
         params = {"weight": layer.weight, "bias": layer.bias}
-        predict = lambda inputs: layer(inputs[t.inputs[0]])  # noqa: E731
+        predict = lambda inputs: layer(inputs[t.inputs[0]])
     else:
         params = {k: torch.nn.Parameter(torch.tensor(v, dtype=tdt, device=device)) for k, v in init.items()}
         model_fn = build(parse(case.model.model.expr, set(params) | set(t.inputs)))
-        predict = lambda inputs: model_fn(**inputs, **params)  # noqa: E731
+        predict = lambda inputs: model_fn(**inputs, **params)
     loss_fn = build(parse(LOSSES.get(t.loss, t.loss), {"p", "y"}))
     opt_cls = torch.optim.SGD if t.optimizer == "sgd" else torch.optim.Adam
     optimizer = opt_cls(list(params.values()), lr=t.lr)
@@ -362,7 +362,7 @@ def run_reference(case: TrainCase, data, init, steps) -> Trajectory:
     from .engines.symbolic import Program
 
     t = case.model.train
-    names = t.inputs + [t.target]
+    names = [*t.inputs, t.target]
     programs: dict[tuple, Program] = {}
     params = {k: np.array(v, dtype=float) for k, v in init.items()}
     adam = {k: (np.zeros_like(v), np.zeros_like(v)) for k, v in params.items()}
@@ -446,7 +446,7 @@ def plot(case: TrainCase, data, runs: dict, directory) -> str:
         if case.model.model.type == "linear":
             line = grid * float(final["weight"].reshape(-1)[0]) + float(final["bias"].reshape(-1)[0])
         else:
-            (wn, w), (bn, b) = list(final.items())[:2]
+            (_wn, w), (_bn, b) = list(final.items())[:2]
             line = grid * float(np.reshape(w, -1)[0]) + float(np.reshape(b, -1)[0])
         ax_fit.plot(grid, line, color="red", label=f"fit ({label})")
         ax_fit.legend(fontsize=8)

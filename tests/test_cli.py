@@ -93,7 +93,7 @@ def test_dtype_and_pattern_select(write_case):
 
 
 def test_verbose_shows_the_symbolic_formula(write_case):
-    code, out = run(write_case(GOOD), "-v", "--device", "cpu")
+    _code, out = run(write_case(GOOD), "-v", "--device", "cpu")
     assert "d/dw sum(2*w**2) = 4*w (per entry)" in out
 
 

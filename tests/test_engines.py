@@ -45,7 +45,7 @@ def test_symbolic_engine_known_answers(expr, values, want):
 
 
 def test_kink_gives_the_hull_of_one_sided_derivatives():
-    _, fwd, grads = reference("sum(relu(x) + abs(x))", x=[0.0, 2.0])
+    _, _fwd, grads = reference("sum(relu(x) + abs(x))", x=[0.0, 2.0])
     g = grads["x"]
     assert g.ambiguous.tolist() == [True, False]
     assert (g.lo[0], g.hi[0]) == (-1.0, 2.0)  # relu' in [0, 1] plus abs' in [-1, 1]
@@ -53,7 +53,7 @@ def test_kink_gives_the_hull_of_one_sided_derivatives():
 
 
 def test_finite_differences_know_their_error():
-    f = lambda p: (float(np.sum(np.sin(p["x"]) * np.exp(p["x"]))), [])  # noqa: E731
+    f = lambda p: (float(np.sum(np.sin(p["x"]) * np.exp(p["x"]))), [])
     x = np.array([0.3, -1.2, 2.0])
     v = np.array([1.0, -2.0, 0.5])
     est = finite.directional(f, {"x": x}, {"x": v}, noise=1e-16)
@@ -63,8 +63,8 @@ def test_finite_differences_know_their_error():
 
 
 def test_finite_differences_do_not_difference_across_a_kink():
-    program, fwd, _ = reference("sum(relu(x))", x=[1e-7, 1.0])
-    evaluate = lambda p: (float(program.value(p)), program.kink_signature(program.forward(p, None, False)))  # noqa
+    program, _fwd, _ = reference("sum(relu(x))", x=[1e-7, 1.0])
+    evaluate = lambda p: (float(program.value(p)), program.kink_signature(program.forward(p, None, False)))
     est = finite.directional(evaluate, {"x": np.array([1e-7, 1.0])}, {"x": np.array([1.0, 1.0])}, 1e-16)
     assert est.step < 1e-7 and abs(est.value - 2.0) < 1e-6
 

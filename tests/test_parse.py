@@ -1,5 +1,7 @@
 """The whitelisting parser: the language is accepted, everything else is a clear ExpressionError."""
 
+import contextlib
+
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -87,7 +89,5 @@ def test_printing_and_parsing_back_gives_the_same_tree(tree):
 @example("__import__")
 @example("sum(x, dim=(1,)) ** -x.T")
 def test_random_text_gives_a_tree_or_an_expression_error(text):
-    try:
+    with contextlib.suppress(ExpressionError):
         parse(text, {"x", "y"})
-    except ExpressionError:
-        pass

@@ -8,8 +8,8 @@ switched off while a check runs (it would change float32 results by ~1e-3), and 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch

@@ -10,8 +10,8 @@ differenced across).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -41,7 +41,7 @@ def entry_scale(x: np.ndarray) -> np.ndarray:
 
 def directional(evaluate: Evaluator, point: dict, direction: dict, noise: float) -> Estimate:
     """d/dt phi(point + t*direction) at t=0. ``noise`` bounds float64 rounding in one evaluation of phi."""
-    phi0, sig0 = evaluate(point)
+    _phi0, sig0 = evaluate(point)
     h = FIRST_STEP
     while h >= SMALLEST_STEP:
         diffs = []

@@ -18,15 +18,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import CaseError
 
 
 def load(spec: str, base_dir: Path, var_names: list[str], args: dict, where: str, case: str) -> Callable:
     """Resolve ``module:attribute`` into ``fn(**tensors) -> tensor``, or raise CaseError naming 'impl'."""
-    import torch
 
     def fail(message: str):
         raise CaseError(message, where, case, "impl")

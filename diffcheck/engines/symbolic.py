@@ -15,7 +15,6 @@ within rounding distance of the kink. ``Program.vjp`` can then be run with the o
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,7 +77,7 @@ class Rules:
     grads_alt: tuple = ()  # the same derivatives written as torch evaluates them (for the error budget)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def local_rules(op_name: str, params: tuple) -> Rules:
     op = OPS[op_name]
     syms = tuple(sp.Symbol(f"a{i}", real=True) for i in range(op.arity))
@@ -239,7 +238,7 @@ class Program:
     def kink_signature(self, fwd: Forward) -> list[np.ndarray]:
         """Which side of its kink every kinked entry is on: finite differences must not cross a kink."""
         sig = []
-        for i, slot in enumerate(self.slots):
+        for _i, slot in enumerate(self.slots):
             if slot.kind == "instr" and OPS.get(slot.instr.op) is not None and OPS[slot.instr.op].kink:
                 rules = local_rules(slot.instr.op, tuple(sorted(slot.instr.params.items())))
                 env = {s: (fwd.values[a], 0.0) for s, a in zip(rules.symbols, slot.instr.args)}

@@ -32,12 +32,12 @@ _FUNCS = {
 }
 _ZERO_SLOPE = (sp.sign, sp.Heaviside, sp.DiracDelta)
 FUNCTION_ULPS = 4.0  # a library transcendental function: within 2 ulp, i.e. 4 u
-_MPMATH_LIMIT = 20_000
-EXTREME = 1e150  # an intermediate beyond this magnitude (or below its inverse) may over- or underflow later  # entries re-evaluated in high precision at most, per node
+_MPMATH_LIMIT = 20_000  # entries re-evaluated in high precision at most, per node
+EXTREME = 1e150  # an intermediate beyond this magnitude (or below its inverse) may over- or underflow later
 _T = sp.Symbol("t", real=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _slope(func) -> sp.Expr:
     """d/dt func(t), derived once per function class, for propagating input errors."""
     return sp.diff(func(_T), _T)

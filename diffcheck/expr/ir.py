@@ -6,7 +6,6 @@ Binary operators are calls too (``x + y`` is ``Call("add", (x, y))``), so engine
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -22,14 +21,14 @@ class Var:
 @dataclass(frozen=True)
 class Call:
     op: str
-    args: tuple["Node", ...]
+    args: tuple[Node, ...]
     params: tuple[tuple[str, object], ...] = ()
 
     def param(self, name: str):
         return dict(self.params)[name]
 
 
-Node = Union[Const, Var, Call]
+Node = Const | Var | Call
 
 
 def walk(node: Node):
@@ -70,7 +69,7 @@ def _text(node: Node, outer: int) -> str:
         return f"({text})" if prec < outer else text
     if node.op == "neg":
         text = f"-{_text(node.args[0], 3)}"
-        return f"({text})" if 3 < outer else text
+        return f"({text})" if outer > 3 else text
     if node.op == "transpose":
         return f"{_text(node.args[0], 5)}.T"
     args = [_text(a, 0) for a in node.args]

@@ -12,8 +12,8 @@ Torch and scipy are imported lazily so that ``diffcheck --help`` stays fast.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 NUMBER = (int, float)
 

@@ -44,13 +44,13 @@ def reduced_shape(shape: Shape, dims: tuple[int, ...], keepdim: bool) -> Shape:
 def matmul_shape(a: Shape, b: Shape, what: str = "") -> Shape:
     if len(a) == 0 or len(b) == 0:
         raise ExpressionError(f"{what}matmul needs at least 1-D operands, got shapes {list(a)} and {list(b)}")
-    a2 = (1,) + a if len(a) == 1 else a
-    b2 = b + (1,) if len(b) == 1 else b
+    a2 = (1, *a) if len(a) == 1 else a
+    b2 = (*b, 1) if len(b) == 1 else b
     if a2[-1] != b2[-2]:
         raise ExpressionError(
             f"{what}shapes {list(a)} and {list(b)} cannot be multiplied ({a2[-1]} != {b2[-2]})")
     batch = broadcast(a2[:-2], b2[:-2], what)
-    out = batch + (a2[-2], b2[-1])
+    out = (*batch, a2[-2], b2[-1])
     if len(a) == 1:
         out = out[:-2] + out[-1:]
     if len(b) == 1:
