@@ -106,7 +106,12 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None) -
     check.max_abs_err = float(err.max()) if err.size else 0.0
     check.max_rel_err = float(rel.max()) if rel.size else 0.0
     check.margin = float(margin.max()) if margin.size else 0.0
-    order = np.argsort(-margin.reshape(-1), kind="stable")[:WORST]
+    flat_margin = margin.reshape(-1)
+    if flat_margin.size > WORST:  # the k worst without sorting everything
+        top = np.argpartition(-flat_margin, WORST - 1)[:WORST]
+        order = top[np.argsort(-flat_margin[top], kind="stable")]
+    else:
+        order = np.argsort(-flat_margin, kind="stable")
     for flat in order:
         idx = np.unravel_index(flat, ref.shape) if ref.ndim else ()
         check.worst.append(Entry([int(i) for i in idx], float(got[idx]), float(ref[idx]), float(err[idx]),

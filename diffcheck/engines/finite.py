@@ -39,9 +39,11 @@ def entry_scale(x: np.ndarray) -> np.ndarray:
     return np.abs(x) + 0.1 * rms + 1e-6
 
 
-def directional(evaluate: Evaluator, point: dict, direction: dict, noise: float) -> Estimate:
-    """d/dt phi(point + t*direction) at t=0. ``noise`` bounds float64 rounding in one evaluation of phi."""
-    _phi0, sig0 = evaluate(point)
+def directional(evaluate: Evaluator, point: dict, direction: dict, noise: float, sig0=None) -> Estimate:
+    """d/dt phi(point + t*direction) at t=0. ``noise`` bounds float64 rounding in one evaluation of phi;
+    ``sig0`` is the kink signature at ``point`` when the caller already has it."""
+    if sig0 is None:
+        _, sig0 = evaluate(point)
     h = FIRST_STEP
     while h >= SMALLEST_STEP:
         diffs = []
@@ -85,11 +87,12 @@ def entrywise(evaluate: Evaluator, point: dict, var: str, indices, noise: float)
     """Finite-difference estimates of single gradient entries of ``var`` (flat indices)."""
     x = np.asarray(point[var], dtype=float)
     scale = entry_scale(x).reshape(-1)
+    _, sig0 = evaluate(point)
     out = []
     for flat in indices:
         e = np.zeros(x.size)
         e[flat] = scale[flat]
-        est = directional(evaluate, point, {var: e.reshape(x.shape)}, noise)
+        est = directional(evaluate, point, {var: e.reshape(x.shape)}, noise, sig0)
         out.append(Estimate(est.value / scale[flat], est.error / scale[flat], est.step, est.note))
     return out
 

@@ -225,9 +225,10 @@ class Program:
                     errs[i] = sympy_eval._number_err(slot.value)
                 else:
                     values[i], errs[i] = self._step(i, slot.instr, fwd, kink_u, with_err, derivs)
-                finite = np.abs(values[i])[np.isfinite(values[i])]
-                if finite.size:
-                    peak = max(peak, float(finite.max()))
+                if with_err:  # the reference run: how large do intermediates get (a dtype's range)?
+                    finite = np.abs(values[i])[np.isfinite(values[i])]
+                    if finite.size:
+                        peak = max(peak, float(finite.max()))
         fwd.peak = peak
         return fwd
 

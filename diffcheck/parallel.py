@@ -1,0 +1,42 @@
+"""Run cases across worker processes, yielding results in input order.
+
+Workers are spawned (not forked: torch's thread pools are not fork-safe) and each gets an equal share of the
+cores for torch's intra-op threads, so two workers on two cores do not oversubscribe them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from .errors import CaseError
+from .runner import CaseResult, Options, error_result, run_case
+
+
+def run_all(items: list, options: Options, workers: int = 1) -> Iterator[CaseResult]:
+    """Results of every item (CaseErrors become error results), in the order given."""
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield _one(item, options)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    # the long cases (training runs) go first so that no worker is left with them at the end
+    order = sorted(range(len(items)), key=lambda i: getattr(items[i], "model", None) is None)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init, initargs=(threads,)) as pool:
+        futures = {i: pool.submit(_one, items[i], options) for i in order}
+        for i in range(len(items)):
+            yield futures[i].result()
+
+
+def _one(item, options: Options) -> CaseResult:
+    return error_result(item) if isinstance(item, CaseError) else run_case(item, options)
+
+
+def _init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
