@@ -53,6 +53,37 @@ def torch_inputs(n: int):
     return x, y, w, b
 
 
+def measure(n: int) -> str:
+    """One table row: floor, diffcheck's full check, gradcheck slow and fast, ratios, peak memory."""
+    x, y, w, b = torch_inputs(n)
+
+    def f(w, b):
+        return ((x @ w + b - y) ** 2).mean()
+
+    def fwd_bwd():
+        torch.autograd.grad(f(w, b), (w, b))
+
+    floor = best(fwd_bwd, 20)
+    case = mse_case(n)
+    run_case(case, Options(devices=("cpu",)))  # warm caches (sympy rules, first BLAS calls)
+    check = best(lambda: run_case(case, Options(devices=("cpu",))), 3)
+    tracemalloc.start()
+    result = run_case(case, Options(devices=("cpu",)))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert result.status == "pass", result.message
+    entries = sum(c.entries for c in result.checks if c.kind == "grad")
+    fast = best(lambda: torch.autograd.gradcheck(f, (w, b), fast_mode=True), 3)
+    estimate = floor * 2 * (n * n + n)
+    if estimate < SLOW_LIMIT_S:
+        slow = best(lambda: torch.autograd.gradcheck(f, (w, b)), 1)
+        slow_text, ratio = f"{slow:.3g} s", f"{slow / check:.0f}x"
+    else:
+        slow_text, ratio = f"not run (~{estimate:.0f} s)", "-"
+    return (f"| {n} | {entries} | {floor * 1e3:.2f} ms | {check * 1e3:.1f} ms | {slow_text} | {fast * 1e3:.1f} ms | "
+            f"{ratio} | {check / floor:.0f}x | {peak / 2**20:.1f} MiB |")
+
+
 def main(quick: bool) -> None:
     sizes = SIZES[:3] if quick else SIZES
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
@@ -60,31 +91,7 @@ def main(quick: bool) -> None:
           "slow / diffcheck | check / fwd+bwd | diffcheck peak memory |")
     print("|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
-        x, y, w, b = torch_inputs(n)
-        f = lambda w, b: ((x @ w + b - y) ** 2).mean()  # noqa: E731
-
-        def fwd_bwd():
-            torch.autograd.grad(f(w, b), (w, b))
-
-        floor = best(fwd_bwd, 20)
-        case = mse_case(n)
-        run_case(case, Options(devices=("cpu",)))  # warm caches (sympy rules, first BLAS calls)
-        check = best(lambda: run_case(case, Options(devices=("cpu",))), 3)
-        tracemalloc.start()
-        result = run_case(case, Options(devices=("cpu",)))
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        assert result.status == "pass", result.message
-        entries = sum(c.entries for c in result.checks if c.kind == "grad")
-        fast = best(lambda: torch.autograd.gradcheck(f, (w, b), fast_mode=True), 3)
-        estimate = floor * 2 * (n * n + n)
-        if estimate < SLOW_LIMIT_S:
-            slow = best(lambda: torch.autograd.gradcheck(f, (w, b)), 1)
-            slow_text, ratio = f"{slow:.3g} s", f"{slow / check:.0f}x"
-        else:
-            slow_text, ratio = f"not run (~{estimate:.0f} s)", "-"
-        print(f"| {n} | {entries} | {floor * 1e3:.2f} ms | {check * 1e3:.1f} ms | {slow_text} | {fast * 1e3:.1f} ms | "
-              f"{ratio} | {check / floor:.0f}x | {peak / 2**20:.1f} MiB |")
+        print(measure(n))
 
     seeds = [c for c in load([ROOT / "cases" / "seeds.toml"]) if not isinstance(c, Exception)]
     total = best(lambda: [run_case(c, Options(devices=("cpu",))) for c in seeds], 3)
@@ -94,7 +101,8 @@ def main(quick: bool) -> None:
     start = time.perf_counter()
     proc = subprocess.run([exe, "run", str(ROOT / "cases"), "--device", "cpu"], capture_output=True, text=True)
     wall = time.perf_counter() - start
-    print(f"diffcheck run cases/ (cpu): {wall:.1f} s wall, exit {proc.returncode}: {proc.stdout.strip().splitlines()[-1]}")
+    last = proc.stdout.strip().splitlines()[-1]
+    print(f"diffcheck run cases/ (cpu): {wall:.1f} s wall, exit {proc.returncode}: {last}")
     helps = []
     for _ in range(5):
         start = time.perf_counter()

@@ -160,6 +160,8 @@ def load_file(path: str | Path) -> list[Case | CaseError]:
         return [CaseError(f"invalid TOML: {exc}", where)]
     except (OSError, UnicodeDecodeError) as exc:
         return [CaseError(f"cannot read the file: {exc}", where)]
+    except RecursionError:
+        return [CaseError("invalid TOML: nested too deeply", where)]
     return load_data(data, where)
 
 
@@ -232,6 +234,8 @@ def build_case(raw: dict, where: str = "<data>"):
     except ExpressionError as exc:
         fail(f"shapes do not fit: {exc}", "expr")
 
+    if model.seed is not None and not 0 <= model.seed < 2**63:
+        fail(f"seed must be an integer from 0 to 2**63 - 1, got {model.seed}", "seed")
     for key, values in (("dtypes", model.dtypes), ("devices", model.devices)):
         if not values:
             fail(f"'{key}' must list at least one entry", key)

@@ -48,7 +48,7 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
 
     from .errors import UsageError
     from .report import render_text, write_json
-    from .runner import Options, error_result, load, run_case
+    from .runner import Options, load
 
     start = time.perf_counter()
     try:

@@ -126,6 +126,8 @@ def build_train_case(raw: dict, where: str, validate_model) -> TrainCase:
         raise CaseError(message, where, m.name, key)
 
     t = m.train
+    if not 0 <= m.seed < 2**63:
+        fail(f"seed must be an integer from 0 to 2**63 - 1, got {m.seed}", "seed")
     if (t.steps is None) == (t.epochs is None):
         fail("give exactly one of train.steps and train.epochs", "train")
     count = t.steps if t.steps is not None else t.epochs

@@ -6,6 +6,7 @@ from ..errors import ExpressionError
 from .ir import Call, Const, Node, Var, to_text
 
 Shape = tuple[int, ...]
+MAX_INTERMEDIATE = 20_000_000  # entries: a hostile broadcast ([4e6, 1] + [1, 4e6]) must not exhaust memory
 
 
 def broadcast(a: Shape, b: Shape, what: str = "") -> Shape:
@@ -59,7 +60,19 @@ def matmul_shape(a: Shape, b: Shape, what: str = "") -> Shape:
 
 
 def infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
-    """Shape of ``node``'s value; raises ExpressionError naming the sub-expression that does not fit."""
+    """Shape of ``node``'s value; raises ExpressionError naming the sub-expression that does not fit, or one
+    whose result would be too large to hold."""
+    shape = _infer(node, var_shapes)
+    size = 1
+    for d in shape:
+        size *= d
+    if size > MAX_INTERMEDIATE:
+        raise ExpressionError(f"'{to_text(node)[:60]}' would have {size} entries (shape {list(shape)}); "
+                              f"the limit is {MAX_INTERMEDIATE}")
+    return shape
+
+
+def _infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
     if isinstance(node, Const):
         return ()
     if isinstance(node, Var):
