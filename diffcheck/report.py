@@ -90,14 +90,14 @@ def check_lines(check: Check, detail: bool) -> list[str]:
     if check.status == "fail" and check.worst:
         if check.diagnosis:
             lines.append(f"         diagnosis: {check.diagnosis}")
-        lines.append(f"         {'index':12s} {check.engine:>14s} {check.against[:14]:>14s} {'finite diff':>14s}"
-                     f" {'abs err':>10s} {'allowed':>10s}")
+        lines.append(f"         {'index':12s} {check.engine:>14s} {_short(check.against):>14s} {'finite diff':>14s}"
+                     f" {'abs err':>10s} {'rel err':>10s} {'allowed':>10s}")
         for e in check.worst:
             if e.abs_err <= e.allowed and e is not check.worst[0]:
                 continue
             fd = f"{e.fd:14.7g}" if e.fd is not None else f"{'-':>14s}"
             lines.append(f"         {e.index!s:12s} {e.got:14.7g} {e.ref:14.7g} {fd} {e.abs_err:10.3g}"
-                         f" {e.allowed:10.3g}")
+                         f" {e.rel_err:10.3g} {e.allowed:10.3g}")
         if detail and check.error_matrix is not None:
             import numpy as np
 
@@ -105,6 +105,13 @@ def check_lines(check: Check, detail: bool) -> list[str]:
             text = np.array2string(np.asarray(check.error_matrix, dtype=float), precision=3, max_line_width=100)
             lines.extend(f"           {row}" for row in text.splitlines())
     return lines
+
+
+def _short(against: str) -> str:
+    """A column header for what a check was judged against."""
+    if against.startswith("finite differences"):
+        return "finite diff"
+    return against.split(" ")[0][:14]
 
 
 def render_text(results, seconds: float, verbose: bool = False) -> str:

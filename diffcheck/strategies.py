@@ -89,6 +89,55 @@ SHAPE_PAIRS = [((), ()), ((4,), (4,)), ((3, 4), (4,)), ((3, 1), (1, 4)), ((2, 3,
 
 
 @st.composite
+def structured(draw, node: Node, var_shapes: dict, depth: int = 2):
+    """Wrap ``node`` in up to ``depth`` structural ops valid for its shape: matmul with its own transpose,
+    softmax/log_softmax/logsumexp/sum/mean over a drawn dim (keepdim too), transpose, mse_loss; an elementwise
+    op may sit between them."""
+    from .expr.shapes import infer
+
+    for _ in range(draw(st.integers(0, depth))):
+        ndim = len(infer(node, var_shapes))
+        choices = ["sum", "mean", "logsumexp", "unary"]
+        if ndim >= 1:
+            choices += ["softmax", "log_softmax", "mse_loss"]
+        if ndim in (1, 2):  # .T reverses every dim: x @ x.T fits for 1-D and 2-D only
+            choices.append("matmul")
+        if ndim >= 2:
+            choices.append("transpose")
+        kind = draw(st.sampled_from(choices))
+        dim = draw(st.integers(-ndim, ndim - 1)) if ndim else None
+        if kind == "unary":
+            op = draw(st.sampled_from(UNARY_OPS))
+            node = Call(op, (_guard(op, 0, node),), _params(op))
+        elif kind in ("sum", "mean", "logsumexp"):
+            dims = draw(st.sampled_from([None, dim])) if ndim else None
+            inner = squash(node, (-3.0, 3.0)) if kind == "logsumexp" else node
+            node = Call(kind, (inner,), (("dim", dims), ("keepdim", draw(st.booleans()))))
+        elif kind in ("softmax", "log_softmax"):
+            node = Call(kind, (squash(node, (-3.0, 3.0)),), (("dim", dim),))
+        elif kind == "mse_loss":
+            node = Call("mse_loss", (node, Call("tanh", (node,))))
+        elif kind == "matmul":
+            node = Call("matmul", (node, Call("transpose", (node,))))
+        else:
+            node = Call("transpose", (node,))
+    return node
+
+
+@st.composite
+def structured_cases(draw, dtypes=("float64", "float32"), devices=("cpu",)):
+    """A Case over every kind of op: an elementwise tree of x and y, wrapped in structural ops."""
+    from .casefile import build_case
+
+    sx, sy = draw(st.sampled_from([((3, 4), (4,)), ((2, 3, 4), (3, 1)), ((4,), (4,)), ((3, 4), (3, 4))]))
+    shapes = {"x": sx, "y": sy}
+    node = draw(structured(draw(expressions()), shapes))
+    used = sorted({n.name for n in _walk(node) if isinstance(n, Var)})
+    seed = draw(st.integers(0, 2**31 - 1))
+    raw = {"name": f"structured_{seed}", "expr": to_text(node), "dtypes": list(dtypes), "devices": list(devices),
+           "seed": seed, "vars": {n: {"shape": list(shapes[n])} for n in used}}
+    return build_case(raw, "<hypothesis>")
+@st.composite
 def cases(draw, dtypes=("float64", "float32"), devices=("cpu",), reduce: bool | None = None):
     """A whole Case: a random expression, broadcast-compatible shapes, optionally an outer sum or mean."""
     from .casefile import build_case

@@ -13,7 +13,7 @@ from diffcheck.engines import autograd, finite
 from diffcheck.engines.symbolic import Program
 from diffcheck.expr.parse import parse
 from diffcheck.runner import Options, run_case
-from diffcheck.strategies import cases
+from diffcheck.strategies import cases, structured_cases
 
 
 def reference(expr, **values):
@@ -151,5 +151,12 @@ def test_relu_at_zero_warns_and_never_fails():
 @settings(max_examples=60)
 @given(cases(dtypes=("float64", "float32", "bfloat16")))
 def test_all_engines_agree_on_random_compositions(case):
+    result = run_case(case, Options(devices=("cpu",)))
+    assert result.status == "pass", (case.expr, [(c.label, c.message) for c in result.checks if c.status == "fail"])
+
+
+@settings(max_examples=60)
+@given(structured_cases(dtypes=("float64", "float32", "float16")))
+def test_all_engines_agree_on_compositions_with_matmul_softmax_and_reductions(case):
     result = run_case(case, Options(devices=("cpu",)))
     assert result.status == "pass", (case.expr, [(c.label, c.message) for c in result.checks if c.status == "fail"])
