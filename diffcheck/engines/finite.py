@@ -36,7 +36,8 @@ def entry_scale(x: np.ndarray) -> np.ndarray:
     """Per-entry perturbation scale: relative to the entry, with a floor from the variable's size."""
     x = np.asarray(x, dtype=float)
     rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
-    return np.abs(x) + 0.1 * rms + 1e-6
+    scale = np.abs(x) + 0.1 * rms
+    return np.where(scale > 0, scale, 1e-6)  # an all-zero variable still needs a step
 
 
 def directional(evaluate: Evaluator, point: dict, direction: dict, noise: float, sig0=None) -> Estimate:

@@ -168,6 +168,9 @@ class Program:
                     Slot("var", shapes[node.name], name=node.name, active=node.name in self.grad_vars))
             return self.var_slots[node.name]
         assert isinstance(node, Call)
+        if node.op == "pow" and isinstance(node.args[1], Const):
+            base = self._lower(node.args[0], shapes)
+            return self._emit("powc", (base,), infer(node, shapes), exponent=node.args[1].value)
         args = tuple(self._lower(a, shapes) for a in node.args)
         arg_shapes = [self.slots[a].shape for a in args]
         shape = infer(node, shapes)

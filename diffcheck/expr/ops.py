@@ -137,6 +137,9 @@ def _build() -> dict[str, Op]:
         Op("pow", 2, "elementwise", (), lambda a, b: a**b, lambda a, b: _np().power(a, b),
            lambda a, b: a**b, domain=((0.5, 2), (-2, 2)), ulps=4),
         Op("neg", 1, "elementwise", (), lambda a: -a, lambda a: -a, lambda a: -a, domain=((-1, 1),), ulps=0),
+        # x ** c with a constant c: its own rule, since sympy writes d/dx x**y as y*x**y/x (0/0 at x = 0)
+        Op("powc", 1, "elementwise", (Param("exponent", "number", 1.0),), lambda a, exponent: a**exponent,
+           lambda a, exponent: _np().power(a, exponent), lambda a, exponent: a**exponent, domain=((0.5, 2),)),
         # unary functions
         _unary("exp", lambda x: _sp().exp(x), lambda x: _np().exp(x), lambda x: _torch().exp(x), (-3, 3)),
         _unary("log", lambda x: _sp().log(x), lambda x: _np().log(x), lambda x: _torch().log(x), (0.1, 3)),
@@ -217,7 +220,7 @@ def _build() -> dict[str, Op]:
 OPS: dict[str, Op] = _build()
 
 # Ops written as operators, not called by name.
-OPERATOR_OPS = {"add", "sub", "mul", "div", "pow", "neg", "matmul", "transpose"}
+OPERATOR_OPS = {"add", "sub", "mul", "div", "pow", "powc", "neg", "matmul", "transpose"}
 # Names a case file may call as functions.
 FUNCTIONS = sorted(name for name in OPS if name not in OPERATOR_OPS)
 # Named constants allowed in expressions.
