@@ -160,3 +160,18 @@ def test_all_engines_agree_on_random_compositions(case):
 def test_all_engines_agree_on_compositions_with_matmul_softmax_and_reductions(case):
     result = run_case(case, Options(devices=("cpu",)))
     assert result.status == "pass", (case.expr, [(c.label, c.message) for c in result.checks if c.status == "fail"])
+
+
+@pytest.mark.parametrize("expr, shapes", [
+    # found by hypothesis: a 1-D right operand of matmul carrying rounding error (0.1 is not exact)
+    ("sum((0.1 * x) @ (0.1 * y))", {"x": [3, 4], "y": [4]}),
+    ("sum((0.1 * y) @ (0.1 * x).T)", {"x": [3, 4], "y": [4]}),
+    # found by hypothesis: every error term exactly zero, (a - a) @ (a - a).T
+    ("erfinv(0.9 * tanh((maximum(0.5, x) - maximum(0.5, x)) @ (maximum(0.5, x) - maximum(0.5, x)).T))",
+     {"x": [3, 4]}),
+])
+def test_pinned_counterexamples(expr, shapes):
+    case = build_case({"name": "pinned", "expr": expr, "devices": ["cpu"], "dtypes": ["float64", "float32"],
+                       "vars": {n: {"shape": s} for n, s in shapes.items()}})
+    result = run_case(case, Options(devices=("cpu",)))
+    assert result.status == "pass", [(c.label, c.message) for c in result.checks if c.status == "fail"]

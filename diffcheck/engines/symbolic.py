@@ -29,8 +29,9 @@ KINK_SAFETY = 16.0  # entries this many rounding bounds from a kink are treated 
 
 
 def rss(*terms):
-    """Root-sum-square of error terms: independent rounding errors add in quadrature (hypot: no underflow)."""
-    total = 0.0
+    """Root-sum-square of error terms: independent rounding errors add in quadrature (hypot: no underflow).
+    The result has the terms' broadcast shape even when every term is zero."""
+    total = np.zeros(np.broadcast_shapes(*(np.shape(t) for t in terms)))
     for t in terms:
         if np.any(t):
             total = np.hypot(total, t)
@@ -469,10 +470,12 @@ def _matmul_back(ins: Instr, vals, errs, shapes, g, ge, with_err):
         m, n = b2.shape[-1], a2.shape[-2]
         ea_ = rss(accumulation(m + 1, l2_matmul(g2, bt), ga), l2_matmul(ge_full, bt))
         gb_err = rss(accumulation(n + 1, l2_matmul(at, g2), gb), l2_matmul(at, ge_full))
-        if np.any(eb):
-            ea_ = rss(ea_, l2_matmul(g2, np.swapaxes(np.broadcast_to(eb, np.shape(b2)), -1, -2)))
+        if np.any(eb):  # operand errors in the operands' promoted (2-D) layout
+            eb2 = np.reshape(np.broadcast_to(eb, np.shape(b)), np.shape(b2))
+            ea_ = rss(ea_, l2_matmul(g2, np.swapaxes(eb2, -1, -2)))
         if np.any(ea):
-            gb_err = rss(gb_err, l2_matmul(np.swapaxes(np.broadcast_to(ea, np.shape(a2)), -1, -2), g2))
+            ea2 = np.reshape(np.broadcast_to(ea, np.shape(a)), np.shape(a2))
+            gb_err = rss(gb_err, l2_matmul(np.swapaxes(ea2, -1, -2), g2))
     ga, ea_ = _unbroadcast(ga, ea_, a2.shape, with_err)
     gb, gb_err = _unbroadcast(gb, gb_err, b2.shape, with_err)
     yield ins.args[0], (ga.reshape(sa), np.reshape(ea_, sa) if with_err else 0.0)
