@@ -70,6 +70,8 @@ def case_line(result) -> str:
     parts = [f"{len(result.checks)} checks"]
     if margins and result.status == "pass":
         parts.append(f"worst margin {max(margins):.2g}")
+    if result.seed is not None:
+        parts.append(f"seed {result.seed}")
     parts.append(f"{result.seconds:.2f} s")
     line = f"{head}  ({', '.join(parts)})"
     if result.message:

@@ -175,3 +175,14 @@ def test_pinned_counterexamples(expr, shapes):
                        "vars": {n: {"shape": s} for n, s in shapes.items()}})
     result = run_case(case, Options(devices=("cpu",)))
     assert result.status == "pass", [(c.label, c.message) for c in result.checks if c.status == "fail"]
+
+
+def test_pinned_tie_in_bfloat16_where_the_reference_adjoint_is_exactly_zero():
+    """Found by the calibration sweep: minimum(y, f(x)) ties in bfloat16 where float64 takes y's side and the
+    softmax above it makes the exact adjoint 0; bfloat16's rounding of that adjoint reaches x through the tie."""
+    expr = "log_softmax(3.0 * tanh(minimum(y, atan2(tanh((-1.5)), 1.25 + 0.75 * tanh(x)))), dim=2)"
+    case = build_case({"name": "tie", "expr": expr, "seed": 3580489, "devices": ["cpu"],
+                       "dtypes": ["float64", "float32", "float16", "bfloat16"],
+                       "vars": {"x": {"shape": [2, 3, 4]}, "y": {"shape": [3, 1]}}})
+    result = run_case(case, Options(devices=("cpu",)))
+    assert result.status == "pass", [(c.label, c.message) for c in result.checks if c.status == "fail"]

@@ -368,11 +368,19 @@ class Program:
         shapes = [self.slots[a].shape for a in ins.args]
         if i in fwd.derivs:
             derivs = fwd.derivs[i]
-            if side and i in fwd.kinks and fwd.kinks[i].any():
+            on_kink = i in fwd.kinks and fwd.kinks[i].any()
+            if side and on_kink:
                 derivs = self._one_sided(i, ins, fwd, side)
-            for arg, shape, (d, de) in zip(ins.args, shapes, derivs):
+            # On a kink a lower precision may take either side's derivative (a tie in maximum, relu at a rounded
+            # zero): the upstream gradient's rounding then flows through the larger one, even where the
+            # reference's own derivative is 0.
+            reach = [np.abs(d) for d, _ in derivs]
+            if with_err and on_kink:
+                for s in (-1, 1):
+                    reach = [np.maximum(r, np.abs(d)) for r, (d, _) in zip(reach, self._one_sided(i, ins, fwd, s))]
+            for arg, shape, (d, de), r in zip(ins.args, shapes, derivs, reach):
                 contrib = g * d
-                err = rss(np.abs(d) * ge, np.abs(g) * de, contrib) if with_err else 0.0
+                err = rss(r * ge, np.abs(g) * de, contrib) if with_err else 0.0
                 yield arg, _unbroadcast(contrib, err, shape, with_err)
             return
         if ins.op in ("sum", "mean"):
