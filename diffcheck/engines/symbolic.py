@@ -438,6 +438,8 @@ def _count(shape, dims) -> int:
 def _expand(g, x_shape, dims, keepdim):
     """Broadcast a reduced adjoint back over the reduced dims."""
     g = np.asarray(g, dtype=float)
+    if g.ndim == 0:  # a scalar (e.g. the 0.0 error of a pass without error budgets) broadcasts as it is
+        return np.broadcast_to(g, x_shape)
     if not keepdim and dims and np.ndim(g) != len(x_shape):
         g = np.expand_dims(g, axis=dims)
     return np.broadcast_to(g, x_shape)
