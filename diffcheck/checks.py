@@ -1,0 +1,519 @@
+"""The checks of one gradient case, stage by stage: sample -> reference -> finite differences -> known answers ->
+an impl's self-consistency -> autograd per dtype and device. ``runner`` calls ``CaseChecks(...).run()``.
+
+Inputs are sampled in the least precise dtype of the case, so every dtype computes at the same point; the
+reference (symbolic engine, float64 with error budgets) is computed once per distinct point and cotangent.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import tolerance as tol
+from .casefile import Case
+from .compare import Check, compare
+from .errors import CaseError
+from .expr.ir import Call, Const, Var, walk
+from .expr.ops import OPS
+
+if TYPE_CHECKING:  # annotations only: runner imports this module
+    from .runner import CaseResult, Options
+
+SMALL = 16  # variables with at most this many entries get a full entrywise finite-difference gradient
+SMALL_OUTPUT = 8  # outputs with at most this many entries get their full Jacobian (one VJP per entry)
+RANDOM_COTANGENTS = 2
+FD_DIRECTIONS = 1
+
+
+class CaseChecks:
+    """One case's checks; a class only to share the sampled point and references between the stages."""
+
+    def __init__(self, case: Case, options: Options, seed: int, result: CaseResult):
+        self.case, self.options, self.result = case, options, result
+        self.rng = np.random.default_rng(seed)
+        self.dtypes = [d for d in case.dtypes if options.dtypes is None or d in options.dtypes]
+        self.refs: dict[bytes, tuple] = {}
+        self.engine = "impl" if case.impl else "autograd"
+
+    def add(self, check: Check) -> Check:
+        self.result.checks.append(check)
+        return check
+
+    def run(self) -> None:
+        from .engines.autograd import build, cuda_status
+        from .engines.symbolic import Program
+
+        case = self.case
+        if not self.dtypes:
+            self.add(Check("grad", self.engine, "symbolic", status="skip",
+                           message=f"none of the case's dtypes {list(case.dtypes)} was requested"))
+            return
+        if case.impl:
+            from .engines import impl
+
+            fn = impl.load(case.impl, case.base_dir, list(case.vars), case.impl_args, case.path, case.name) \
+                if isinstance(case.impl, str) else impl.resolve(case.impl, list(case.vars), case.impl_args,
+                                                                case.path, case.name)
+        else:
+            fn = build(case.ir)
+        self.low = tol.lowest(self.dtypes)
+        self.base = self.sample()
+        self.program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
+        self.cotangents = self.make_cotangents()
+        fwd, grads = self.reference("float64")
+        if not self.reference_ok(fwd):
+            return
+        if self.options.verbose:
+            self.result.formula = formula(case)
+        reference_stage = "reference" in self.options.stages
+        self.fd_full = self.check_finite_differences(fwd, grads) if reference_stage else {}
+        if reference_stage:
+            self.check_expect_reference(fwd, grads)
+            if case.impl:
+                self.check_impl_self_consistency(fn, fwd, grads)
+            if case.order == 2:
+                self.check_hvp(fn)
+        if "autograd" not in self.options.stages:
+            return
+        for device in case.devices:
+            if device not in self.options.devices:
+                continue
+            if device == "cuda":
+                ok, why = cuda_status()
+                if not ok:
+                    for dtype in self.dtypes:
+                        self.add(Check("grad", self.engine, "symbolic", dtype=dtype, device="cuda", status="skip",
+                                       message=why))
+                    continue
+            for dtype in self.dtypes:
+                self.check_autograd(fn, dtype, device)
+
+    # ---- inputs ----
+    def sample(self) -> dict[str, np.ndarray]:
+        from .engines.autograd import round_to
+
+        base = {}
+        for name, spec in self.case.vars.items():
+            if spec.value is not None:
+                base[name] = spec.value
+            else:
+                lo, hi = spec.domain
+                base[name] = round_to(self.rng.uniform(lo, hi, spec.shape), self.low)
+        return base
+
+    def make_cotangents(self) -> list[np.ndarray]:
+        """Ones (what ``expect.grad`` means), random signed ones, and every basis vector of a small output."""
+        from .engines.autograd import round_to
+
+        shape = self.program.out_shape
+        cots = [np.ones(shape)]
+        size = int(np.prod(shape)) if shape else 1
+        if not shape:  # a scalar output: one random scale catches a backward that ignores its upstream gradient
+            return [*cots, round_to(np.asarray(self.rng.uniform(0.5, 2.0)), self.low)]
+        for _ in range(RANDOM_COTANGENTS):
+            cots.append(round_to(self.rng.standard_normal(shape) if shape else
+                                 np.asarray(self.rng.uniform(0.5, 2.0)), self.low))
+        if 1 < size <= SMALL_OUTPUT:
+            for flat in range(size):
+                basis = np.zeros(size)
+                basis[flat] = 1.0
+                cots.append(basis.reshape(shape))
+        return cots
+
+    def point(self, dtype: str) -> dict[str, np.ndarray]:
+        from .engines.autograd import round_to
+
+        return {n: round_to(v, dtype) for n, v in self.base.items()}
+
+    def reference(self, dtype: str):
+        """Forward pass and one gradient per cotangent at ``dtype``'s point (cached per distinct point)."""
+        point = self.point(dtype)
+        key = b"".join(np.ascontiguousarray(v).tobytes() for v in point.values())
+        if key not in self.refs:
+            fwd = self.program.forward(point, kink_u=tol.UNIT_ROUNDOFF[self.low])
+            grads = [self.program.gradient(fwd, c) for c in self.cotangents] if self.finite(fwd) else []
+            self.refs[key] = (fwd, grads)
+        return self.refs[key]
+
+    def finite(self, fwd) -> bool:
+        return bool(np.all(np.isfinite(fwd.values[self.program.out])))
+
+    def reference_ok(self, fwd) -> bool:
+        out = fwd.values[self.program.out]
+        if np.any(np.isnan(out)):
+            raise CaseError(f"the expression is undefined at the sample point: {first_bad_op(self.program, fwd)}"
+                            " (choose vars.*.domain or value inside the ops' domains)", self.case.path,
+                            self.case.name, "vars")
+        if not np.all(np.isfinite(out)):
+            where = first_bad_op(self.program, fwd)
+            self.add(Check("value", "symbolic", "float64", status="skip",
+                           message=f"the value overflows float64 at the sample point ({where})"))
+            return False
+        return True
+
+    # ---- finite differences vs the symbolic reference ----
+    def check_finite_differences(self, fwd, grads) -> dict:
+
+        point = self.point("float64")
+        full = {}
+        for ci in sorted({0, len(self.cotangents) - 1}):
+            evaluate, noise = self.evaluator(ci, fwd)
+            for name in self.case.grad_vars:
+                g = grads[ci][name]
+                if not np.all(np.isfinite(g.value)):
+                    self.add(Check("fd", "symbolic", "finite differences", var=name, device="cpu", dtype="float64",
+                                   status="skip", message="the reference gradient is not finite at this point"))
+                    continue
+                # small vars: every entry with the ones cotangent; every var: a random direction with a random
+                # cotangent (the reference VJP is linear in both, so one signed random probe catches a wrong rule)
+                if g.value.size <= SMALL and ci == 0:
+                    full[name] = self.fd_entrywise(evaluate, point, name, g.value, g, noise)
+                elif ci != 0:
+                    self.fd_directional(evaluate, point, name, g.value, g, noise)
+        return full
+
+    def evaluator(self, ci: int, fwd, forward=None):
+        """phi(x) = <cotangent, f(x)> for finite differences, with the kink signature of the reference, and the
+        float64 rounding noise of one evaluation. ``forward`` (inputs -> output array) defaults to the
+        reference program; an impl's own forward can stand in."""
+        program, out = self.program, self.program.out
+        cot = self.cotangents[ci]
+        noise = 2.0**-53 * float(np.sum(np.abs(cot) * (fwd.errs[out] + np.abs(fwd.values[out])))) + 1e-300
+
+        def evaluate(inputs):
+            f = program.forward(inputs, None, with_err=False, derivs=False)
+            value = f.values[out] if forward is None else forward(inputs)
+            return float(np.sum(cot * value)), program.kink_signature(f)
+
+        return evaluate, noise
+
+    def fd_entrywise(self, evaluate, point, name, got, g, noise, kind="fd", engine="symbolic"):
+        """Every entry of ``got`` (a gradient of ``name``) against finite differences; ``g`` gives the budget."""
+        from .engines import finite
+
+        ests = finite.entrywise(evaluate, point, name, range(g.value.size), noise)
+        values = np.array([e.value for e in ests]).reshape(g.value.shape)
+        errors = np.array([e.error for e in ests]).reshape(g.value.shape)
+        usable = np.isfinite(values) & ~g.ambiguous
+        check = Check(kind, engine, "finite differences", var=name, dtype="float64", device="cpu")
+        if not usable.any():
+            notes = {e.note for e in ests if e.note} or {"every entry sits on a kink"}
+            check.status, check.message = "skip", "; ".join(sorted(notes))
+            self.add(check)
+            return values
+        allowed = tol.FD_SAFETY * errors + tol.derived(g.err, g.value, "float64").allowed
+        tolerance = tol.Tolerance(np.where(usable, allowed, np.inf), None, None,
+                                  f"{tol.FD_SAFETY:g} x Richardson error estimate + float64 budget")
+        compare(check, np.where(usable, got, values), values, tolerance, fd=values)
+        skipped = int((~usable).sum())
+        if skipped and check.status == "pass":
+            check.status = "warn"
+            check.message = f"{skipped} entries not differenced (kink or domain edge within every step)"
+        self.add(check)
+        return values if kind == "fd" else check
+
+    def fd_directional(self, evaluate, point, name, grad, g, noise, kind="fd", engine="symbolic"):
+        """<grad, v> against finite differences along random directions v; ``g`` gives the budget."""
+        from .engines import finite
+
+        got, ref, allowed, notes = [], [], [], []
+        for _ in range(FD_DIRECTIONS):
+            v = finite.random_direction(point[name], self.rng)
+            est = finite.directional(evaluate, point, {name: v}, noise)
+            if not np.isfinite(est.value):
+                notes.append(est.note)
+                continue
+            got.append(float(np.sum(grad * v)))
+            ref.append(est.value)
+            budget = float(np.sum(np.abs(v) * g.err))
+            allowed.append(tol.FD_SAFETY * est.error + tol.SAFETY * tol.UNIT_ROUNDOFF["float64"] * budget)
+        check = Check(kind, engine, "finite differences (random directions)", var=name, dtype="float64",
+                      device="cpu")
+        if not got:
+            check.status, check.message = "skip", "; ".join(sorted(set(notes)))
+        else:
+            tolerance = tol.Tolerance(np.array(allowed), None, None,
+                                      f"{tol.FD_SAFETY:g} x Richardson error estimate + float64 budget")
+            compare(check, np.array(got), np.array(ref), tolerance)
+            if notes and check.status == "pass":
+                check.status, check.message = "warn", "; ".join(sorted(set(notes)))
+        self.add(check)
+        return check
+
+    # ---- a user's implementation: its backward against its own forward, forward mode against reverse ----
+    def check_impl_self_consistency(self, fn, fwd, grads) -> None:
+        from .engines.autograd import run, to_numpy, to_tensor
+
+        point = self.point("float64")
+        names = list(self.case.vars)
+
+        def impl_forward(inputs):
+            import torch
+
+            with torch.no_grad():
+                return to_numpy(fn(**{n: to_tensor(inputs[n], "float64", "cpu") for n in names}))
+
+        try:
+            res = run(fn, point, self.case.grad_vars, "float64", "cpu", self.cotangents)
+        except Exception as exc:  # user code: a crash is a finding, not a diffcheck error
+            self.add(Check("self_fd", "impl", "finite differences of the impl", dtype="float64", device="cpu",
+                           status="fail", message=f"the impl raised {type(exc).__name__}: {exc}"[:300]))
+            return
+        for ci in sorted({0, len(self.cotangents) - 1}):
+            evaluate, noise = self.evaluator(ci, fwd, impl_forward)
+            for name in self.case.grad_vars:
+                got, g = res.vjps[ci][name], grads[ci][name]
+                if not np.all(np.isfinite(g.value)):
+                    continue
+                if g.value.size <= SMALL and ci == 0:
+                    check = self.fd_entrywise(evaluate, point, name, got, g, noise, "self_fd", "impl")
+                else:
+                    check = self.fd_directional(evaluate, point, name, got, g, noise, "self_fd", "impl")
+                check.against = "finite differences of the impl's own forward"
+        self.check_jvp(fn, res, grads)
+
+    def check_jvp(self, fn, res, grads) -> None:
+        """Forward mode (torch.func.jvp) and reverse mode of the impl against the reference, float64."""
+        from .engines import finite
+        from .engines.autograd import jvp
+
+        point = self.point("float64")
+        names = self.case.grad_vars
+        v = {n: finite.random_direction(point[n], self.rng) for n in names}
+        check = Check("jvp", "impl", "symbolic (forward mode vs reverse mode)", dtype="float64", device="cpu")
+        try:
+            jv = jvp(fn, point, names, v, "float64", "cpu")
+        except Exception as exc:  # forward mode is optional for a custom Function
+            check.status = "skip"
+            check.message = f"forward mode not supported by the impl: {type(exc).__name__}: {str(exc)[:160]}"
+            self.add(check)
+            return
+        got, ref, allowed = [], [], []
+        for ci in sorted({0, len(self.cotangents) - 1}):
+            c = self.cotangents[ci]
+            if np.shape(jv) != np.shape(np.broadcast_to(c, np.shape(jv))):
+                break
+            got.append(float(np.sum(c * jv)))
+            ref.append(sum(float(np.sum(grads[ci][n].value * v[n])) for n in names))
+            budget = sum(float(np.sum(np.abs(v[n]) * grads[ci][n].err)) for n in names)
+            allowed.append(2 * tol.SAFETY * tol.UNIT_ROUNDOFF["float64"] * budget + 1e-300)
+        tolerance = tol.Tolerance(np.array(allowed), None, None, "derived: float64 budget of <J^T c, v>")
+        self.add(compare(check, np.array(got), np.array(ref), tolerance))
+
+    def check_hvp(self, fn) -> None:
+        """Hessian-vector products by double backward against Richardson differences of the exact symbolic
+        gradient (second derivatives have no error budget yet: the allowance is 64 u per entry, stated)."""
+        from .engines import finite
+        from .engines.autograd import hvp
+
+        point = self.point("float64")
+        names = self.case.grad_vars
+        cot = self.cotangents[-1]
+        v = {n: finite.random_direction(point[n], self.rng) for n in names}
+
+        def gradient(inputs):
+            f = self.program.forward(inputs, None, with_err=True)
+            grads = self.program.vjp(f, cot, with_err=False)
+            return {n: grads[n][0] for n in names}
+
+        ref, err = finite.directional_vector(gradient, point, v)
+        for dtype in self.dtypes:
+            try:
+                got = hvp(fn, self.point(dtype), names, cot, v, dtype, "cpu")
+            except Exception as exc:  # user code or an op without double backward
+                self.add(Check("hvp", self.engine, "symbolic", dtype=dtype, device="cpu", status="fail",
+                               message=f"double backward raised {type(exc).__name__}: {str(exc)[:160]}"))
+                continue
+            u = tol.UNIT_ROUNDOFF[dtype] + tol.UNIT_ROUNDOFF["float64"]
+            for n in names:
+                scale = np.abs(ref[n]) + float(np.sqrt(np.mean(np.square(ref[n])))) if ref[n].size else 0.0
+                allowed = tol.FD_SAFETY * err[n] + 64 * u * scale + tol.FLOOR * tol.TINY[dtype]
+                tolerance = tol.Tolerance(allowed, None, None, "4 x Richardson error + 64 u x |Hv| (second order)")
+                self.add(compare(Check("hvp", self.engine, "symbolic", var=n, dtype=dtype, device="cpu"),
+                                 got[n], ref[n], tolerance))
+
+    # ---- known answers ----
+    def check_expect_reference(self, fwd, grads) -> None:
+        expect = self.case.expect
+        if expect is None:
+            return
+        if expect.value is not None:
+            t = tol.expected(expect.value, expect.atol, expect.rtol, fwd.errs[self.program.out], "float64")
+            self.add(compare(Check("expect_value", "symbolic", "expect", dtype="float64"),
+                             fwd.values[self.program.out], expect.value, t))
+        for name, want in expect.grad.items():
+            g = grads[0][name]
+            t = tol.expected(want, expect.atol, expect.rtol, g.err, "float64")
+            self.add(compare(Check("expect_grad", "symbolic", "expect", var=name, dtype="float64"),
+                             g.value, want, t, lo=g.lo, hi=g.hi))
+            if name in self.fd_full and np.all(np.isfinite(self.fd_full[name])):
+                t_fd = tol.Tolerance(t.allowed + 1e-6 * np.abs(want), t.atol, t.rtol,
+                                     t.source + " + 1e-6 relative for differencing")
+                self.add(compare(Check("expect_grad", "finite", "expect", var=name, dtype="float64"),
+                                 self.fd_full[name], want, t_fd, lo=g.lo, hi=g.hi))
+
+    # ---- autograd vs the reference ----
+    def check_autograd(self, fn, dtype: str, device: str) -> None:
+        from .engines.autograd import run
+
+        case = self.case
+        fwd, grads = self.reference(dtype)
+        out = self.program.out
+        peak = max([fwd.peak] + [float(np.max(np.abs(g.value), initial=0.0))
+                                 for gs in grads for g in gs.values() if np.all(np.isfinite(g.value))])
+        if peak > tol.MAX[dtype]:
+            self.add(Check("grad", self.engine, "symbolic", dtype=dtype, device=device, status="skip",
+                           message=f"values reach {peak:.3g}, beyond {dtype}'s largest {tol.MAX[dtype]:.3g}"))
+            return
+        try:
+            res = run(fn, self.point(dtype), case.grad_vars, dtype, device, self.cotangents)
+        except (RuntimeError, NotImplementedError, TypeError) as exc:
+            message = str(exc).strip().splitlines()[0][:200]
+            status = "skip" if "not implemented for" in message else "fail"
+            self.add(Check("grad", self.engine, "symbolic", dtype=dtype, device=device, status=status,
+                           message=f"torch raised {type(exc).__name__}: {message}"))
+            return
+        if res.problems:
+            self.add(Check("semantic", self.engine, "input metadata", dtype=dtype, device=device, status="fail",
+                           message="; ".join(res.problems)))
+        self.add(compare(Check("value", self.engine, "symbolic", dtype=dtype, device=device), res.value,
+                         fwd.values[out], tol.derived(fwd.errs[out], fwd.values[out], dtype, case.tolerance)))
+        for name in case.grad_vars:
+            self.add(self.worst_over_cotangents(res, grads, name, dtype, device))
+        if case.expect is not None:
+            self.check_expect_autograd(res, fwd, grads, dtype, device)
+
+    def worst_over_cotangents(self, res, grads, name, dtype, device) -> Check:
+        """Judge every cotangent's VJP; report the one with the worst margin in full."""
+        margins = []
+        for vjp, ref in zip(res.vjps, grads):
+            g = ref[name]
+            if not np.all(np.isfinite(g.value)):
+                return Check("grad", self.engine, "symbolic", var=name, dtype=dtype, device=device, status="skip",
+                             message="the reference gradient is not finite at this point (a singularity)")
+            allowed = tol.derived(g.err, g.value, dtype, self.case.tolerance).allowed
+            margins.append(quick_margin(vjp[name], g, allowed))
+        worst_ci = int(np.argmax(margins))
+        g = grads[worst_ci][name]
+        worst = compare(Check("grad", self.engine, "symbolic", var=name, dtype=dtype, device=device),
+                        res.vjps[worst_ci][name], g.value, tol.derived(g.err, g.value, dtype, self.case.tolerance),
+                        lo=g.lo, hi=g.hi, fd=self.fd_full.get(name) if worst_ci == 0 else None)
+        if worst.status == "fail" and worst.worst:
+            self.add_fd_column(worst, grads, worst_ci, name)
+        what = cotangent_name(worst_ci, len(self.cotangents))
+        worst.message = (worst.message + "; " if worst.message else "") + \
+            f"{len(res.vjps)} cotangents, worst: {what}"
+        return worst
+
+    def add_fd_column(self, check: Check, grads, ci: int, name: str) -> None:
+        """Finite differences of the failing entries, so the report shows all three values for each."""
+        from .engines import finite
+
+        program, out = self.program, self.program.out
+        cot = self.cotangents[ci]
+        fwd, _ = self.reference("float64")
+        noise = finite.U64 * float(np.sum(np.abs(cot) * (fwd.errs[out] + np.abs(fwd.values[out])))) + 1e-300
+
+        def evaluate(inputs):
+            f = program.forward(inputs, None, with_err=False, derivs=False)
+            return float(np.sum(cot * f.values[out])), program.kink_signature(f)
+
+        shape = grads[ci][name].value.shape
+        flats = [int(np.ravel_multi_index(e.index, shape)) if shape else 0 for e in check.worst]
+        for entry, est in zip(check.worst, finite.entrywise(evaluate, self.point("float64"), name, flats, noise)):
+            entry.fd = est.value if np.isfinite(est.value) else None
+
+    def check_expect_autograd(self, res, fwd, grads, dtype, device) -> None:
+        expect = self.case.expect
+        if expect.value is not None:
+            t = tol.expected(expect.value, expect.atol, expect.rtol, fwd.errs[self.program.out], dtype)
+            self.add(compare(Check("expect_value", self.engine, "expect", dtype=dtype, device=device),
+                             res.value, expect.value, t))
+        for name, want in expect.grad.items():
+            g = grads[0][name]
+            t = tol.expected(want, expect.atol, expect.rtol, g.err, dtype)
+            self.add(compare(Check("expect_grad", self.engine, "expect", var=name, dtype=dtype, device=device),
+                             res.vjps[0][name], want, t, lo=g.lo, hi=g.hi))
+
+
+def quick_margin(got, g, allowed) -> float:
+    """The largest error / allowed over the entries (nan counts as infinite), without the report's detail."""
+    got = np.asarray(got, dtype=float)
+    if got.shape != g.value.shape:
+        return float("inf")
+    err = np.abs(got - g.value)
+    if g.ambiguous.any():
+        err = np.where(g.ambiguous, np.maximum(np.maximum(g.lo - got, got - g.hi), 0.0), err)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        margin = np.where(err == 0, 0.0, err / allowed)
+    return float(np.nanmax(np.where(np.isnan(margin), np.inf, margin), initial=0.0))
+
+
+def cotangent_name(index: int, total: int) -> str:
+    if index == 0:
+        return "ones"
+    if index <= RANDOM_COTANGENTS:
+        return f"random #{index}"
+    return f"basis #{index - RANDOM_COTANGENTS - 1}"
+
+
+def first_bad_op(program, fwd) -> str:
+    """Name the first step whose value is not finite though its inputs are."""
+    for i, slot in enumerate(program.slots):
+        if slot.kind != "instr":
+            continue
+        v = np.asarray(fwd.values[i])
+        ins = [np.asarray(fwd.values[a]) for a in slot.instr.args]
+        if not np.all(np.isfinite(v)) and all(np.all(np.isfinite(a)) for a in ins):
+            kind = "nan" if np.any(np.isnan(v)) else "inf"
+            bad = ins[0][np.broadcast_to(~np.isfinite(v), v.shape)] if ins[0].shape == v.shape else ins[0]
+            sample = float(np.asarray(bad).reshape(-1)[0]) if np.size(bad) else float("nan")
+            return f"{slot.instr.op} gives {kind} (first input there: {sample:.6g})"
+    return "an intermediate value is not finite"
+
+
+def formula(case: Case, limit: int = 400) -> list[str]:
+    """``d/dw expr = ...`` for expressions made of elementwise ops under at most one outer sum or mean."""
+    import sympy as sp
+
+    from .engines.symbolic import local_rules
+
+    node, scale = case.ir, None
+    if isinstance(node, Call) and node.op in ("sum", "mean") and node.param("dim") is None:
+        scale = node.op
+        node = node.args[0]
+    if any(isinstance(n, Call) and OPS[n.op].kind != "elementwise" for n in walk(node)):
+        return []
+    symbols = {name: sp.Symbol(name, real=True) for name in case.vars}
+
+    def build(n):
+        if isinstance(n, Const):
+            return sp.Float(n.value) if not float(n.value).is_integer() else sp.Integer(int(n.value))
+        if isinstance(n, Var):
+            return symbols[n.name]
+        rules = local_rules(n.op, tuple(sorted(n.params)))
+        return rules.value.subs(dict(zip(rules.symbols, [build(a) for a in n.args])), simultaneous=True)
+
+    try:
+        expr = build(node)
+    except (TypeError, ValueError):
+        return []
+    lines = []
+    for name in case.grad_vars:
+        spec = case.vars[name]
+        if spec.shape != case.out_shape and scale is None:
+            continue
+        if any(other.shape != spec.shape for other in case.vars.values() if other.shape and scale) and \
+                spec.shape != tuple(np.broadcast_shapes(*(v.shape for v in case.vars.values()))):
+            continue
+        d = sp.simplify(sp.diff(expr, symbols[name]))
+        if scale == "mean":
+            d = d / sp.Symbol("N")
+        text = f"d/d{name} {case.expr} = {sp.sstr(d, full_prec=False)}" + (" (per entry)" if spec.shape else "")
+        if scale == "mean":
+            text += ", N = number of entries"
+        if len(text) <= limit:
+            lines.append(text)
+    return lines
