@@ -248,6 +248,9 @@ def build_case(raw: dict, where: str = "<data>"):
         fail("impl must name 'module:attribute'", "impl")
     if model.impl_args and model.impl is None:
         fail("impl_args needs impl", "impl_args")
+    clash = set(model.impl_args) & set(model.vars)
+    if clash:
+        fail(f"impl_args names a var: {', '.join(sorted(clash))}", "impl_args")
     expect = _expect(model.expect, specs, out_shape, fail) if model.expect is not None else None
     tolerance = _tolerance(model.tolerance, fail) if model.tolerance is not None else None
     return Case(name=model.name, path=where, expr=model.expr, ir=ir, vars=specs, out_shape=out_shape,

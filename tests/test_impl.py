@@ -111,3 +111,31 @@ def test_verbose_report_shows_the_error_matrix():
     out = CliRunner().invoke(main, ["run", str(CORPUS), "-k", "bug_square_missing_factor_2", "-v",
                                     "--device", "cpu"]).output
     assert "error matrix (impl - symbolic)" in out and "scaled by 0.5" in out
+
+
+ELU_WITH_ALPHA = '''
+import torch
+
+class Elu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return torch.where(x > 0, x, alpha * (torch.exp(x) - 1))
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return torch.where(x > 0, g, g * ctx.alpha * torch.exp(x)), None
+
+f = Elu
+'''
+
+
+def test_function_with_non_tensor_arguments_takes_impl_args(tmp_path):
+    case = impl_case(tmp_path, ELU_WITH_ALPHA, expr="elu(x, alpha=0.5)", impl_args={"alpha": 0.5},
+                     vars={"x": {"shape": [6], "domain": [-2.0, 2.0]}})
+    assert run_case(case, Options(devices=("cpu",))).status == "pass"
+    wrong = impl_case(tmp_path, ELU_WITH_ALPHA, expr="elu(x, alpha=0.5)", impl_args={"alpha": 0.7},
+                      vars={"x": {"shape": [6], "domain": [-2.0, 2.0]}})
+    assert run_case(wrong, Options(devices=("cpu",))).status == "fail"

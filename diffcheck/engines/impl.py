@@ -5,9 +5,9 @@ Importing that module is the one place diffcheck runs user code, by the case aut
 module is looked up first as ``<module>.py`` (or a package) beside the case file, then on ``sys.path``.
 
 What the attribute may be:
-- a function: called with the case's vars as keyword arguments;
+- a function: called with the case's vars as keyword arguments (and ``impl_args`` as further keywords);
 - a ``torch.autograd.Function`` subclass: ``.apply`` is called with the vars positionally, in the order the
-  case declares them;
+  case declares them, then the values of ``impl_args`` in the order written (``MyElu.apply(x, alpha)``);
 - an ``nn.Module`` subclass (instantiated with ``impl_args`` as keyword arguments) or instance: vars named
   like one of its parameters or buffers (with ``.`` written as ``__``: ``linear__weight``) replace them via
   ``torch.func.functional_call``; the other vars are passed to ``forward`` as keyword arguments.
@@ -52,8 +52,8 @@ def resolve(obj, var_names: list[str], args: dict, where: str = "", case: str = 
     spec = spec or getattr(obj, "__name__", type(obj).__name__)
     attr_path = spec.split(":")[-1]
     if isinstance(obj, type) and issubclass(obj, torch.autograd.Function):
-        function = obj
-        return lambda **t: function.apply(*[t[n] for n in var_names])
+        function, extra = obj, list(args.values())
+        return lambda **t: function.apply(*[t[n] for n in var_names], *extra)
     if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
         try:
             obj = obj(**args)
@@ -61,10 +61,10 @@ def resolve(obj, var_names: list[str], args: dict, where: str = "", case: str = 
             fail(f"could not construct {attr_path}(**impl_args): {type(exc).__name__}: {exc}")
     if isinstance(obj, torch.nn.Module):
         return _module_call(obj, var_names)
-    if args:
-        fail("impl_args is only for nn.Module classes")
     if not callable(obj):
         fail(f"'{spec}' is not callable")
+    if args:
+        return lambda **t: obj(**t, **args)
     return obj
 
 
