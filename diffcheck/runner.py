@@ -175,6 +175,9 @@ def blame(checks: list[Check]) -> str:
 
 def blame_impl(checks: list[Check], failed: list[Check]) -> str:
     """For a user's implementation: is the forward wrong, the backward, or both?"""
+    crashed = next((c for c in failed if " raised " in c.message), None)
+    if crashed is not None:
+        return f"the impl does not run: {crashed.message}"
     kinds = {c.kind for c in failed if c.engine == "impl"}
     forward_wrong = "value" in kinds
     self_inconsistent = "self_fd" in kinds
