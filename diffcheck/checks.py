@@ -155,7 +155,7 @@ class CaseChecks:
 
     # ---- finite differences vs the symbolic reference ----
     def check_finite_differences(self, fwd, grads) -> dict:
-
+        """The reference against float64 finite differences; returns entrywise differences of small vars."""
         point = self.point("float64")
         full = {}
         for ci in sorted({0, len(self.cotangents) - 1}):
@@ -169,7 +169,7 @@ class CaseChecks:
                 # small vars: every entry with the ones cotangent; every var: a random direction with a random
                 # cotangent (the reference VJP is linear in both, so one signed random probe catches a wrong rule)
                 if g.value.size <= SMALL and ci == 0:
-                    full[name] = self.fd_entrywise(evaluate, point, name, g.value, g, noise)
+                    full[name], _ = self.fd_entrywise(evaluate, point, name, g.value, g, noise)
                 elif ci != 0:
                     self.fd_directional(evaluate, point, name, g.value, g, noise)
         return full
@@ -190,7 +190,8 @@ class CaseChecks:
         return evaluate, noise
 
     def fd_entrywise(self, evaluate, point, name, got, g, noise, kind="fd", engine="symbolic"):
-        """Every entry of ``got`` (a gradient of ``name``) against finite differences; ``g`` gives the budget."""
+        """Every entry of ``got`` (a gradient of ``name``) against finite differences; ``g`` gives the budget.
+        Returns the differences (for the report's column and known answers) and the check."""
         from .engines import finite
 
         ests = finite.entrywise(evaluate, point, name, range(g.value.size), noise)
@@ -202,7 +203,7 @@ class CaseChecks:
             notes = {e.note for e in ests if e.note} or {"every entry sits on a kink"}
             check.status, check.message = "skip", "; ".join(sorted(notes))
             self.add(check)
-            return values
+            return values, check
         allowed = tol.FD_SAFETY * errors + tol.derived(g.err, g.value, "float64").allowed
         tolerance = tol.Tolerance(np.where(usable, allowed, np.inf), None, None,
                                   f"{tol.FD_SAFETY:g} x Richardson error estimate + float64 budget")
@@ -212,7 +213,7 @@ class CaseChecks:
             check.status = "warn"
             check.message = f"{skipped} entries not differenced (kink or domain edge within every step)"
         self.add(check)
-        return values if kind == "fd" else check
+        return values, check
 
     def fd_directional(self, evaluate, point, name, grad, g, noise, kind="fd", engine="symbolic"):
         """<grad, v> against finite differences along random directions v; ``g`` gives the budget."""
@@ -268,7 +269,7 @@ class CaseChecks:
                 if not np.all(np.isfinite(g.value)):
                     continue
                 if g.value.size <= SMALL and ci == 0:
-                    check = self.fd_entrywise(evaluate, point, name, got, g, noise, "self_fd", "impl")
+                    _, check = self.fd_entrywise(evaluate, point, name, got, g, noise, "self_fd", "impl")
                 else:
                     check = self.fd_directional(evaluate, point, name, got, g, noise, "self_fd", "impl")
                 check.against = "finite differences of the impl's own forward"

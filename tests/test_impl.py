@@ -139,3 +139,14 @@ def test_function_with_non_tensor_arguments_takes_impl_args(tmp_path):
     wrong = impl_case(tmp_path, ELU_WITH_ALPHA, expr="elu(x, alpha=0.5)", impl_args={"alpha": 0.7},
                       vars={"x": {"shape": [6], "domain": [-2.0, 2.0]}})
     assert run_case(wrong, Options(devices=("cpu",))).status == "fail"
+
+
+def test_impl_on_a_kink_everywhere_warns_and_skips_differences_but_never_fails():
+    import torch
+
+    import diffcheck
+
+    result = diffcheck.check("relu(x)", vars={"x": {"shape": [3], "value": [0.0, 0.0, 0.0]}}, impl=torch.relu)
+    assert result.ok
+    assert any(c.kind == "self_fd" and c.status == "skip" and "kink" in c.message for c in result.checks)
+    assert any(c.kind == "grad" and c.status == "warn" for c in result.checks)
