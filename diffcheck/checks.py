@@ -412,15 +412,8 @@ class CaseChecks:
         """Finite differences of the failing entries, so the report shows all three values for each."""
         from .engines import finite
 
-        program, out = self.program, self.program.out
-        cot = self.cotangents[ci]
         fwd, _ = self.reference("float64")
-        noise = finite.U64 * float(np.sum(np.abs(cot) * (fwd.errs[out] + np.abs(fwd.values[out])))) + 1e-300
-
-        def evaluate(inputs):
-            f = program.forward(inputs, None, with_err=False, derivs=False)
-            return float(np.sum(cot * f.values[out])), program.kink_signature(f)
-
+        evaluate, noise = self.evaluator(ci, fwd)
         shape = grads[ci][name].value.shape
         flats = [int(np.ravel_multi_index(e.index, shape)) if shape else 0 for e in check.worst]
         for entry, est in zip(check.worst, finite.entrywise(evaluate, self.point("float64"), name, flats, noise)):
