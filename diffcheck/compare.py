@@ -53,6 +53,7 @@ class Check:
     diagnosis: str = ""
     worst: list[Entry] = field(default_factory=list)
     error_matrix: list | None = None  # got - ref for small failing results, shown by -v
+    details: dict = field(default_factory=dict)  # structured facts of the check (training: final params, loss)
 
     @property
     def label(self) -> str:

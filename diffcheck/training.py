@@ -64,7 +64,7 @@ class ModelModel(_Strict):
 
 class TrainModel(_Strict):
     loss: str = "mse"
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Literal["sgd", "adam", "manual"] = "sgd"
     lr: float
     steps: int | None = None
     epochs: int | None = None
@@ -331,9 +331,15 @@ def run_torch(case: TrainCase, data, init, dtype: str, device: str, steps) -> Tr
         params = {k: torch.nn.Parameter(torch.tensor(v, dtype=tdt, device=device)) for k, v in init.items()}
         model_fn = build(parse(case.model.model.expr, set(params) | set(t.inputs)))
         predict = lambda inputs: model_fn(**inputs, **params)
-    loss_fn = build(parse(LOSSES.get(t.loss, t.loss), {"p", "y"}))
-    opt_cls = torch.optim.SGD if t.optimizer == "sgd" else torch.optim.Adam
-    optimizer = opt_cls(list(params.values()), lr=t.lr)
+    if t.loss == "mse":  # nn.MSELoss itself, so the run matches a user's script to the last bit
+        loss_fn = lambda p, y: torch.nn.functional.mse_loss(p, y)
+    else:
+        loss_fn = build(parse(LOSSES.get(t.loss, t.loss), {"p", "y"}))
+    if t.optimizer == "manual":  # the tutorials' hand-written step, exactly: w.data.sub_(lr * w.grad)
+        optimizer = _ManualSGD(list(params.values()), t.lr)
+    else:
+        opt_cls = torch.optim.SGD if t.optimizer == "sgd" else torch.optim.Adam
+        optimizer = opt_cls(list(params.values()), lr=t.lr)
     traj = Trajectory([_snapshot(params)], [])
     for step, idx in enumerate(steps):
         batch = tensors if idx is None else {k: v[torch.as_tensor(idx, device=device)] for k, v in tensors.items()}
@@ -353,6 +359,24 @@ def run_torch(case: TrainCase, data, init, dtype: str, device: str, steps) -> Tr
             traj.stop_step = step
             break
     return traj
+
+
+class _ManualSGD:
+    """``p.data.sub_(lr * p.grad)`` and ``p.grad.zero_()``, as the seed tutorials write it (lr * grad is rounded
+    before the subtraction, unlike torch.optim.SGD's fused ``add_(grad, alpha=-lr)``)."""
+
+    def __init__(self, params, lr: float):
+        self.params, self.lr = params, lr
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.zero_()
+
+    def step(self) -> None:
+        for p in self.params:
+            if p.grad is not None:
+                p.data.sub_(self.lr * p.grad)
 
 
 def _snapshot(params) -> dict[str, np.ndarray]:
@@ -386,7 +410,7 @@ def run_reference(case: TrainCase, data, init, steps) -> Trajectory:
             g, gerr = grads[k]
             if with_err:
                 budget[k] = float(np.max(np.abs(gerr), initial=0.0))
-            if t.optimizer == "sgd":
+            if t.optimizer in ("sgd", "manual"):
                 params[k] = params[k] - t.lr * g
             else:
                 params[k] = _adam(params[k], g, adam[k], step + 1, t.lr)
@@ -535,6 +559,10 @@ def _converge(case: TrainCase, data, run: Trajectory, dtype, device) -> Check:
     check.margin = worst
     check.atol = e.atol
     check.tolerance = f"atol {e.atol:g} against {source}"
+    check.details = {"final_params": {k: np.asarray(v).tolist() for k, v in final.items()},
+                     "target_params": {k: np.asarray(v).tolist() for k, v in targets.items()},
+                     "target_source": source if targets else None, "final_loss": final_loss,
+                     "first_loss": run.losses[0], "steps": len(run.losses), "stop_step": run.stop_step}
     check.status = "fail" if problems else "pass"
     check.message = "; ".join(problems) if problems else "; ".join(notes)
     check.diagnosis = "; ".join(notes) if problems else ""

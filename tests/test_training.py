@@ -97,3 +97,70 @@ def test_invalid_training_cases_name_the_key(changes, key, needle):
     [err] = load_data(raw_case(**changes), "bad.toml")
     assert isinstance(err, CaseError), err
     assert err.key == key and needle in str(err) and str(err).startswith("bad.toml: case 'small'")
+
+
+def _diffcheck_run(name: str):
+    case = SEEDS[name]
+    data, init = training.draw(case)
+    return training.run_torch(case, data, init, "float32", "cpu", training.batches(case, len(data["y"])))
+
+
+def test_t1_matches_an_independent_nn_linear_script_bit_for_bit():
+    import torch
+
+    torch.manual_seed(0)
+    x = torch.arange(0.0, 11.0, 1.0).reshape(11, 1)
+    y = 2 * x + 1
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(1000):
+        loss = torch.nn.MSELoss()(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    run = _diffcheck_run("T1_linear_2x_plus_1")
+    assert run.params[-1]["weight"].item() == model.weight.item()
+    assert run.params[-1]["bias"].item() == model.bias.item()
+    assert run.losses[-1] == loss.item()
+
+
+def test_t2_matches_the_seed_script_bit_for_bit():
+    import torch
+
+    torch.manual_seed(10)
+    x = torch.rand(20, 1) * 10
+    y = 2 * x + (5 + torch.randn(20, 1))
+    w = torch.randn(1, requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    for iteration in range(1000):  # noqa: B007 - the stop iteration is the result
+        loss = (0.5 * (y - torch.add(torch.mul(w, x), b)) ** 2).mean()
+        loss.backward()
+        b.data.sub_(0.05 * b.grad)
+        w.data.sub_(0.05 * w.grad)
+        w.grad.zero_()
+        b.grad.zero_()
+        if loss.item() < 1:
+            break
+    run = _diffcheck_run("T2_stop_at_loss_below_1")
+    assert (run.stop_step, iteration) == (78, 78)
+    assert run.params[-1]["w"].item() == w.item() and run.params[-1]["b"].item() == b.item()
+
+
+def test_t4_matches_the_seed_script_bit_for_bit():
+    import torch
+
+    torch.manual_seed(0)
+    x = torch.rand([50, 1])
+    y_true = x * 3 + 0.8
+    w = torch.rand([1, 1], requires_grad=True)
+    b = torch.tensor(0, requires_grad=True, dtype=torch.float32)
+    for _ in range(2000):
+        loss = (y_true - (torch.matmul(x, w) + b)).pow(2).mean()
+        if w.grad is not None:
+            w.grad.zero_()
+            b.grad.zero_()
+        loss.backward()
+        w.data = w.data - 0.01 * w.grad
+        b.data = b.data - 0.01 * b.grad
+    run = _diffcheck_run("T4_3x_plus_0_8_2000_steps")
+    assert run.params[-1]["w"].item() == w.item() and run.params[-1]["b"].item() == b.item()
