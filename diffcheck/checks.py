@@ -142,6 +142,10 @@ class CaseChecks:
 
     def reference_ok(self, fwd) -> bool:
         out = fwd.values[self.program.out]
+        outside = self.program.outside_domain(fwd)
+        if outside:
+            raise CaseError(f"the expression is undefined at the sample point: {outside} (choose vars.*.domain or "
+                            "value inside the ops' domains)", self.case.path, self.case.name, "vars")
         if np.any(np.isnan(out)):
             raise CaseError(f"the expression is undefined at the sample point: {first_bad_op(self.program, fwd)}"
                             " (choose vars.*.domain or value inside the ops' domains)", self.case.path,

@@ -33,6 +33,7 @@ def base(**extra):
      "shapes [2, 3] and [4, 5] cannot be multiplied"),
     (base(expr="x + w", vars={"x": {"shape": [2, 3]}, "w": {"shape": [4]}}), "expr", "cannot be broadcast"),
     (base(expr="sum(x, dim=3)"), "expr", "dim 3 is out of range"),
+    (base(expr="sum(softmax(x, dim=(0,)))"), "expr", "softmax() takes one integer dim"),
     (base(dtypes=["float8"]), "dtypes.0", "Input should be"),
     (base(dtypes=[]), "dtypes", "at least one"),
     (base(devices=["tpu"]), "devices.0", "Input should be"),

@@ -140,6 +140,13 @@ def test_point_outside_the_domain_is_an_error_naming_the_op():
     assert result.status == "error" and "log gives nan" in result.message
 
 
+def test_binary_cross_entropy_target_outside_0_1_is_an_input_error_not_an_autograd_failure():
+    case = build_case({"name": "bce", "expr": "binary_cross_entropy(p, y)", "devices": ["cpu"],
+                       "vars": {"p": {"shape": [3], "domain": [0.1, 0.9]}, "y": {"shape": [3], "value": 1.5}}})
+    result = run_case(case, Options(devices=("cpu",)))
+    assert result.status == "error" and "binary_cross_entropy target must lie in [0, 1]" in result.message
+
+
 def test_relu_at_zero_warns_and_never_fails():
     case = build_case({"name": "kink", "expr": "relu(x)", "devices": ["cpu"],
                        "vars": {"x": {"shape": [3], "value": [0.0, 1.0, -1.0]}}})

@@ -144,6 +144,7 @@ class Program:
     def __init__(self, ir: Node, var_shapes: dict[str, tuple], grad_vars):
         self.slots: list[Slot] = []
         self.var_slots: dict[str, int] = {}
+        self.domains: list[tuple[int, float, float, str]] = []  # (slot, lo, hi, what): torch refuses outside
         self.grad_vars = tuple(grad_vars)
         self.out = self._lower(ir, {n: tuple(s) for n, s in var_shapes.items()})
         self.out_shape = self.slots[self.out].shape
@@ -201,6 +202,7 @@ class Program:
         if node.op == "binary_cross_entropy":
             p_, y = args
             s = arg_shapes[0]
+            self.domains += [(p_, 0.0, 1.0, "binary_cross_entropy input"), (y, 0.0, 1.0, "binary_cross_entropy target")]
             log_p = self._emit("log", (p_,), s)
             log_q = self._emit("log1p", (self._emit("neg", (p_,), s),), s)
             one_minus_y = self._emit("sub", (self._const(1.0), y), s)
@@ -235,6 +237,15 @@ class Program:
                         peak = max(peak, float(finite.max()))
         fwd.peak = peak
         return fwd
+
+    def outside_domain(self, fwd: Forward) -> str | None:
+        """Name the first op argument outside what torch accepts (binary_cross_entropy wants [0, 1])."""
+        for slot, lo, hi, what in self.domains:
+            v = np.asarray(fwd.values[slot])
+            bad = (v < lo) | (v > hi)
+            if bad.any():
+                return f"{what} must lie in [{lo:g}, {hi:g}], got {float(v[bad].reshape(-1)[0]):.6g}"
+        return None
 
     def value(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """The output alone, in float64 (what finite differences evaluate)."""

@@ -89,6 +89,8 @@ def _infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
         dims = normalize_dims(node.param("dim"), len(shapes[0]), what)
         return reduced_shape(shapes[0], dims, node.param("keepdim"))
     if op in ("softmax", "log_softmax"):
+        if not isinstance(node.param("dim"), int):
+            raise ExpressionError(f"{what}{op}() takes one integer dim, got {node.param('dim')!r}")
         normalize_dims(node.param("dim"), len(shapes[0]), what)
         return shapes[0]
     if op == "mse_loss":
