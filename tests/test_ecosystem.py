@@ -108,3 +108,10 @@ def test_importing_diffcheck_or_asking_for_help_loads_neither_torch_nor_sympy():
             "print('torch' in sys.modules, 'sympy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_plugin_runs_under_xdist(pytester):
+    pytest.importorskip("xdist")
+    pytester.makefile(".toml", seeds=GOOD)
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
