@@ -32,7 +32,8 @@ from .expr.shapes import infer
 GENERATORS = ("rand", "randn", "linspace", "arange", "zeros", "ones", "value")
 LOSSES = {"mse": "mean((p - y)**2)", "half_squared": "mean(0.5 * (y - p)**2)"}
 SLIPS = {"zero_weight_not_grad": "zeroes each parameter's value instead of its gradient before backward, as seed "
-                                 "004 does (gradients accumulate, weights restart from 0)"}
+                                 "004 does (gradients accumulate, weights restart from 0)",
+         "grad_not_zeroed": "never zeroes the gradients, so they accumulate across steps (seed 001's warning)"}
 MAX_STEPS = 1_000_000
 BUDGET_EVERY = 50
 
@@ -347,7 +348,7 @@ def run_torch(case: TrainCase, data, init, dtype: str, device: str, steps) -> Tr
             for p in params.values():
                 if p.grad is not None:
                     p.data.zero_()
-        else:
+        elif t.slip != "grad_not_zeroed":
             optimizer.zero_grad()
         loss = loss_fn(p=predict({n: batch[n] for n in t.inputs}), y=batch[t.target])
         loss.backward()
