@@ -78,7 +78,10 @@ class CaseChecks:
         if "autograd" not in self.options.stages:
             return
         for device in case.devices:
-            if device not in self.options.devices:
+            if device not in self.options.devices:  # excluded by --device: reported, never dropped silently
+                for dtype in self.dtypes:
+                    self.add(Check("grad", self.engine, "symbolic", dtype=dtype, device=device, status="skip",
+                                   message=f"{device} not requested (--device {', '.join(self.options.devices)})"))
                 continue
             if device == "cuda":
                 ok, why = cuda_status()

@@ -499,7 +499,10 @@ def check_train_case(case: TrainCase, dtypes, devices, plot_dir=None) -> tuple[l
     checks = []
     runs = {"symbolic-gradient loop (float64)": reference}
     for device in case.devices:
-        if device not in devices:
+        if device not in devices:  # excluded by --device: reported, never dropped silently
+            checks += [Check("converge", "autograd", "expect", dtype=d, device=device, status="skip",
+                             message=f"{device} not requested (--device {', '.join(devices)})")
+                       for d in case.dtypes if d in dtypes]
             continue
         if device == "cuda":
             ok, why = cuda_status()

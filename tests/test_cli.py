@@ -113,3 +113,10 @@ def test_console_script_runs_the_shipped_seeds():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 failed" in proc.stdout
+
+
+def test_devices_excluded_by_the_device_option_are_reported_as_skipped(write_case):
+    path = write_case('name = "cudaonly"\nexpr = "sum(x**2)"\ndevices = ["cuda"]\nvars.x = { shape = [3] }\n')
+    code, out = run(path, "--device", "cpu", "-v")
+    assert code == 0
+    assert "SKIP grad [float32 cuda]: autograd vs symbolic -- cuda not requested (--device cpu)" in out
