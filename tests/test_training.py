@@ -17,7 +17,7 @@ CPU = Options(devices=("cpu",))
 def test_t2_stop_rule_fires_at_iteration_78_as_in_the_seed():
     result = run_case(SEEDS["T2_stop_at_loss_below_1"], CPU)
     assert result.status == "pass", result.message
-    converge = [c for c in result.checks if c.kind == "converge"]
+    converge = [c for c in result.checks if c.kind == "converge" and c.status != "skip"]  # cuda: skipped
     assert len(converge) == 2 and all("stop rule fired at step 78" in c.message for c in converge)
 
 
