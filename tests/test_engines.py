@@ -134,6 +134,16 @@ def test_value_beyond_float16_range_is_skipped_with_the_reason():
     assert skipped and "beyond float16's largest" in skipped[0].message
 
 
+def test_inputs_that_leave_the_domain_when_rounded_to_a_dtype_skip_that_dtype():
+    """Found by running the op corpus in float16: x = 1e-30 is 0 in float16, and log(0) is not finite."""
+    case = build_case({"name": "tiny", "expr": "log(x)", "dtypes": ["float64", "float16"], "devices": ["cpu"],
+                       "vars": {"x": {"shape": [], "value": 1e-30}}})
+    result = run_case(case, Options(devices=("cpu",)))
+    assert result.status == "pass"
+    skip = [c for c in result.checks if c.dtype == "float16" and c.status == "skip"]
+    assert skip and "rounded to float16 the value is not finite" in skip[0].message
+
+
 def test_point_outside_the_domain_is_an_error_naming_the_op():
     case = build_case({"name": "dom", "expr": "log(x)", "devices": ["cpu"], "vars": {"x": {"shape": [3]}}})
     result = run_case(case, Options(devices=("cpu",)))
