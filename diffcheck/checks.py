@@ -192,6 +192,11 @@ class CaseChecks:
         program, out = self.program, self.program.out
         cot = self.cotangents[ci]
         noise = 2.0**-53 * float(np.sum(np.abs(cot) * (fwd.errs[out] + np.abs(fwd.values[out])))) + 1e-300
+        # the perturbed inputs x + t*v are rounded too: under cancellation (x - y with x ~ y) that dominates
+        _, grads = self.reference("float64")
+        if grads:
+            point = self.point("float64")
+            noise += 2.0**-53 * sum(float(np.sum(np.abs(g.value) * np.abs(point[n]))) for n, g in grads[ci].items())
 
         def evaluate(inputs):
             f = program.forward(inputs, None, with_err=False, derivs=False)

@@ -30,6 +30,7 @@ KINK_SAFETY = 16.0  # entries this many rounding bounds from a kink are treated 
 
 def rss(*terms):
     """Root-sum-square of error terms: independent rounding errors add in quadrature (hypot: no underflow).
+    Used across the many terms of sums and matmuls; the few terms of one elementwise op add worst-case.
     The result has the terms' broadcast shape even when every term is zero."""
     total = np.zeros(np.broadcast_shapes(*(np.shape(t) for t in terms)))
     for t in terms:
@@ -290,8 +291,11 @@ class Program:
             if op.formula:
                 err = np.maximum(err, sympy_eval.evaluate(rules.value, {s: (v, 0.0) for s, v in
                                                                          zip(rules.symbols, vals)}, True)[1])
+            # a few terms: add worst-case (the inputs' errors may be correlated: a*a, or a shared sub-expression);
             # an exact input contributes nothing, even where its derivative is undefined (x**c at x < 0)
-            err = rss(err, *[np.abs(d) * e for (d, _), e in zip(derivs, errs) if np.any(e)])
+            for (d, _), e in zip(derivs, errs):
+                if np.any(e):
+                    err = err + np.abs(d) * e
             return value, err
         if ins.op in ("sum", "mean"):
             x, e = vals[0], errs[0]
@@ -334,9 +338,10 @@ class Program:
         raise NotImplementedError(ins.op)  # pragma: no cover
 
     # ---- backward ----
-    def vjp(self, fwd: Forward, cotangent, with_err: bool = True, side: int = 0) -> dict[str, tuple]:
-        """Reverse pass: per grad var, (adjoint, error bound in units of u). ``side`` picks the one-sided
-        derivative at entries on a kink (-1 left, +1 right, 0 the op's own convention)."""
+    def vjp(self, fwd: Forward, cotangent, with_err: bool = True, sides: dict | None = None) -> dict[str, tuple]:
+        """Reverse pass: per grad var, (adjoint, error bound in units of u). ``sides`` maps a kinked step to the
+        one-sided derivative it takes at entries on its kink (-1 left, +1 right); others use the op's own rule."""
+        sides = sides or {}
         adj: dict[int, np.ndarray] = {self.out: np.broadcast_to(np.asarray(cotangent, float), self.out_shape)}
         aerr: dict[int, np.ndarray] = {self.out: np.zeros(self.out_shape)}
         with np.errstate(all="ignore"):
@@ -345,12 +350,12 @@ class Program:
                 if slot.kind != "instr" or i not in adj or not slot.active:
                     continue
                 g, ge = adj.pop(i), aerr.pop(i)
-                for arg, (ga, gae) in self._back(i, slot.instr, fwd, g, ge, with_err, side):
+                for arg, (ga, gae) in self._back(i, slot.instr, fwd, g, ge, with_err, sides.get(i, 0)):
                     if not self.slots[arg].active:
                         continue
-                    if arg in adj:
+                    if arg in adj:  # a value used twice: its adjoints' errors may be correlated, add them
                         total = adj[arg] + ga
-                        aerr[arg] = rss(aerr[arg], gae, total)
+                        aerr[arg] = aerr[arg] + gae + np.abs(total)
                         adj[arg] = total
                     else:
                         adj[arg], aerr[arg] = ga, gae
@@ -365,14 +370,19 @@ class Program:
         return out
 
     def gradient(self, fwd: Forward, cotangent) -> dict[str, Gradient]:
-        """VJP with error bounds and, where entries sit on kinks, the hull over one-sided derivatives."""
-        mid = self.vjp(fwd, cotangent, True, 0)
-        sides = [self.vjp(fwd, cotangent, False, s) for s in (-1, 1)] if fwd.near_kink else []
-        out = {}
-        for name, (value, err) in mid.items():
-            variants = [value] + [s[name][0] for s in sides]
-            out[name] = Gradient(value, err, np.minimum.reduce(variants), np.maximum.reduce(variants))
-        return out
+        """VJP with error bounds and, where entries sit on kinks, the hull over one-sided derivatives.
+
+        The gradient is multilinear in the local derivatives chosen at the kinks, so its range over every choice
+        (torch's 0.5 at a tie of maximum included) is reached at the vertices: each kinked step takes its left or
+        right derivative independently. Up to MAX_KINK_STEPS kinked steps every pattern is tried; beyond that the
+        two uniform patterns and KINK_SAMPLES seeded random ones."""
+        mid = self.vjp(fwd, cotangent, True)
+        variants = {name: [value] for name, (value, _) in mid.items()}
+        for pattern in _side_patterns([i for i, mask in fwd.kinks.items() if mask.any()]):
+            for name, (value, _) in self.vjp(fwd, cotangent, False, pattern).items():
+                variants[name].append(value)
+        return {name: Gradient(value, err, np.minimum.reduce(variants[name]), np.maximum.reduce(variants[name]))
+                for name, (value, err) in mid.items()}
 
     def _back(self, i: int, ins: Instr, fwd: Forward, g, ge, with_err, side):
         vals = [fwd.values[a] for a in ins.args]
@@ -391,7 +401,7 @@ class Program:
                     reach = [np.maximum(r, np.abs(d)) for r, (d, _) in zip(reach, self._one_sided(i, ins, fwd, s))]
             for arg, shape, (d, de), r in zip(ins.args, shapes, derivs, reach):
                 contrib = g * d
-                err = rss(r * ge, np.abs(g) * de, contrib) if with_err else 0.0
+                err = (r * ge + np.abs(g) * de + np.abs(contrib)) if with_err else 0.0
                 yield arg, _unbroadcast(contrib, err, shape, with_err)
             return
         if ins.op in ("sum", "mean"):
@@ -440,6 +450,25 @@ class Program:
             d_side, _ = sympy_eval.evaluate(gexpr, env, with_err=False)
             out.append((np.where(fwd.kinks[i], np.broadcast_to(d_side, ins.shape), d), de))
         return out
+
+
+MAX_KINK_STEPS = 8
+KINK_SAMPLES = 64
+
+
+def _side_patterns(steps: list[int]) -> list[dict]:
+    """Every left/right choice for each kinked step (or a seeded sample when there are many)."""
+    import itertools
+
+    if not steps:
+        return []
+    if len(steps) <= MAX_KINK_STEPS:
+        combos = itertools.product((-1, 1), repeat=len(steps))
+    else:
+        rng = np.random.default_rng(len(steps))
+        combos = [(-1,) * len(steps), (1,) * len(steps)] + [tuple(rng.choice((-1, 1), len(steps)))
+                                                            for _ in range(KINK_SAMPLES)]
+    return [dict(zip(steps, combo)) for combo in combos]
 
 
 def _count(shape, dims) -> int:
