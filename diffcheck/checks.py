@@ -42,7 +42,7 @@ class CaseChecks:
         return check
 
     def run(self) -> None:
-        from .engines.autograd import build, cuda_status
+        from .engines.autograd import build, device_skip_reason
         from .engines.symbolic import Program
 
         case = self.case
@@ -53,9 +53,7 @@ class CaseChecks:
         if case.impl:
             from .engines import impl
 
-            fn = impl.load(case.impl, case.base_dir, list(case.vars), case.impl_args, case.path, case.name) \
-                if isinstance(case.impl, str) else impl.resolve(case.impl, list(case.vars), case.impl_args,
-                                                                case.path, case.name)
+            fn = impl.load(case.impl, case.base_dir, list(case.vars), case.impl_args, case.path, case.name)
         else:
             fn = build(case.ir)
         self.low = tol.lowest(self.dtypes)
@@ -78,18 +76,12 @@ class CaseChecks:
         if "autograd" not in self.options.stages:
             return
         for device in case.devices:
-            if device not in self.options.devices:  # excluded by --device: reported, never dropped silently
+            why = device_skip_reason(device, self.options.devices)
+            if why:  # reported, never dropped silently
                 for dtype in self.dtypes:
                     self.add(Check("grad", self.engine, "symbolic", dtype=dtype, device=device, status="skip",
-                                   message=f"{device} not requested (--device {', '.join(self.options.devices)})"))
+                                   message=why))
                 continue
-            if device == "cuda":
-                ok, why = cuda_status()
-                if not ok:
-                    for dtype in self.dtypes:
-                        self.add(Check("grad", self.engine, "symbolic", dtype=dtype, device="cuda", status="skip",
-                                       message=why))
-                    continue
             for dtype in self.dtypes:
                 self.check_autograd(fn, dtype, device)
 
@@ -116,8 +108,7 @@ class CaseChecks:
         if not shape:  # a scalar output: one random scale catches a backward that ignores its upstream gradient
             return [*cots, round_to(np.asarray(self.rng.uniform(0.5, 2.0)), self.low)]
         for _ in range(RANDOM_COTANGENTS):
-            cots.append(round_to(self.rng.standard_normal(shape) if shape else
-                                 np.asarray(self.rng.uniform(0.5, 2.0)), self.low))
+            cots.append(round_to(self.rng.standard_normal(shape), self.low))
         if 1 < size <= SMALL_OUTPUT:
             for flat in range(size):
                 basis = np.zeros(size)
@@ -149,14 +140,11 @@ class CaseChecks:
 
     def reference_ok(self, fwd) -> bool:
         out = fwd.values[self.program.out]
-        outside = self.program.outside_domain(fwd)
-        if outside:
-            raise CaseError(f"the expression is undefined at the sample point: {outside} (choose vars.*.domain or "
-                            "value inside the ops' domains)", self.case.path, self.case.name, "vars")
-        if np.any(np.isnan(out)):
-            raise CaseError(f"the expression is undefined at the sample point: {first_bad_op(self.program, fwd)}"
-                            " (choose vars.*.domain or value inside the ops' domains)", self.case.path,
-                            self.case.name, "vars")
+        undefined = self.program.outside_domain(fwd) or (first_bad_op(self.program, fwd)
+                                                          if np.any(np.isnan(out)) else None)
+        if undefined:
+            raise CaseError(f"the expression is undefined at the sample point: {undefined} (choose vars.*.domain "
+                            "or value inside the ops' domains)", self.case.path, self.case.name, "vars")
         if not np.all(np.isfinite(out)):
             where = first_bad_op(self.program, fwd)
             self.add(Check("value", "symbolic", "float64", status="skip",
@@ -412,18 +400,18 @@ class CaseChecks:
 
     def worst_over_cotangents(self, res, grads, name, dtype, device) -> Check:
         """Judge every cotangent's VJP; report the one with the worst margin in full."""
-        margins = []
+        margins, tolerances = [], []
         for vjp, ref in zip(res.vjps, grads):
             g = ref[name]
             if not np.all(np.isfinite(g.value)):
                 return Check("grad", self.engine, "symbolic", var=name, dtype=dtype, device=device, status="skip",
                              message="the reference gradient is not finite at this point (a singularity)")
-            allowed = tol.derived(g.err, g.value, dtype, self.case.tolerance).allowed
-            margins.append(quick_margin(vjp[name], g, allowed))
+            tolerances.append(tol.derived(g.err, g.value, dtype, self.case.tolerance))
+            margins.append(quick_margin(vjp[name], g, tolerances[-1].allowed))
         worst_ci = int(np.argmax(margins))
         g = grads[worst_ci][name]
         worst = compare(Check("grad", self.engine, "symbolic", var=name, dtype=dtype, device=device),
-                        res.vjps[worst_ci][name], g.value, tol.derived(g.err, g.value, dtype, self.case.tolerance),
+                        res.vjps[worst_ci][name], g.value, tolerances[worst_ci],
                         lo=g.lo, hi=g.hi, fd=self.fd_full.get(name) if worst_ci == 0 else None)
         if worst.status == "fail" and worst.worst:
             self.add_fd_column(worst, grads, worst_ci, name)
@@ -463,8 +451,7 @@ def scaled(grads: dict, r: float) -> dict:
 
     out = {}
     for name, g in grads.items():
-        value = g.value * r
-        lo, hi = sorted((g.lo * r, g.hi * r), key=lambda a: float(np.sum(a)))
+        value, lo, hi = g.value * r, g.lo * r, g.hi * r
         out[name] = Gradient(value, np.abs(r) * g.err + np.abs(value), np.minimum(lo, hi), np.maximum(lo, hi))
     return out
 

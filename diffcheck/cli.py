@@ -47,7 +47,7 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
     import time
 
     from .errors import UsageError
-    from .report import render_text, write_json
+    from .report import case_text, summary_line, write_json
     from .runner import Options, load
 
     start = time.perf_counter()
@@ -70,11 +70,10 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
     with _Progress(len(items)) as progress:
         for result in run_all(items, options, workers):
             results.append(result)
-            progress.echo(_line(result, verbose))
+            progress.echo(case_text(result, verbose))
     seconds = time.perf_counter() - start
-    text = render_text(results, seconds, verbose)
     _summary(results, seconds)
-    click.echo(text.splitlines()[-1] if results else text)
+    click.echo(summary_line(results, seconds))
     if json_path:
         write_json(json_path, results, seconds)
     if junit_path:
@@ -154,11 +153,6 @@ def _summary(results, seconds: float) -> None:
         table.add_row(key, value, style=styles.get(key) if value != "0" else None)
     Console().print(table)
 
-
-def _line(result, verbose: bool) -> str:
-    from .report import render_text
-
-    return "\n".join(render_text([result], 0.0, verbose).splitlines()[:-1])
 
 
 def _devices(device: str) -> tuple[str, ...]:

@@ -99,9 +99,9 @@ class CaseItem(pytest.Item):
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, CaseFailure):
-            from .report import render_text
+            from .report import case_text
 
-            return "\n".join(render_text([excinfo.value.result], excinfo.value.result.seconds, False).splitlines()[:-1])
+            return case_text(excinfo.value.result)
         return super().repr_failure(excinfo, style)
 
 

@@ -116,22 +116,28 @@ def _short(against: str) -> str:
     return against.split(" ")[0][:14]
 
 
-def render_text(results, seconds: float, verbose: bool = False) -> str:
-    lines = []
-    for r in results:
-        lines.append(case_line(r))
-        lines.extend(f"    plot: {a}" for a in r.artifacts)
-        if verbose:
-            lines.extend(f"    {f}" for f in r.formula)
-        for c in r.checks:
-            if verbose or c.status == "fail":
-                lines.extend(check_lines(c, verbose))
-    s = summary(results, seconds)
-    if not results:
-        lines.append("diffcheck: no cases selected")
-    lines.append(f"diffcheck: {s['passed']} passed, {s['failed']} failed, {s['skipped']} skipped, "
-                 f"{s['errors']} errors in {s['cases']} cases ({seconds:.1f} s)")
+def case_text(result, verbose: bool = False) -> str:
+    """One case's report: its line, its plots, and the checks worth showing (failures; every check with -v)."""
+    lines = [case_line(result)]
+    lines.extend(f"    plot: {a}" for a in result.artifacts)
+    if verbose:
+        lines.extend(f"    {f}" for f in result.formula)
+    for c in result.checks:
+        if verbose or c.status == "fail":
+            lines.extend(check_lines(c, verbose))
     return "\n".join(lines)
+
+
+def summary_line(results, seconds: float) -> str:
+    if not results:
+        return "diffcheck: no cases selected"
+    s = summary(results, seconds)
+    return (f"diffcheck: {s['passed']} passed, {s['failed']} failed, {s['skipped']} skipped, "
+            f"{s['errors']} errors in {s['cases']} cases ({seconds:.1f} s)")
+
+
+def render_text(results, seconds: float, verbose: bool = False) -> str:
+    return "\n".join([case_text(r, verbose) for r in results] + [summary_line(results, seconds)])
 
 
 def write_junit(path, results, seconds: float) -> None:
@@ -146,7 +152,7 @@ def write_junit(path, results, seconds: float) -> None:
         case = ET.SubElement(suite, "testcase", classname=str(r.file).replace("/", ".").removesuffix(".toml"),
                              name=r.name, time=f"{r.seconds:.3f}")
         if r.status in ("fail", "error"):
-            detail = "\n".join(render_text([r], r.seconds, False).splitlines()[:-1])
+            detail = case_text(r)
             tag = "failure" if r.status == "fail" else "error"
             ET.SubElement(case, tag, message=r.message[:500]).text = detail
         elif r.status == "skip":

@@ -47,9 +47,9 @@ class CaseResult:
     def assert_ok(self) -> CaseResult:
         """Raise AssertionError with the full localized report unless the case passed."""
         if not self.ok:
-            from .report import render_text
+            from .report import case_text
 
-            raise AssertionError("\n" + "\n".join(render_text([self], self.seconds, True).splitlines()[:-1]))
+            raise AssertionError("\n" + case_text(self, verbose=True))
         return self
 
     def to_json(self) -> dict:

@@ -493,8 +493,7 @@ def check_train_case(case: TrainCase, dtypes, devices, plot_dir=None) -> tuple[l
     from .engines.autograd import cuda_status
 
     data, init = draw(case)
-    n = len(next(iter(data.values())))
-    steps = batches(case, len(data[case.model.train.target]) if data else n)
+    steps = batches(case, len(data[case.model.train.target]))
     reference = run_reference(case, data, init, steps)
     checks = []
     runs = {"symbolic-gradient loop (float64)": reference}

@@ -51,8 +51,7 @@ def _eval(node: Node, env: dict):
             return x
         return getattr(torch, op)(x, dim=dim, keepdim=p["keepdim"])
     if op in ("softmax", "log_softmax"):
-        dim = p["dim"] if isinstance(p["dim"], int) else p["dim"][0]
-        return getattr(torch, op)(args[0], dim=dim)
+        return getattr(torch, op)(args[0], dim=p["dim"])
     if op == "mse_loss":
         a, b = torch.broadcast_tensors(*args)
         return torch.nn.functional.mse_loss(a, b)
@@ -99,6 +98,11 @@ def to_numpy(t) -> np.ndarray:
     return t.detach().to(device="cpu", dtype=torch.float64).numpy()
 
 
+def _cotangent(c, out: torch.Tensor, dtype: str, device: str) -> torch.Tensor:
+    """A cotangent as a tensor of the output's shape and dtype."""
+    return to_tensor(np.broadcast_to(c, tuple(out.shape)), dtype, device).to(out.dtype)
+
+
 def run(fn: Callable, inputs: dict, grad_vars, dtype: str, device: str, cotangents: list,
         semantic: bool = True) -> AutogradResult:
     """Forward once, then one VJP per cotangent on the same graph; with ``semantic``, also a zero cotangent and a
@@ -114,7 +118,7 @@ def run(fn: Callable, inputs: dict, grad_vars, dtype: str, device: str, cotangen
         leaves = [tensors[n] for n in grad_vars]
         vjps = []
         for c in cotangents:
-            g = to_tensor(np.broadcast_to(c, tuple(out.shape)), dtype, device).to(out.dtype)
+            g = _cotangent(c, out, dtype, device)
             if not out.requires_grad:
                 grads = [None] * len(leaves)
             else:
@@ -147,8 +151,8 @@ def _semantic(out, leaves, grad_vars, vjps, cotangents, dtype, device) -> list[s
             problems.append(f"a zero upstream gradient gave a nonzero gradient of {name} "
                             f"(max {float(grad.abs().max()):.3g}): backward ignores grad_output")
     last = len(cotangents) - 1
-    g = to_tensor(np.broadcast_to(cotangents[last], tuple(out.shape)), dtype, device).to(out.dtype)
-    again = torch.autograd.grad(out, leaves, g, retain_graph=True, allow_unused=True)
+    again = torch.autograd.grad(out, leaves, _cotangent(cotangents[last], out, dtype, device), retain_graph=True,
+                                allow_unused=True)
     for name, grad in zip(grad_vars, again):
         first = vjps[last][name]
         second = to_numpy(grad).reshape(first.shape) if grad is not None else np.zeros(first.shape)
@@ -181,8 +185,7 @@ def hvp(fn: Callable, inputs: dict, grad_vars, cotangent, direction: dict, dtype
         tensors = {n: to_tensor(v, dtype, device, n in grad_vars) for n, v in inputs.items()}
         out = fn(**tensors)
         leaves = [tensors[n] for n in grad_vars]
-        c = to_tensor(np.broadcast_to(cotangent, tuple(out.shape)), dtype, device)
-        grads = torch.autograd.grad(out, leaves, c, create_graph=True)
+        grads = torch.autograd.grad(out, leaves, _cotangent(cotangent, out, dtype, device), create_graph=True)
         dot = sum((g * to_tensor(direction[n], dtype, device)).sum() for n, g in zip(grad_vars, grads))
         second = torch.autograd.grad(dot, leaves, allow_unused=True)
     return {n: (to_numpy(h) if h is not None else np.zeros(np.shape(inputs[n]))) for n, h in zip(grad_vars, second)}
@@ -193,6 +196,16 @@ def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "float64":
         return np.asarray(x, dtype=np.float64)
     return to_numpy(torch.as_tensor(np.array(x, dtype=np.float64)).to(TORCH_DTYPES[dtype]))
+
+
+def device_skip_reason(device: str, requested) -> str | None:
+    """Why checks on ``device`` cannot run in this run (excluded by --device, or no CUDA), or None."""
+    if device not in requested:
+        return f"{device} not requested (--device {', '.join(requested)})"
+    if device == "cuda":
+        ok, why = cuda_status()
+        return None if ok else why
+    return None
 
 
 def cuda_status() -> tuple[bool, str]:

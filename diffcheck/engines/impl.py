@@ -24,8 +24,11 @@ from pathlib import Path
 from ..errors import CaseError
 
 
-def load(spec: str, base_dir: Path, var_names: list[str], args: dict, where: str, case: str) -> Callable:
-    """Resolve ``module:attribute`` into ``fn(**tensors) -> tensor``, or raise CaseError naming 'impl'."""
+def load(spec, base_dir: Path, var_names: list[str], args: dict, where: str, case: str) -> Callable:
+    """Resolve ``module:attribute`` (or a Python object given through the API) into ``fn(**tensors) -> tensor``,
+    or raise CaseError naming 'impl'."""
+    if not isinstance(spec, str):
+        return resolve(spec, var_names, args, where, case)
 
     def fail(message: str):
         raise CaseError(message, where, case, "impl")
