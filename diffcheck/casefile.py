@@ -21,6 +21,7 @@ from .errors import CaseError, ExpressionError
 from .expr.ir import Node, variables
 from .expr.parse import parse
 from .expr.shapes import infer
+from .text import clip, safe
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda")
@@ -150,18 +151,71 @@ EXPECT_RTOL = 1e-6
 EXPECT_ATOL = 1e-9
 
 
-def load_file(path: str | Path) -> list[Case | CaseError]:
-    """Load every case of one file; problems come back as CaseError entries, never raised."""
-    path = Path(path)
+MAX_FILE_BYTES = 16 * 2**20  # a case file is text; anything larger (or /dev/zero behind a link) is refused
+# Top-level keys that make a TOML file a case file (directory walks and the pytest plugin skip other TOML files).
+CASE_KEYS = ("case", "expr", "kind", "impl", "vars", "model", "train")
+
+
+def read_toml(path: str | Path) -> dict:
+    """Parse one case file, or raise CaseError saying why not: only regular UTF-8 text files of bounded size."""
+    import os
+    import stat
+
     where = str(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) \
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a special file"
+            raise CaseError(f"not a regular file ({kind}): case files must be regular files", where)
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise CaseError(f"cannot read the file: {exc.strerror or exc}", where) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise CaseError(f"the file is larger than {MAX_FILE_BYTES // 2**20} MiB, the limit for a case file", where)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte-order mark (some Windows editors write one): accepted and ignored
+    if b"\x00" in raw:
+        raise CaseError("a binary file (it contains NUL bytes), not a TOML case file", where)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CaseError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): TOML files must be "
+                        f"UTF-8", where) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        return [CaseError(f"invalid TOML: {exc}", where)]
-    except (OSError, UnicodeDecodeError) as exc:
-        return [CaseError(f"cannot read the file: {exc}", where)]
+        raise CaseError(f"invalid TOML: {exc}", where) from None
     except RecursionError:
-        return [CaseError("invalid TOML: nested too deeply", where)]
+        raise CaseError("invalid TOML: nested too deeply", where) from None
+
+
+def is_case_data(data: dict) -> bool:
+    """Whether parsed TOML is meant as a case file: a case key (or a near miss of one) at the top level."""
+    return any(k in CASE_KEYS or difflib.get_close_matches(k, CASE_KEYS, n=1, cutoff=0.75) for k in data)
+
+
+def is_case_file(path) -> bool:
+    """Whether a ``*.toml`` found in a directory is a case file. A file that cannot be read or parsed counts, so
+    its problem is reported, except a broken ``pyproject.toml``, which is some other tool's."""
+    try:
+        return is_case_data(read_toml(path))
+    except CaseError:
+        return Path(path).name != "pyproject.toml"
+
+
+def load_file(path: str | Path) -> list[Case | CaseError]:
+    """Load every case of one file; problems come back as CaseError entries, never raised."""
+    where = str(path)
+    try:
+        data = read_toml(path)
+    except CaseError as exc:
+        return [exc]
+    if not is_case_data(data):
+        found = ", ".join(clip(k, 40) for k in list(data)[:8]) or "none"
+        return [CaseError(f"not a case file: none of its top-level keys ({found}) is a case key "
+                          f"({', '.join(CASE_KEYS)})", where)]
     return load_data(data, where)
 
 
@@ -172,21 +226,41 @@ def load_data(data: dict, where: str = "<data>") -> list[Case | CaseError]:
         if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
             return [CaseError("'case' must be an array of tables ([[case]])", where, key="case")]
         defaults = {k: v for k, v in data.items() if k != "case"}
-        raw_cases = [{**defaults, **table} for table in tables]
-        if not raw_cases:
+        merged = [_with_defaults(defaults, table) for table in tables]
+        if not merged:
             return [CaseError("the file holds no cases ('case' is empty)", where, key="case")]
     else:
-        raw_cases = [data]
+        merged = [(data, set())]
     results: list[Case | CaseError] = []
-    for index, raw in enumerate(raw_cases):
+    for index, (raw, inherited) in enumerate(merged):
         label = raw.get("name") if isinstance(raw.get("name"), str) else f"#{index + 1}"
         try:
             results.append(build_case(raw, where))
         except CaseError as exc:
             if exc.case is None:
                 exc = CaseError(exc.message, where, label, exc.key)
+            var = (exc.key or "").split(".")[1] if (exc.key or "").startswith("vars.") else None
+            if var in inherited:
+                exc = CaseError(f"{exc.message} (var '{var}' comes from the file's default vars; drop it from "
+                                f"this case with vars.{var} = false)", exc.path, exc.case, exc.key)
             results.append(exc)
     return results
+
+
+def _with_defaults(defaults: dict, table: dict) -> tuple[dict, set[str]]:
+    """One ``[[case]]`` table over the file's defaults, and the names of the vars it inherited.
+
+    Vars merge one by one: the case's ``vars.x`` replaces the default ``vars.x`` whole, default vars it does not
+    name are inherited, and ``vars.x = false`` drops an inherited one.
+    """
+    raw = {**defaults, **table}
+    base, own = defaults.get("vars"), table.get("vars", {})
+    if not (isinstance(base, dict) and isinstance(own, dict)):
+        return raw, set()
+    inherited = set(base) - set(own)
+    dropped = {k for k, v in own.items() if v is False and k in base}
+    raw["vars"] = {k: v for k, v in {**base, **own}.items() if k not in dropped}
+    return raw, inherited
 
 
 def validator(where: str, name: str | None):
@@ -205,6 +279,10 @@ def validator(where: str, name: str | None):
 def build_case(raw: dict, where: str = "<data>"):
     """Validate one case's raw mapping into a Case (or a TrainCase for ``kind = "train"``), or raise CaseError."""
     name = raw.get("name") if isinstance(raw.get("name"), str) else None
+    kind = raw.get("kind", "grad")
+    if isinstance(kind, str) and kind not in ("grad", "train"):
+        raise CaseError(f"unknown kind {clip(repr(kind), 40)}: 'grad' (the default) or 'train'"
+                        f"{suggest(kind, ('grad', 'train'))}", where, name, "kind")
     if raw.get("kind") == "train":
         from .training import build_train_case
 
@@ -224,7 +302,7 @@ def build_case(raw: dict, where: str = "<data>"):
     if not used:
         fail("expr uses no variables: there is nothing to differentiate", "expr")
     for unused in sorted(set(model.vars) - used):
-        fail(f"var '{unused}' is declared but not used in expr", f"vars.{unused}")
+        fail(f"var '{clip(unused)}' is declared but not used in expr", f"vars.{unused}")
 
     specs = {vname: _var_spec(vname, vm, fail) for vname, vm in model.vars.items()}
     if not any(s.requires_grad for s in specs.values()):
@@ -344,8 +422,8 @@ def _tolerance(tm: ToleranceModel, fail) -> Tolerance:
 
 
 def _point_at(expr: str, exc: ExpressionError) -> str:
-    if exc.col is None or "\n" in expr:
-        return f"{exc.message} in '{expr}'"
+    if exc.col is None or "\n" in expr or safe(expr) != expr:
+        return f"{exc.message} in '{clip(expr, 500)}'"
     return f"{exc.message}\n    {expr}\n    {' ' * exc.col}^"
 
 
@@ -398,16 +476,32 @@ def _describe_validation(exc: ValidationError, root: type[BaseModel] = CaseModel
     loc = tuple(err["loc"])
     where = _dotted(loc[:-1])
     last = loc[-1] if loc else ""
+    where = clip(where)
     if err["type"] == "extra_forbidden":
         model = _model_at(root, loc[:-1])
         known = list(model.model_fields) if model is not None and not isinstance(model, _DictOf) else []
         close = difflib.get_close_matches(str(last), known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else (f" (known: {', '.join(known)})" if known else "")
         inside = f" in {where}" if where else ""
-        return f"unknown key '{last}'{inside}{hint}"
+        return f"unknown key '{clip(last)}'{inside}{hint}"
     if err["type"] == "missing":
         inside = f" in {where}" if where else ""
-        return f"missing required key '{last}'{inside}"
+        extras = [str(e["loc"][-1]) for e in exc.errors()
+                  if e["type"] == "extra_forbidden" and tuple(e["loc"][:-1]) == loc[:-1]]
+        close = difflib.get_close_matches(str(last), extras, n=1, cutoff=0.6)
+        hint = f" (did you mean '{last}' for '{clip(close[0])}'?)" if close else ""
+        return f"missing required key '{last}'{inside}{hint}"
     value = err.get("input")
-    shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
-    return f"{_dotted(loc)}: {err['msg']} (got {shown})"
+    shown = clip(repr(value), 60)
+    if err["type"] == "literal_error" and isinstance(value, str):
+        import re
+
+        close = suggest(value, re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", "")))
+        return f"{clip(_dotted(loc))}: {err['msg']} (got {shown}){close}"
+    return f"{clip(_dotted(loc))}: {err['msg']} (got {shown})"
+
+
+def suggest(word: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the nearest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -27,32 +27,38 @@ def main():
 @click.option("--dtype", "dtypes", multiple=True, type=click.Choice(DTYPE_NAMES),
               help="Restrict the dtypes each case asks for (repeatable).")
 @click.option("-k", "pattern", metavar="PATTERN",
-              help="Run only cases whose name contains PATTERN (or matches it, if it has * ? [).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Run only cases whose name contains PATTERN (or matches it, if it has * ? [); words combine "
+                   "with and, or, not and parentheses, as in pytest.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write the full report as JSON to this file.")
-@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, writable=True),
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False),
               help="Write a JUnit XML report (pytest's xunit2 shape) to this file, for CI systems.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Run seed; each case's sampling seed derives from it and the case name unless the case "
                    "sets 'seed'. The report prints the seed each case used.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show every check with its tolerance, and the symbolic gradient formula of small cases.")
+@click.option("-q", "--quiet", is_flag=True, help="Show only failed and errored cases, and the summary.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False),
               help="Write a PNG per training case (loss curves, fitted line over the data) into this directory.")
 @click.option("-j", "--jobs", default="auto", show_default=True, metavar="N|auto",
               help="Worker processes. 'auto': one per CPU core (at most 4) when 40 or more cases are selected, "
                    "else 1. Results are reported in file order either way.")
-def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, plot_dir, jobs):
+def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, plot_dir, jobs, quiet):
     """Check every case in PATHS (files, or directories searched for *.toml)."""
     import time
 
     from .errors import UsageError
     from .report import case_text, summary_line, write_json
-    from .runner import Options, load
+    from .runner import Options, load, matches
 
     start = time.perf_counter()
     try:
         devices = _devices(device)
+        if pattern is not None:
+            matches("", pattern)  # a malformed -k expression is a usage error before anything runs
+        for option, path in (("--json", json_path), ("--junit", junit_path)):
+            _report_path(option, path)
     except UsageError as exc:
         click.echo(f"diffcheck: usage error: {exc}", err=True)
         sys.exit(2)
@@ -70,17 +76,85 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
     with _Progress(len(items)) as progress:
         for result in run_all(items, options, workers):
             results.append(result)
-            progress.echo(case_text(result, verbose))
+            shown = not quiet or result.status in ("fail", "error")
+            progress.echo(_coloured(case_text(result, verbose), progress.fancy) if shown else None)
     seconds = time.perf_counter() - start
-    _summary(results, seconds)
-    click.echo(summary_line(results, seconds))
-    if json_path:
-        write_json(json_path, results, seconds)
-    if junit_path:
-        from .report import write_junit
+    if not results:
+        from .text import safe
 
-        write_junit(junit_path, results, seconds)
-    sys.exit(exit_code(results))
+        where = ", ".join(safe(p) for p in paths)
+        click.echo(f"diffcheck: no cases selected in {where}" + (f" by -k {safe(pattern)!r}" if pattern else ""))
+        _write_reports(json_path, junit_path, results, seconds)
+        sys.exit(exit_code(results))
+    _end(results, quiet, options.devices)
+    if not quiet:
+        _summary(results, seconds)
+    click.echo(summary_line(results, seconds))
+    code = _write_reports(json_path, junit_path, results, seconds)
+    sys.exit(code or exit_code(results))
+
+
+def _report_path(option: str, path) -> None:
+    """Refuse a report path before the run rather than after it; create its folder when missing."""
+    import os
+
+    from .errors import UsageError
+
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot create the folder {folder}: {exc.strerror or exc}") from None
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path}: is a directory; give a file name")
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        raise UsageError(f"{option} {path}: not writable")
+
+
+def _write_reports(json_path, junit_path, results, seconds: float) -> int:
+    """Write the reports asked for; a write that fails (a full disk, /dev/full) is a clean error, exit 2."""
+    from .report import write_json, write_junit
+
+    code = 0
+    for option, path, write in (("--json", json_path, write_json), ("--junit", junit_path, write_junit)):
+        if not path:
+            continue
+        try:
+            write(path, results, seconds)
+        except OSError as exc:
+            click.echo(f"diffcheck: error: {option} {path}: cannot write the report: {exc.strerror or exc}",
+                       err=True)
+            code = 2
+    return code
+
+
+_COLOURS = {"PASS": "green", "FAIL": "red", "ERROR": "red", "SKIP": "yellow", "FAILED": "red"}
+
+
+def _coloured(text: str, fancy: bool) -> str:
+    """The status word at the start of ``text`` in its colour, on a terminal only (NO_COLOR and pipes: plain)."""
+    word = text.split(" ", 1)[0]
+    if not fancy or word not in _COLOURS:
+        return text
+    return click.style(word, fg=_COLOURS[word], bold=True) + text[len(word):]
+
+
+def _end(results, quiet: bool, devices) -> None:
+    """The close of a run: the failed and errored cases again, one line each; CUDA left out by --device, once."""
+    from .report import short_summary
+    from .runner import not_requested
+
+    lines = short_summary(results)
+    if lines:
+        click.echo("short summary:")
+        for line in lines:
+            click.echo(_coloured(line, _fancy()))
+    excluded = sum(not_requested(c) for r in results for c in r.checks)
+    if excluded:
+        left_out = ", ".join(d for d in ("cpu", "cuda") if d not in devices)
+        click.echo(f"{left_out.upper()} checks not requested (--device {', '.join(devices)}): {excluded} skipped")
 
 
 def _workers(jobs: str, count: int) -> int:
@@ -113,15 +187,20 @@ class _Progress:
     def __enter__(self):
         return self
 
-    def echo(self, line: str) -> None:
+    def echo(self, line: str | None) -> None:
+        """Print one case's report (None: nothing, for -q) and advance the bar."""
         import time
 
         self.done += 1
         if self.bar is not None:
-            self.bar.console.print(line, markup=False, highlight=False)
+            if line is not None:
+                from rich.text import Text
+
+                self.bar.console.print(Text.from_ansi(line))
             self.bar.update(self.task, completed=self.done)
             return
-        click.echo(line)
+        if line is not None:
+            click.echo(line)
         if self.fancy and self.done < self.total and time.perf_counter() - self.start > 1.0:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 

@@ -17,7 +17,10 @@ def run_all(items: list, options: Options, workers: int = 1) -> Iterator[CaseRes
     """Results of every item (CaseErrors become error results), in the order given."""
     if workers <= 1 or len(items) <= 1:
         for item in items:
-            yield _one(item, options)
+            try:
+                yield _one(item, options)
+            except Exception as exc:  # a bug, not the case's fault: report it on the case, run the rest
+                yield _crashed(item, exc)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -29,11 +32,28 @@ def run_all(items: list, options: Options, workers: int = 1) -> Iterator[CaseRes
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init, initargs=(threads,)) as pool:
         futures = {i: pool.submit(_one, items[i], options) for i in order}
         for i in range(len(items)):
-            yield futures[i].result()
+            try:
+                yield futures[i].result()
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # what the worker raised, or its death: an error on this case only
+                yield _crashed(items[i], exc)
 
 
 def _one(item, options: Options) -> CaseResult:
     return error_result(item) if isinstance(item, CaseError) else run_case(item, options)
+
+
+def _crashed(item, exc: BaseException) -> CaseResult:
+    """The error result of a case whose run raised instead of returning a result."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    name, path = getattr(item, "name", "?"), getattr(item, "path", "")
+    if isinstance(exc, BrokenProcessPool):
+        why = "the worker process running it died (rerun with -j 1 to see which case kills it)"
+    else:
+        why = f"running it raised {type(exc).__name__}: {exc}"
+    return CaseResult(name, path, "error", f"{path}: case {name!r}: {why}")
 
 
 def _init(threads: int) -> None:

@@ -7,6 +7,7 @@ import platform
 from collections import Counter
 
 from .compare import Check
+from .text import safe
 
 STATUS_WORD = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skip": "SKIP"}
 
@@ -62,10 +63,20 @@ def _jsonable(x):
     raise TypeError(type(x).__name__)
 
 
+def _message(text: str) -> str:
+    """A multi-line message made safe: controls escaped, every line after the first indented (no forged lines)."""
+    first, *rest = safe(text, newlines=True).split("\n")
+    return "\n".join([first, *(line if line.startswith("    ") else "    " + line for line in rest)])
+
+
+def case_id(result) -> str:
+    return f"{safe(result.file)}::{safe(result.name)}"
+
+
 def case_line(result) -> str:
-    head = f"{STATUS_WORD[result.status]:5s} {result.file}::{result.name}"
+    head = f"{STATUS_WORD[result.status]:5s} {case_id(result)}"
     if result.status == "error":
-        return f"{STATUS_WORD['error']:5s} {result.message}"
+        return f"{STATUS_WORD['error']:5s} {_message(result.message)}"
     margins = [c.margin for c in result.checks if c.status in ("pass", "warn")]
     parts = [f"{len(result.checks)} checks"]
     if margins and result.status == "pass":
@@ -75,7 +86,7 @@ def case_line(result) -> str:
     parts.append(f"{result.seconds:.2f} s")
     line = f"{head}  ({', '.join(parts)})"
     if result.message:
-        line += f"  {result.message}"
+        line += f"  {_message(result.message)}"
     return line
 
 
@@ -83,15 +94,15 @@ def check_lines(check: Check, detail: bool) -> list[str]:
     status = check.status.upper()
     against = f" vs {check.against}"
     margin = f" (margin {check.margin:.2g})" if check.status != "skip" else ""
-    lines = [f"    {status:4s} {check.label}: {check.engine}{against}{margin}"
-             + (f" -- {check.message}" if check.message else "")]
+    lines = [f"    {status:4s} {safe(check.label)}: {check.engine}{safe(against)}{margin}"
+             + (f" -- {_message(check.message)}" if check.message else "")]
     if check.status == "skip":
         return lines
     if (detail or check.status == "fail") and check.tolerance:
-        lines.append(f"         tolerance: {check.tolerance}")
+        lines.append(f"         tolerance: {_message(check.tolerance)}")
     if check.status == "fail" and check.worst:
         if check.diagnosis:
-            lines.append(f"         diagnosis: {check.diagnosis}")
+            lines.append(f"         diagnosis: {_message(check.diagnosis)}")
         lines.append(f"         {'index':12s} {check.engine:>14s} {_short(check.against):>14s} {'finite diff':>14s}"
                      f" {'abs err':>10s} {'rel err':>10s} {'allowed':>10s}")
         for e in check.worst:
@@ -119,9 +130,9 @@ def _short(against: str) -> str:
 def case_text(result, verbose: bool = False) -> str:
     """One case's report: its line, its plots, and the checks worth showing (failures; every check with -v)."""
     lines = [case_line(result)]
-    lines.extend(f"    plot: {a}" for a in result.artifacts)
+    lines.extend(f"    plot: {safe(a)}" for a in result.artifacts)
     if verbose:
-        lines.extend(f"    {f}" for f in result.formula)
+        lines.extend(f"    {safe(f)}" for f in result.formula)
     for c in result.checks:
         if verbose or c.status == "fail":
             lines.extend(check_lines(c, verbose))
@@ -141,7 +152,11 @@ def render_text(results, seconds: float, verbose: bool = False) -> str:
 
 
 def write_junit(path, results, seconds: float) -> None:
-    """JUnit XML in pytest's xunit2 shape: one testcase per case, failures carrying the localized report."""
+    """JUnit XML in pytest's xunit2 shape: one testcase per case, failures carrying the localized report.
+
+    Every text goes through ``_xml`` first: ElementTree escapes markup but writes characters XML 1.0 forbids
+    (most controls) as they are, which leaves a file no CI system can parse.
+    """
     import xml.etree.ElementTree as ET
 
     s = summary(results, seconds)
@@ -149,15 +164,38 @@ def write_junit(path, results, seconds: float) -> None:
     suite = ET.SubElement(suites, "testsuite", name="diffcheck", tests=str(s["cases"]), failures=str(s["failed"]),
                           errors=str(s["errors"]), skipped=str(s["skipped"]), time=f"{seconds:.3f}")
     for r in results:
-        case = ET.SubElement(suite, "testcase", classname=str(r.file).replace("/", ".").removesuffix(".toml"),
-                             name=r.name, time=f"{r.seconds:.3f}")
+        classname = str(r.file).replace("/", ".").removesuffix(".toml")
+        case = ET.SubElement(suite, "testcase", classname=_xml(safe(classname)), name=_xml(safe(r.name)),
+                             time=f"{r.seconds:.3f}")
         if r.status in ("fail", "error"):
             detail = case_text(r)
             tag = "failure" if r.status == "fail" else "error"
-            ET.SubElement(case, tag, message=r.message[:500]).text = detail
+            ET.SubElement(case, tag, message=_xml(safe(r.message)[:500])).text = _xml(detail)
         elif r.status == "skip":
-            ET.SubElement(case, "skipped", message=r.message[:500])
+            ET.SubElement(case, "skipped", message=_xml(safe(r.message)[:500]))
     ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def _xml(text: str) -> str:
+    """``text`` with what XML 1.0 cannot hold (controls, lone surrogates, U+FFFE/U+FFFF) written as escapes."""
+    import re
+
+    return re.sub("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]",
+                  lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def short_summary(results) -> list[str]:
+    """pytest's short test summary: one line per failed or errored case, with its headline."""
+    lines = []
+    for r in results:
+        if r.status in ("fail", "error"):
+            headline = safe(r.message.split("\n", 1)[0])
+            prefix = f"{r.file}: case {r.name!r}: "
+            if headline.startswith(safe(prefix)):
+                headline = headline[len(safe(prefix)):]
+            word = "FAILED" if r.status == "fail" else "ERROR"
+            lines.append(f"{word} {case_id(r)} - {headline}")
+    return lines
 
 
 def summary_rows(results, seconds: float) -> list[tuple[str, str]]:

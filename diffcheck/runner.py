@@ -5,13 +5,13 @@ No formatting happens here (see ``report``).
 
 from __future__ import annotations
 
-import fnmatch
+import os
 import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .casefile import Case, load_file
+from .casefile import Case, is_case_file, load_file
 from .compare import Check
 from .errors import CaseError, DiffcheckError
 
@@ -58,23 +58,70 @@ class CaseResult:
                 "artifacts": self.artifacts, "checks": [c.to_json() for c in self.checks]}
 
 
-def collect(paths) -> list[Path]:
-    """Case files named on the command line: files as given, directories searched for ``*.toml``."""
-    files: list[Path] = []
+def collect(paths) -> list[Path | CaseError]:
+    """Case files named by ``paths`` (one path, or a list): files as given, directories searched for ``*.toml``.
+
+    A walk skips TOML files that are not case files (pyproject.toml) and reports what it cannot read (an
+    unreadable folder, a broken or looping link) as CaseErrors; a file reached twice is listed once.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found: list[Path | CaseError] = []
+    seen: set[str] = set()
+
+    def add(f: Path) -> None:
+        key = os.path.realpath(f)
+        if key not in seen:
+            seen.add(key)
+            found.append(f)
+
     for p in map(Path, paths):
-        if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*.toml") if f.is_file()))
-        else:
-            files.append(p)
-    return files
+        try:
+            is_dir = p.is_dir()
+        except OSError as exc:
+            found.append(CaseError(f"cannot read: {exc.strerror or exc}", str(p)))
+            continue
+        if not is_dir:
+            add(p)
+            continue
+        problems: list[CaseError] = []
+        walked: list[Path] = []
+        for root, dirs, names in os.walk(p, onerror=lambda e: problems.append(
+                CaseError(f"cannot read the directory: {e.strerror or e}", e.filename or str(p)))):
+            dirs.sort()
+            for name in names:
+                if name.endswith(".toml"):
+                    walked.append(Path(root, name))
+        for f in sorted(walked):
+            if not f.exists():  # a link to nowhere, or a loop of links
+                problems.append(CaseError(f"cannot read: {_link_problem(f)}", str(f)))
+            elif f.is_file() and not is_case_file(f):
+                continue
+            else:
+                add(f)
+        found.extend(problems)
+    return found
+
+
+def _link_problem(f: Path) -> str:
+    try:
+        f.stat()
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP
+            return "a symbolic link that loops"
+        return f"a broken symbolic link (to {os.readlink(f)!r})" if f.is_symlink() else (exc.strerror or str(exc))
+    return "vanished during the walk"
 
 
 def load(paths, pattern: str | None = None) -> list[Case | CaseError]:
-    """Load every case under ``paths``; duplicate names and unreadable paths become CaseErrors."""
+    """Load every case under ``paths`` (one path or a list); duplicate names and unreadable paths are CaseErrors."""
     loaded: list[Case | CaseError] = []
     seen: dict[str, str] = {}
     for f in collect(paths):
-        if not f.exists():
+        if isinstance(f, CaseError):
+            loaded.append(f)
+            continue
+        if not f.exists() and not f.is_symlink():
             loaded.append(CaseError("no such file or directory", str(f)))
             continue
         for item in load_file(f):
@@ -93,9 +140,10 @@ def load(paths, pattern: str | None = None) -> list[Case | CaseError]:
 
 
 def matches(name: str, pattern: str) -> bool:
-    if any(ch in pattern for ch in "*?["):
-        return fnmatch.fnmatchcase(name, pattern)
-    return pattern.lower() in name.lower()
+    """``-k``: a name, a glob (``* ? [``) or an expression of them with ``and``, ``or``, ``not`` and parentheses."""
+    from .pattern import matches as keyword_matches
+
+    return keyword_matches(name, pattern)
 
 
 def error_result(err: CaseError) -> CaseResult:
@@ -142,9 +190,14 @@ def _verdict(result: CaseResult) -> None:
         result.message = result.checks[0].message
     else:
         warns = statuses.count("warn")
-        skips = statuses.count("skip")
+        skips = sum(c.status == "skip" and not not_requested(c) for c in result.checks)  # --device: said once
         notes = [f"{warns} warning(s)"] * bool(warns) + [f"{skips} check(s) skipped"] * bool(skips)
         result.message = ", ".join(notes)
+
+
+def not_requested(check: Check) -> bool:
+    """A check skipped only because ``--device`` left its device out (the CLI says so once, not per case)."""
+    return check.status == "skip" and " not requested (--device " in check.message
 
 
 def blame(checks: list[Check]) -> str:
