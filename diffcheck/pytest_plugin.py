@@ -10,8 +10,6 @@ invalid file is a collection error naming the file and the key.
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
 
 from .errors import DiffcheckError
@@ -36,13 +34,9 @@ def pytest_collect_file(file_path, parent):
 
 
 def _is_case_file(path) -> bool:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
-        return False
-    except tomllib.TOMLDecodeError:
-        return path.name != "pyproject.toml"  # a broken case file must surface as a collection error
-    return isinstance(data.get("case"), list) or "expr" in data or data.get("kind") in ("grad", "train")
+    from .casefile import is_case_file  # one rule for the plugin and the CLI's directory walks
+
+    return is_case_file(path)
 
 
 class CaseFile(pytest.File):

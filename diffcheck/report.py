@@ -190,9 +190,10 @@ def short_summary(results) -> list[str]:
     for r in results:
         if r.status in ("fail", "error"):
             headline = safe(r.message.split("\n", 1)[0])
-            prefix = f"{r.file}: case {r.name!r}: "
-            if headline.startswith(safe(prefix)):
-                headline = headline[len(safe(prefix)):]
+            for prefix in (f"{r.file}: case {r.name!r}: ", f"{r.file}: "):  # already in the id
+                if headline.startswith(safe(prefix)):
+                    headline = headline[len(safe(prefix)):]
+                    break
             word = "FAILED" if r.status == "fail" else "ERROR"
             lines.append(f"{word} {case_id(r)} - {headline}")
     return lines
