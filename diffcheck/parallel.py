@@ -52,7 +52,7 @@ def _crashed(item, exc: BaseException) -> CaseResult:
     if isinstance(exc, BrokenProcessPool):
         why = "the worker process running it died (rerun with -j 1 to see which case kills it)"
     else:
-        why = f"running it raised {type(exc).__name__}: {exc}"
+        why = f"running it raised {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
     return CaseResult(name, path, "error", f"{path}: case {name!r}: {why}")
 
 
