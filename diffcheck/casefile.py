@@ -375,7 +375,7 @@ def _array(value, shape: tuple[int, ...], key: str, fail) -> np.ndarray:
         except ValueError:
             fail("is a ragged nested list: every row must have the same length", key)
         if raw.shape != shape:
-            fail(f"has shape {list(raw.shape)} but the shape is {list(shape)}", key)
+            fail(f"has shape {clip(list(raw.shape), 60)} but the shape is {list(shape)}", key)
         flat = raw.reshape(-1).tolist() if raw.size else []
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
             fail("must hold numbers only", key)
