@@ -196,7 +196,7 @@ class _Progress:
             if line is not None:
                 from rich.text import Text
 
-                self.bar.console.print(Text.from_ansi(line))
+                self.bar.console.print(Text.from_ansi(line), soft_wrap=True)
             self.bar.update(self.task, completed=self.done)
             return
         if line is not None:
