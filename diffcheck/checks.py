@@ -56,7 +56,7 @@ class CaseChecks:
             fn = impl.load(case.impl, case.base_dir, list(case.vars), case.impl_args, case.path, case.name)
         else:
             fn = build(case.ir)
-        self.low = tol.lowest(self.dtypes)
+        self.low = tol.lowest(case.dtypes)  # the case's, not the run's: --dtype must not move the point
         self.base = self.sample()
         self.program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
         self.cotangents = self.make_cotangents()

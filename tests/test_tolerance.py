@@ -1,0 +1,75 @@
+"""The tolerance model and what the report says about a comparison, through the CLI on real case files."""
+
+import json
+
+from click.testing import CliRunner
+
+from diffcheck.cli import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, ["run", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def run_json(path, tmp_path, *args):
+    out = tmp_path / "report.json"
+    code, text = run(path, "--device", "cpu", "--json", out, *args)
+    return code, text, json.loads(out.read_text())
+
+
+def checks_of(report, **match):
+    [case] = report["cases"]
+    return [c for c in case["checks"] if all(c[k] == v for k, v in match.items())]
+
+
+def test_a_one_dtype_override_leaves_the_other_dtypes_derived(write_case, tmp_path):
+    path = write_case('''
+name = "one_dtype_override"
+expr = "sum(sin(x) * exp(x))"
+vars.x = { shape = [5] }
+dtypes = ["float64", "float32"]
+tolerance.float32.atol = 1e-3
+tolerance.reason = "float32 only, for the test"
+''')
+    code, out, report = run_json(path, tmp_path)
+    assert code == 0, out
+    [g64] = checks_of(report, kind="grad", dtype="float64", device="cpu")
+    [g32] = checks_of(report, kind="grad", dtype="float32", device="cpu")
+    assert g64["status"] == "pass" and g64["tolerance"].startswith("derived")
+    assert g64["atol"] is None and g64["rtol"] is None
+    assert g32["tolerance"].startswith("case override atol=0.001 rtol=0") and g32["atol"] == 1e-3
+
+
+def test_a_top_level_override_still_covers_every_dtype(write_case, tmp_path):
+    path = write_case('''
+name = "all_dtypes_override"
+expr = "sum(sin(x))"
+vars.x = { shape = [3] }
+dtypes = ["float64", "float32"]
+tolerance.rtol = 1e-2
+tolerance.reason = "for the test"
+''')
+    code, out, report = run_json(path, tmp_path)
+    assert code == 0, out
+    for dtype in ("float64", "float32"):
+        [g] = checks_of(report, kind="grad", dtype=dtype, device="cpu")
+        assert g["tolerance"].startswith("case override atol=0 rtol=0.01")
+
+
+def test_the_dtype_filter_does_not_move_the_sample_point(write_case, tmp_path):
+    """Inputs are rounded to the case's least precise dtype, whatever --dtype selects: the same seed checks the
+    same point in the full run and in a --dtype float32 (or pytest [float32-cpu]) run."""
+    path = write_case('''
+name = "point"
+expr = "sin(x)"
+vars.x = { shape = [5] }
+dtypes = ["float64", "float32", "bfloat16"]
+''')
+    seen = []
+    for extra in ((), ("--dtype", "float32")):
+        code, out, report = run_json(path, tmp_path, *extra)
+        assert code == 0, out
+        [value] = checks_of(report, kind="value", dtype="float32", device="cpu")
+        seen.append(sorted((tuple(e["index"]), e["ref"]) for e in value["worst"]))
+    assert len(seen[0]) == 5 and seen[0] == seen[1]
