@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
+from diffcheck.casefile import build_case
 from diffcheck.cli import main
+from diffcheck.errors import CaseError
 
 
 def run(*args):
@@ -73,3 +76,20 @@ dtypes = ["float64", "float32", "bfloat16"]
         [value] = checks_of(report, kind="value", dtype="float32", device="cpu")
         seen.append(sorted((tuple(e["index"]), e["ref"]) for e in value["worst"]))
     assert len(seen[0]) == 5 and seen[0] == seen[1]
+
+
+def test_a_constant_that_can_never_be_finite_is_a_case_error_at_load(write_case, tmp_path):
+    write_case('name = "huge"\nexpr = "sum(x) + 9**9**9**9"\nvars.x = { shape = [3] }\n', "a_huge.toml")
+    write_case('name = "fine"\nexpr = "sum(x) * 9**9"\nvars.x = { shape = [3] }\n', "b_fine.toml")
+    code, out, report = run_json(tmp_path, tmp_path)
+    assert code == 2, out
+    assert "a_huge.toml: case 'huge': bad expr: the constant 9.0 ** 9.0 ** 9.0 ** 9.0 (= inf) is not finite" in out
+    statuses = {c["name"]: c["status"] for c in report["cases"]}
+    assert statuses == {"huge": "error", "fine": "pass"}
+
+
+def test_the_constant_error_names_the_key_expr():
+    with pytest.raises(CaseError) as info:
+        build_case({"name": "c", "expr": "x + 0 * (1 + 1/0)", "vars": {"x": {}}})
+    assert info.value.key == "expr" and "the constant 0.0 * (1.0 + 1.0 / 0.0) (= nan)" in str(info.value)
+    build_case({"name": "c", "expr": "x * 9**9 + 2**-1074", "vars": {"x": {}}})  # large, tiny: finite
