@@ -93,3 +93,73 @@ def test_the_constant_error_names_the_key_expr():
         build_case({"name": "c", "expr": "x + 0 * (1 + 1/0)", "vars": {"x": {}}})
     assert info.value.key == "expr" and "the constant 0.0 * (1.0 + 1.0 / 0.0) (= nan)" in str(info.value)
     build_case({"name": "c", "expr": "x * 9**9 + 2**-1074", "vars": {"x": {}}})  # large, tiny: finite
+
+
+CANDLE = '''
+import torch
+
+
+class Elu(torch.autograd.Function):
+    """candle's fixed ELU backward: e^x as out + 1 for x <= 0 (torch's in-place elu_ does the same)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = torch.where(x > 0, x, torch.expm1(x))
+        ctx.save_for_backward(x, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, out = ctx.saved_tensors
+        return grad * torch.where(x > 0, torch.ones_like(x), out + 1)
+
+
+class EluOneEntryOff(Elu):
+    @staticmethod
+    def backward(ctx, grad):
+        g = Elu.backward(ctx, grad).clone()
+        g[37, 58] *= 1.001
+        return g
+'''
+
+
+def candle_case(tmp_path, impl):
+    """elu over a 100x100 input whose first row holds e^x's underflowing tail (-120, -30, -700)."""
+    import numpy as np
+
+    (tmp_path / "candle.py").write_text(CANDLE)
+    x = np.random.default_rng(5).uniform(-3, 3, (100, 100))
+    x[0, :4] = [-120.0, -30.0, -700.0, -1e-3]
+    x[37, 58] = -0.7  # a typical entry
+    rows = ",\n".join("[" + ", ".join(repr(float(v)) for v in row) + "]" for row in x)
+    path = tmp_path / f"{impl}.toml"
+    path.write_text(f'name = "{impl}"\nexpr = "elu(x)"\nimpl = "candle:{impl}"\ndevices = ["cpu"]\n'
+                    f'dtypes = ["float64", "float32"]\nvars.x = {{ shape = [100, 100], value = [\n{rows}] }}\n')
+    return path
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_backward_computing_e_to_the_x_as_out_plus_1_passes(tmp_path, dtype):
+    """At x = -120 out + 1 is 0 where e^x is 1e-52: the error of a formula that adds out (size 1) and 1 is
+    u x 1, and the budget allows it."""
+    code, out, report = run_json(candle_case(tmp_path, "Elu"), tmp_path, "--dtype", dtype)
+    assert code == 0, out
+    [grad] = checks_of(report, kind="grad", dtype=dtype)
+    assert grad["status"] == "pass" and grad["margin"] < 1
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_same_backward_with_one_entry_off_by_a_thousandth_fails(tmp_path, dtype):
+    code, out, report = run_json(candle_case(tmp_path, "EluOneEntryOff"), tmp_path, "--dtype", dtype)
+    assert code == 1, out
+    [grad] = checks_of(report, kind="grad", dtype=dtype)
+    assert grad["status"] == "fail" and grad["bad"] == 1
+    assert grad["diagnosis"] == "only entry [37, 58] is wrong"
+
+
+def test_torch_expm1_backward_from_its_result_passes_in_the_tail(write_case):
+    """torch's expm1 backward is grad * (result + 1): 0 at -120 in every dtype."""
+    path = write_case('name = "expm1_tail"\nexpr = "expm1(x)"\nvars.x = { shape = [3], value = [-120.0, -30.0, 0.5] }'
+                      '\ndtypes = ["float64", "float32", "bfloat16"]\n')
+    code, out = run(path, "--device", "cpu")
+    assert code == 0, out
