@@ -1,6 +1,7 @@
 """The tolerance model and what the report says about a comparison, through the CLI on real case files."""
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -163,3 +164,204 @@ def test_torch_expm1_backward_from_its_result_passes_in_the_tail(write_case):
                       '\ndtypes = ["float64", "float32", "bfloat16"]\n')
     code, out = run(path, "--device", "cpu")
     assert code == 0, out
+
+
+MINE = '''
+import torch
+
+
+class PassThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.sin(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class SlightlyScaled(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * 2 * x * (1 - 3e-7)
+
+
+class ScalarForwardOff(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return (x * x).sum() + 0.5
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * 2 * x
+
+
+class LeakyRelu(torch.autograd.Function):
+    """relu whose backward leaks a slope of 0.01 through the dead side: the exact reference there is 0."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.relu(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.where(x > 0, torch.ones_like(x), torch.full_like(x, 0.01))
+
+
+def square(x):
+    return x * x
+'''
+
+REPORTED = '''
+devices = ["cpu"]
+
+[[case]]
+name = "pass_through"
+expr = "sin(x)"
+impl = "mine:PassThrough"
+vars.x = { shape = [20], domain = [0.5, 2.0] }
+
+[[case]]
+name = "slightly_scaled"
+expr = "x**2"
+impl = "mine:SlightlyScaled"
+vars.x = { shape = [6], domain = [0.5, 2.0] }
+
+[[case]]
+name = "scalar_forward_off"
+expr = "sum(x**2)"
+impl = "mine:ScalarForwardOff"
+vars.x = { shape = [3] }
+
+[[case]]
+name = "leaky_relu"
+expr = "relu(x)"
+impl = "mine:LeakyRelu"
+vars.x = { shape = [8] }
+seed = 1
+
+[[case]]
+name = "kink"
+expr = "relu(x)"
+vars.x = { shape = [3], value = [0.0, 1.0, -1.0] }
+
+[[case]]
+name = "correct"
+expr = "x**2"
+impl = "mine:square"
+vars.x = { shape = [4] }
+'''
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """The cases above run once through the CLI with -v: (output by case name, JSON cases by name)."""
+    root = tmp_path_factory.mktemp("reported")
+    (root / "mine.py").write_text(MINE)
+    (root / "cases.toml").write_text(REPORTED)
+    code, out = run(root / "cases.toml", "--device", "cpu", "-v", "--json", root / "r.json")
+    assert code == 1, out
+    text, name = {}, None
+    for line in out.splitlines():
+        if line[:4] in ("PASS", "FAIL", "SKIP", "ERRO"):
+            name = line.split("::")[1].split()[0] if "::" in line else None
+        if name:
+            text[name] = text.get(name, "") + line + "\n"
+    cases = {c["name"]: c for c in json.loads((root / "r.json").read_text())["cases"]}
+    return text, cases
+
+
+def test_the_random_direction_probe_is_labelled_as_one_and_names_no_entry(reported):
+    text, cases = reported
+    out = text["pass_through"]
+    assert "FAIL self_fd x (random direction) [float64 cpu]" in out
+    assert "<gradient, v> along a random direction v is off" in out and "<g, v1>" in out
+    assert "a directional probe" in out and "only entry [0]" not in out
+    probes = [c for c in cases["pass_through"]["checks"] if c["details"].get("probe") == "random direction"]
+    assert {c["kind"] for c in probes} == {"fd", "self_fd"}
+    failed = [c for c in probes if c["status"] == "fail"]
+    assert failed and all(c["kind"] == "self_fd" and c["error_matrix"] is None and "entry" not in c["diagnosis"]
+                          for c in failed)
+
+
+def test_a_gradient_passed_straight_through_is_named(reported):
+    text, cases = reported
+    grads = [c for c in cases["pass_through"]["checks"] if c["kind"] == "grad"]
+    assert grads and all(c["diagnosis"] == "the backward passes the upstream gradient straight through "
+                                           "(d/dx treated as 1)" for c in grads)
+    assert "no single pattern" not in text["pass_through"]
+
+
+def test_a_factor_next_to_1_is_a_small_relative_error_not_a_scaling(reported):
+    text, _ = reported
+    out = text["slightly_scaled"]
+    assert "scaled by 1" not in out
+    assert "diagnosis: a small relative error of -3e-07 in every wrong entry" in out
+
+
+def test_a_wrong_scalar_is_described_as_a_scalar(reported):
+    text, _ = reported
+    out = text["scalar_forward_off"]
+    assert "only entry []" not in out
+    assert "diagnosis: the scalar is wrong: " in out and "x the reference)" in out
+
+
+def test_the_finite_difference_column_is_not_printed_twice(reported):
+    text, _ = reported
+    headers = [line for line in text["slightly_scaled"].splitlines() if line.strip().startswith("index")]
+    assert headers and all(line.count("finite diff") == 1 for line in headers)
+
+
+def test_an_exact_zero_reference_reports_the_error_not_an_astronomical_margin(reported):
+    text, cases = reported
+    out = text["leaky_relu"]
+    assert "allowed 0" in out and "worst abs err" in out
+    assert not re.search(r"e\+(2\d\d|3\d\d)", out), out
+    assert "nonzero only where the reference is exactly 0" in out
+    grad = next(c for c in cases["leaky_relu"]["checks"] if c["kind"] == "grad" and c["status"] == "fail")
+    assert grad["margin"] > 1e100  # the JSON keeps the number
+
+
+def test_a_passing_kink_case_never_prints_a_nan_margin(reported):
+    text, _ = reported
+    out = text["kink"]
+    assert out.startswith("PASS") and "nan" not in out
+    assert re.search(r"worst margin \d", out.splitlines()[0])
+
+
+def test_passing_semantic_checks_show_with_verbose(reported):
+    text, cases = reported
+    assert re.search(r"PASS semantic \[float64 cpu\]: impl vs input metadata -- .*a zero upstream gradient gives "
+                     r"zero; backward run twice gives the same gradient", text["correct"])
+    semantic = [c for c in cases["kink"]["checks"] if c["kind"] == "semantic"]
+    assert semantic and all(c["status"] == "pass" for c in semantic)
+
+
+def test_the_jvp_skip_reason_is_shown_whole(reported, tmp_path_factory):
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(next(tmp_path_factory.getbasetemp().glob("reported*"))))
+    try:
+        from mine import SlightlyScaled
+    finally:
+        sys.path.pop(0)
+    with pytest.raises(Exception) as info:
+        torch.func.jvp(SlightlyScaled.apply, (torch.ones(2, dtype=torch.float64),),
+                       (torch.ones(2, dtype=torch.float64),))
+    whole = " ".join(str(info.value).split())
+    assert len(whole) > 160
+    text, _ = reported
+    assert f"SKIP jvp [float64 cpu]: impl vs symbolic (forward mode vs reverse mode) -- forward mode not supported " \
+           f"by the impl: {type(info.value).__name__}: {whole}\n" in text["slightly_scaled"]
