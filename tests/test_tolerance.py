@@ -220,6 +220,10 @@ class LeakyRelu(torch.autograd.Function):
 
 def square(x):
     return x * x
+
+
+def square_off(x):
+    return x * x * 1.5
 '''
 
 REPORTED = '''
@@ -256,6 +260,12 @@ expr = "relu(x)"
 vars.x = { shape = [3], value = [0.0, 1.0, -1.0] }
 
 [[case]]
+name = "function_off"
+expr = "x**2"
+impl = "mine:square_off"
+vars.x = { shape = [4] }
+
+[[case]]
 name = "correct"
 expr = "x**2"
 impl = "mine:square"
@@ -288,10 +298,17 @@ def test_the_random_direction_probe_is_labelled_as_one_and_names_no_entry(report
     assert "<gradient, v> along a random direction v is off" in out and "<g, v1>" in out
     assert "a directional probe" in out and "only entry [0]" not in out
     probes = [c for c in cases["pass_through"]["checks"] if c["details"].get("probe") == "random direction"]
-    assert {c["kind"] for c in probes} == {"fd", "self_fd"}
+    assert {c["kind"] for c in probes} == {"fd", "self_fd", "jvp"}
     failed = [c for c in probes if c["status"] == "fail"]
     assert failed and all(c["kind"] == "self_fd" and c["error_matrix"] is None and "entry" not in c["diagnosis"]
                           for c in failed)
+
+
+def test_forward_mode_probes_are_labelled_as_probes(reported):
+    text, cases = reported
+    assert "FAIL jvp (random direction) [float64 cpu]" in text["function_off"] and "<c1, J v>" in text["function_off"]
+    [jvp] = [c for c in cases["function_off"]["checks"] if c["kind"] == "jvp"]
+    assert jvp["error_matrix"] is None and "directional probe" in jvp["diagnosis"] and "entry" not in jvp["diagnosis"]
 
 
 def test_a_gradient_passed_straight_through_is_named(reported):
@@ -363,5 +380,5 @@ def test_the_jvp_skip_reason_is_shown_whole(reported, tmp_path_factory):
     whole = " ".join(str(info.value).split())
     assert len(whole) > 160
     text, _ = reported
-    assert f"SKIP jvp [float64 cpu]: impl vs symbolic (forward mode vs reverse mode) -- forward mode not supported " \
+    assert f"SKIP jvp (random direction) [float64 cpu]: impl vs symbolic (forward mode vs reverse mode) -- forward mode not supported " \
            f"by the impl: {type(info.value).__name__}: {whole}\n" in text["slightly_scaled"]
