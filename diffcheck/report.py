@@ -92,10 +92,10 @@ def check_lines(check: Check, detail: bool) -> list[str]:
     if check.status == "fail" and check.worst:
         if check.diagnosis:
             lines.append(f"         diagnosis: {check.diagnosis}")
-        against = _short(check.against)
-        fd_column = against != "finite diff"  # judged against finite differences: that column is the reference
+        ref_name = _short(check.against)
+        fd_column = ref_name != "finite diff"  # judged against finite differences: that column is the reference
         probe = bool(check.details.get("probe"))
-        lines.append(f"         {'probe' if probe else 'index':12s} {check.engine:>14s} {against:>14s}"
+        lines.append(f"         {'probe' if probe else 'index':12s} {check.engine:>14s} {ref_name:>14s}"
                      + (f" {'finite diff':>14s}" if fd_column else "")
                      + f" {'abs err':>10s} {'rel err':>10s} {'allowed':>10s}")
         for e in check.worst:
