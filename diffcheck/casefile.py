@@ -301,6 +301,10 @@ def build_case(raw: dict, where: str = "<data>"):
     used = variables(ir)
     if not used:
         fail("expr uses no variables: there is nothing to differentiate", "expr")
+    overflow = non_finite_constant(ir)
+    if overflow:
+        fail(f"bad expr: the constant {overflow} is not finite in float64, so no dtype can evaluate the "
+             "expression; write it as a finite number", "expr")
     for unused in sorted(set(model.vars) - used):
         fail(f"var '{clip(unused)}' is declared but not used in expr", f"vars.{unused}")
 
@@ -335,6 +339,38 @@ def build_case(raw: dict, where: str = "<data>"):
                 dtypes=tuple(model.dtypes), devices=tuple(model.devices), seed=model.seed,
                 description=model.description, expect=expect, tolerance=tolerance, impl=model.impl,
                 impl_args=dict(model.impl_args), order=model.order)
+
+
+def non_finite_constant(ir: Node) -> str | None:
+    """The first constant sub-expression (one with no variable under it, as large as it goes) whose float64 value
+    is inf or nan (``9**9**9**9``, ``1/0``), printed with its value; None when every constant is finite."""
+    from .expr.ir import Call, Const, to_text
+    from .expr.ops import OPS
+
+    bad: list[str] = []
+
+    def fold(node):  # -> (float64 value, or None where unknown; whether no variable is under node)
+        if isinstance(node, Const):
+            return float(node.value), True
+        if not isinstance(node, Call):
+            return None, False
+        folded = [fold(a) for a in node.args]
+        if all(const for _, const in folded):
+            if OPS[node.op].kind != "elementwise" or any(v is None for v, _ in folded):
+                return None, True
+            try:
+                with np.errstate(all="ignore"):
+                    args = (np.float64(v) for v, _ in folded)
+                    return float(OPS[node.op].numpy(*args, **dict(node.params))), True
+            except (ArithmeticError, ValueError, TypeError):
+                return None, True
+        for arg, (value, const) in zip(node.args, folded):
+            if const and value is not None and not math.isfinite(value) and not bad:
+                bad.append(f"{to_text(arg)} (= {value})")
+        return None, False
+
+    fold(ir)
+    return bad[0] if bad else None
 
 
 def _var_spec(vname: str, vm: VarModel, fail) -> VarSpec:

@@ -56,7 +56,7 @@ class CaseChecks:
             fn = impl.load(case.impl, case.base_dir, list(case.vars), case.impl_args, case.path, case.name)
         else:
             fn = build(case.ir)
-        self.low = tol.lowest(self.dtypes)
+        self.low = tol.lowest(case.dtypes)  # the case's, not the run's: --dtype must not move the point
         self.base = self.sample()
         self.program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
         self.cotangents = self.make_cotangents()
@@ -211,7 +211,9 @@ class CaseChecks:
         allowed = tol.FD_SAFETY * errors + tol.derived(g.err, g.value, "float64").allowed
         tolerance = tol.Tolerance(np.where(usable, allowed, np.inf), None, None,
                                   f"{tol.FD_SAFETY:g} x Richardson error estimate + float64 budget")
-        compare(check, np.where(usable, got, values), values, tolerance, fd=values)
+        # entries not differenced are not judged: compared with themselves (0 error), never nan / inf = nan margins
+        compare(check, got, np.where(usable, values, got), tolerance, fd=values,
+                upstream=self.cotangents[0])
         skipped = int((~usable).sum())
         if skipped and check.status == "pass":
             check.status = "warn"
@@ -234,14 +236,19 @@ class CaseChecks:
             ref.append(est.value)
             budget = float(np.sum(np.abs(v) * g.err))
             allowed.append(tol.FD_SAFETY * est.error + tol.SAFETY * tol.UNIT_ROUNDOFF["float64"] * budget)
-        check = Check(kind, engine, "finite differences (random directions)", var=name, dtype="float64",
-                      device="cpu")
+        check = Check(kind, engine, "finite differences", var=name, dtype="float64", device="cpu",
+                      details={"probe": "random direction"})
         if not got:
             check.status, check.message = "skip", "; ".join(sorted(set(notes)))
         else:
             tolerance = tol.Tolerance(np.array(allowed), None, None,
                                       f"{tol.FD_SAFETY:g} x Richardson error estimate + float64 budget")
             compare(check, np.array(got), np.array(ref), tolerance)
+            if check.status == "fail":  # one number <g, v> per direction: no entry of g can be named from it
+                check.error_matrix = None
+                check.message = "<gradient, v> along a random direction v is off"
+                check.diagnosis = (f"a directional probe: <g, v> disagrees with the finite difference along v; "
+                                   f"it does not say which entries of the gradient of {name} are off")
             if notes and check.status == "pass":
                 check.status, check.message = "warn", "; ".join(sorted(set(notes)))
         self.add(check)
@@ -287,12 +294,14 @@ class CaseChecks:
         point = self.point("float64")
         names = self.case.grad_vars
         v = {n: finite.random_direction(point[n], self.rng) for n in names}
-        check = Check("jvp", "impl", "symbolic (forward mode vs reverse mode)", dtype="float64", device="cpu")
+        check = Check("jvp", "impl", "symbolic (forward mode vs reverse mode)", dtype="float64", device="cpu",
+                      details={"probe": "random direction"})
         try:
             jv = jvp(fn, point, names, v, "float64", "cpu")
         except Exception as exc:  # forward mode is optional for a custom Function
             check.status = "skip"
-            check.message = f"forward mode not supported by the impl: {type(exc).__name__}: {str(exc)[:160]}"
+            reason = " ".join(str(exc).split())  # whole, on one line
+            check.message = f"forward mode not supported by the impl: {type(exc).__name__}: {reason}"
             self.add(check)
             return
         got, ref, allowed = [], [], []
@@ -306,6 +315,11 @@ class CaseChecks:
             allowed.append(2 * tol.SAFETY * tol.UNIT_ROUNDOFF["float64"] * budget + 1e-300)
         tolerance = tol.Tolerance(np.array(allowed), None, None, "derived: float64 budget of <J^T c, v>")
         self.add(compare(check, np.array(got), np.array(ref), tolerance))
+        if check.status == "fail":  # one number <c, J v> per cotangent: no entry can be named from it
+            check.error_matrix = None
+            check.message = f"{check.bad} of {check.entries} probes <c, J v> (one per cotangent c) are off"
+            check.diagnosis = ("a directional probe: forward mode's <c, J v> along a random v disagrees with the "
+                               "reference; it does not say which entries are off")
 
     def check_hvp(self, fn) -> None:
         """Hessian-vector products by double backward against Richardson differences of the exact symbolic
@@ -391,6 +405,10 @@ class CaseChecks:
         if res.problems:
             self.add(Check("semantic", self.engine, "input metadata", dtype=dtype, device=device, status="fail",
                            message="; ".join(res.problems)))
+        elif res.semantic_ran:  # recorded when it passes too, so -v and the JSON show what ran
+            self.add(Check("semantic", self.engine, "input metadata", dtype=dtype, device=device,
+                           message="gradients have their inputs' dtype, device and shape; a zero upstream gradient "
+                                   "gives zero; backward run twice gives the same gradient"))
         self.add(compare(Check("value", self.engine, "symbolic", dtype=dtype, device=device), res.value,
                          fwd.values[out], tol.derived(fwd.errs[out], fwd.values[out], dtype, case.tolerance)))
         for name in case.grad_vars:
@@ -412,7 +430,8 @@ class CaseChecks:
         g = grads[worst_ci][name]
         worst = compare(Check("grad", self.engine, "symbolic", var=name, dtype=dtype, device=device),
                         res.vjps[worst_ci][name], g.value, tolerances[worst_ci],
-                        lo=g.lo, hi=g.hi, fd=self.fd_full.get(name) if worst_ci == 0 else None)
+                        lo=g.lo, hi=g.hi, fd=self.fd_full.get(name) if worst_ci == 0 else None,
+                        upstream=self.cotangents[worst_ci])
         if worst.status == "fail" and worst.worst:
             self.add_fd_column(worst, grads, worst_ci, name)
         what = cotangent_name(worst_ci, len(self.cotangents))

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .tolerance import Tolerance
+from .tolerance import FLOOR, TINY, Tolerance
 
 WORST = 5
 MATRIX = 64  # failing results up to this many entries carry their full error matrix
@@ -60,6 +60,8 @@ class Check:
         parts = [self.kind]
         if self.var:
             parts.append(self.var)
+        if self.details.get("probe"):  # a directional probe judges <g, v>, not the entries of g
+            parts.append(f"({self.details['probe']})")
         where = " ".join(p for p in (self.dtype, self.device) if p)
         return " ".join(parts) + (f" [{where}]" if where else "")
 
@@ -75,11 +77,12 @@ def _finite_or_none(x):
     return float(x) if x is not None and np.isfinite(x) else None
 
 
-def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None) -> Check:
+def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, upstream=None) -> Check:
     """Fill ``check`` from comparing ``got`` to ``ref`` entry by entry under ``tol``.
 
     ``lo``/``hi`` (optional) give, per entry, the hull of one-sided derivatives where the reference sits on a
-    kink: there any value inside the hull (within tolerance) is right.
+    kink: there any value inside the hull (within tolerance) is right. ``upstream`` (optional) is the cotangent
+    a gradient was computed with, for the diagnosis.
     """
     got = np.asarray(got, dtype=float)
     ref = np.asarray(ref, dtype=float)
@@ -123,8 +126,8 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None) -
         if ref.size <= MATRIX:
             check.error_matrix = np.where(np.isfinite(got - ref), got - ref, np.nan).tolist()
         check.status = "fail"
-        check.message = f"{check.bad} of {check.entries} entries outside tolerance (worst margin {check.margin:.3g})"
-        check.diagnosis = diagnose(got, ref, bad)
+        check.message = f"{check.bad} of {check.entries} entries outside tolerance (worst {margin_text(check)})"
+        check.diagnosis = diagnose(got, ref, bad, upstream)
     elif check.ambiguous:
         check.status = "warn"
         check.message = (f"{check.ambiguous} entries sit on a non-differentiable point; the value there lies "
@@ -132,14 +135,40 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None) -
     return check
 
 
-def diagnose(got: np.ndarray, ref: np.ndarray, bad: np.ndarray) -> str:
-    """One line naming the pattern of a wrong result, where the pattern is clear."""
+def negligible(allowed: float, abs_err: float, dtype: str | None) -> bool:
+    """An allowed error that is only the underflow floor (the reference is exact: no rounding budget), or so small
+    against the error that their ratio says nothing."""
+    return allowed <= 2 * FLOOR * TINY.get(dtype or "float64", TINY["float64"]) or abs_err > 1e30 * allowed
+
+
+def margin_text(check: Check, digits: int = 3) -> str:
+    """The worst margin for people: ``margin 3.2``; ``abs err 0.011, allowed 0`` where the allowed error is
+    negligible (a margin of 1e+305 reads as nothing); ``margin n/a`` where no entry could be judged."""
+    m = check.margin
+    if m != m:
+        return "margin n/a"
+    w = check.worst[0] if check.worst else None
+    if w is not None and m > 1 and negligible(w.allowed, w.abs_err, check.dtype):
+        return f"abs err {w.abs_err:.{digits}g}, allowed 0"
+    return f"margin {m:.{digits}g}"
+
+
+def diagnose(got: np.ndarray, ref: np.ndarray, bad: np.ndarray, upstream=None) -> str:
+    """One line naming the pattern of a wrong result, where the pattern is clear. ``upstream``: the cotangent the
+    gradient was computed with (a backward that returns it unchanged treats its derivative as 1)."""
     if not bad.any():
         return ""
     if np.isnan(got[bad]).any():
         return "nan where the reference is finite"
     if np.all(got == 0) and np.any(ref != 0):
         return "all zero: the gradient never reached this input (detached, or upstream gradient ignored)"
+    if upstream is not None and _passes_through(got, ref, upstream):
+        return "the backward passes the upstream gradient straight through (d/dx treated as 1)"
+    if np.all(ref[bad] == 0) and 2 <= bad.sum() < bad.size:
+        return "nonzero only where the reference is exactly 0: the gradient leaks where it should be blocked"
+    if ref.size == 1:
+        return _describe_one(float(got.reshape(-1)[0]), float(ref.reshape(-1)[0]), "the scalar" if ref.ndim == 0
+                             else f"the single entry {[0] * ref.ndim}")
     if ref.ndim == 2 and ref.shape[0] == ref.shape[1] and ref.shape[0] > 1:
         scale = np.max(np.abs(ref)) or 1.0
         if np.allclose(got, ref.T, rtol=1e-3, atol=1e-6 * scale) and not np.allclose(got, ref, rtol=1e-3):
@@ -148,11 +177,18 @@ def diagnose(got: np.ndarray, ref: np.ndarray, bad: np.ndarray) -> str:
     if nz.sum() >= 2:
         ratios = got[nz] / ref[nz]
         r = float(np.median(ratios))
-        if np.allclose(ratios, r, rtol=1e-3):
+        # a factor within 1e-3 of 1 is no scaling anyone wrote: say how small the relative error is instead
+        if abs(r - 1) >= 1e-3 and np.allclose(ratios, r, rtol=1e-3):
             if abs(r + 1) < 1e-3:
                 return "sign flipped: every wrong entry is the negated reference"
             every = " (every entry)" if bad.sum() == bad.size else ""
             return f"scaled by {r:.6g}{every}"
+        rel = ratios - 1
+        if np.all(np.abs(rel) < 1e-3):
+            rel_median = float(np.median(rel))
+            if np.allclose(rel, rel_median, rtol=0.05):
+                return (f"a small relative error of {rel_median:+.2g} in every wrong entry ({int(bad.sum())} of "
+                        f"{bad.size}): a constant slightly off, or a lower precision somewhere")
     if bad.sum() == 1:
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         return f"only entry {list(idx)} is wrong"
@@ -163,4 +199,28 @@ def diagnose(got: np.ndarray, ref: np.ndarray, bad: np.ndarray) -> str:
         if len(cols) == 1 and ref.shape[1] > 1:
             return f"only column {int(cols[0])} is wrong"
     frac = bad.sum() / bad.size
-    return f"{int(bad.sum())} of {bad.size} entries wrong ({frac:.0%}), no single pattern"
+    small = ""
+    if nz.any() and np.all(np.abs(got[nz] / ref[nz] - 1) < 1e-3):
+        small = f", small relative errors (up to {float(np.max(np.abs(got[nz] / ref[nz] - 1))):.2g})"
+    return f"{int(bad.sum())} of {bad.size} entries wrong ({frac:.0%}), no single pattern{small}"
+
+
+def _passes_through(got, ref, upstream) -> bool:
+    """Whether ``got`` is the upstream gradient itself (broadcast to its shape) and the reference is not."""
+    try:
+        up = np.broadcast_to(np.asarray(upstream, dtype=float), got.shape)
+    except ValueError:
+        return False
+    return bool(np.allclose(got, up, rtol=1e-6, atol=0) and not np.allclose(ref, up, rtol=1e-6, atol=0))
+
+
+def _describe_one(got: float, ref: float, what: str) -> str:
+    """A wrong scalar (or one-entry) result: the pattern is in how it relates to the reference."""
+    if ref == 0:
+        return f"{what} is wrong: {got:.7g} where the reference is 0"
+    r = got / ref
+    if abs(r + 1) < 1e-3:
+        return f"sign flipped: {what} is the negated reference"
+    if abs(r - 1) < 1e-3:
+        return f"{what} is off by a small relative error of {r - 1:+.2g}"
+    return f"{what} is wrong: {got:.7g} where the reference is {ref:.7g} ({r:.4g} x the reference)"

@@ -6,7 +6,7 @@ import json
 import platform
 from collections import Counter
 
-from .compare import Check
+from .compare import Check, margin_text, negligible
 from .text import safe
 
 STATUS_WORD = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skip": "SKIP"}
@@ -77,7 +77,7 @@ def case_line(result) -> str:
     head = f"{STATUS_WORD[result.status]:5s} {case_id(result)}"
     if result.status == "error":
         return f"{STATUS_WORD['error']:5s} {_message(result.message)}"
-    margins = [c.margin for c in result.checks if c.status in ("pass", "warn")]
+    margins = [c.margin for c in result.checks if c.status in ("pass", "warn") and c.margin == c.margin]
     parts = [f"{len(result.checks)} checks"]
     if margins and result.status == "pass":
         parts.append(f"worst margin {max(margins):.2g}")
@@ -93,7 +93,7 @@ def case_line(result) -> str:
 def check_lines(check: Check, detail: bool) -> list[str]:
     status = check.status.upper()
     against = f" vs {check.against}"
-    margin = f" (margin {check.margin:.2g})" if check.status != "skip" else ""
+    margin = f" ({margin_text(check, 2)})" if check.status != "skip" and check.kind != "semantic" else ""
     lines = [f"    {status:4s} {safe(check.label)}: {check.engine}{safe(against)}{margin}"
              + (f" -- {_message(check.message)}" if check.message else "")]
     if check.status == "skip":
@@ -103,14 +103,22 @@ def check_lines(check: Check, detail: bool) -> list[str]:
     if check.status == "fail" and check.worst:
         if check.diagnosis:
             lines.append(f"         diagnosis: {_message(check.diagnosis)}")
-        lines.append(f"         {'index':12s} {check.engine:>14s} {_short(check.against):>14s} {'finite diff':>14s}"
-                     f" {'abs err':>10s} {'rel err':>10s} {'allowed':>10s}")
+        ref_name = _short(check.against)
+        fd_column = ref_name != "finite diff"  # judged against finite differences: that column is the reference
+        probe = bool(check.details.get("probe"))
+        lines.append(f"         {'probe' if probe else 'index':12s} {check.engine:>14s} {ref_name:>14s}"
+                     + (f" {'finite diff':>14s}" if fd_column else "")
+                     + f" {'abs err':>10s} {'rel err':>10s} {'allowed':>10s}")
         for e in check.worst:
             if e.abs_err <= e.allowed and e is not check.worst[0]:
                 continue
-            fd = f"{e.fd:14.7g}" if e.fd is not None else f"{'-':>14s}"
-            lines.append(f"         {e.index!s:12s} {e.got:14.7g} {e.ref:14.7g} {fd} {e.abs_err:10.3g}"
-                         f" {e.rel_err:10.3g} {e.allowed:10.3g}")
+            fd = (f" {e.fd:14.7g}" if e.fd is not None else f" {'-':>14s}") if fd_column else ""
+            where = str(e.index)
+            if probe and e.index:
+                where = f"<c{e.index[0] + 1}, J v>" if check.kind == "jvp" else f"<g, v{e.index[0] + 1}>"
+            allowed = "0" if negligible(e.allowed, e.abs_err, check.dtype) else f"{e.allowed:.3g}"
+            lines.append(f"         {where:12s} {e.got:14.7g} {e.ref:14.7g}{fd} {e.abs_err:10.3g}"
+                         f" {e.rel_err:10.3g} {allowed:>10s}")
         if detail and check.error_matrix is not None:
             import numpy as np
 

@@ -45,7 +45,7 @@ class Tolerance:
 def derived(budget, reference, dtype: str, override=None) -> Tolerance:
     """Allowed error of a ``dtype`` result against the float64 reference whose budget is ``budget``."""
     reference = np.asarray(reference, dtype=float)
-    if override is not None:
+    if override is not None and _overrides(override, dtype):
         atol, rtol = override.for_dtype(dtype)
         allowed = atol + rtol * np.abs(reference)
         return Tolerance(np.broadcast_to(allowed, reference.shape), atol, rtol,
@@ -56,6 +56,12 @@ def derived(budget, reference, dtype: str, override=None) -> Tolerance:
     worst = float(budget.max()) if budget.size else 0.0
     return Tolerance(allowed, None, None,
                      f"derived: {SAFETY:g} x (u_{dtype} + u_float64) x error budget (budget up to {worst:.3g} u)")
+
+
+def _overrides(override, dtype: str) -> bool:
+    """Whether a case's ``[tolerance]`` table covers ``dtype``: a top-level atol/rtol covers every dtype, a
+    ``tolerance.<dtype>`` table only its own; the other dtypes keep the derived tolerance."""
+    return override.atol is not None or override.rtol is not None or dtype in override.per_dtype
 
 
 def expected(reference, atol: float, rtol: float, budget, dtype: str) -> Tolerance:

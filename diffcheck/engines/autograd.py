@@ -74,6 +74,7 @@ class AutogradResult:
     value: np.ndarray
     vjps: list[dict[str, np.ndarray]]  # one per cotangent: var -> gradient (float64 copy)
     problems: list[str] = field(default_factory=list)  # semantic-check failures
+    semantic_ran: bool = False  # the zero-cotangent and determinism checks ran
 
 
 @contextlib.contextmanager
@@ -139,7 +140,7 @@ def run(fn: Callable, inputs: dict, grad_vars, dtype: str, device: str, cotangen
             vjps.append(vjp)
         if out.requires_grad and semantic:
             problems += _semantic(out, leaves, grad_vars, vjps, cotangents, dtype, device)
-        return AutogradResult(to_numpy(out), vjps, sorted(set(problems)))
+        return AutogradResult(to_numpy(out), vjps, sorted(set(problems)), out.requires_grad and semantic)
 
 
 def _semantic(out, leaves, grad_vars, vjps, cotangents, dtype, device) -> list[str]:

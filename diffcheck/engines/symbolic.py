@@ -77,6 +77,7 @@ class Rules:
     kink: sp.Expr | None
     kink_slope: sp.Expr | None
     grads_alt: tuple = ()  # the same derivatives written as torch evaluates them (for the error budget)
+    grads_out: tuple = ()  # the same derivatives computed from the op's output OUT (for the error budget)
 
 
 @functools.cache
@@ -89,7 +90,11 @@ def local_rules(op_name: str, params: tuple) -> Rules:
     kink = op.kink(*syms, **kw) if op.kink else None
     slope = sp.diff(kink, syms[0]) if kink is not None else None
     alt = tuple(op.grad_alt(*syms, **kw)) if op.grad_alt else ()
-    return Rules(syms, value, grads, kink, slope, alt)
+    via_out = tuple(op.grad_out(OUT, *syms, **kw)) if op.grad_out else ()
+    return Rules(syms, value, grads, kink, slope, alt, via_out)
+
+
+OUT = sp.Symbol("out", real=True)  # an op's own output, in derivatives written with it
 
 
 @dataclass
@@ -296,6 +301,8 @@ class Program:
             for (d, _), e in zip(derivs, errs):
                 if np.any(e):
                     err = err + np.abs(d) * e
+            if with_err and rules.grads_out:
+                self._budget_from_output(rules, env, value, err, needed, derivs, ins.shape)
             return value, err
         if ins.op in ("sum", "mean"):
             x, e = vals[0], errs[0]
@@ -336,6 +343,17 @@ class Program:
         if ins.op == "transpose":
             return np.transpose(vals[0]), np.transpose(errs[0]) if np.ndim(errs[0]) else errs[0]
         raise NotImplementedError(ins.op)  # pragma: no cover
+
+    @staticmethod
+    def _budget_from_output(rules, env, value, err, needed, derivs, shape):
+        """A standard backward may compute the derivative from the op's rounded output (elu's ``out + alpha``,
+        expm1's ``out + 1``). Its error is u times the terms it combines, about the output's size, even where the
+        exact derivative underflows (e^-120 from -1 + 1 is 0): the budget takes the worse of the two ways."""
+        env_out = {**env, OUT: (value, err)}
+        for k, via in enumerate(rules.grads_out):
+            if needed[k]:
+                d, de = derivs[k]
+                derivs[k] = (d, np.broadcast_to(np.maximum(de, sympy_eval.evaluate(via, env_out, True)[1]), shape))
 
     # ---- backward ----
     def vjp(self, fwd: Forward, cotangent, with_err: bool = True, sides: dict | None = None) -> dict[str, tuple]:

@@ -40,6 +40,7 @@ class Op:
     doc: str = ""
     formula: bool = False  # implemented by its defining formula: its value budget comes from that formula
     grad_alt: Callable | None = None  # (*symbols, **params) -> derivatives as torch computes them
+    grad_out: Callable | None = None  # (out, *symbols, **params) -> derivatives computed from the op's output
     param_names: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self):
@@ -114,9 +115,9 @@ def _np_softplus(x, beta, threshold):
 
 
 def _unary(name, sympy_fn, numpy_fn, torch_fn, domain=(-1.0, 1.0), ulps=4.0, kink=None, params=(), doc="",
-           formula=False, grad_alt=None):
+           formula=False, grad_alt=None, grad_out=None):
     return Op(name, 1, "elementwise", tuple(params), sympy_fn, numpy_fn, torch_fn, kink, (domain,), ulps, doc,
-              formula, grad_alt)
+              formula, grad_alt, grad_out)
 
 
 def _sig(x):
@@ -146,7 +147,7 @@ def _build() -> dict[str, Op]:
         _unary("log1p", lambda x: _sp().log(1 + x), lambda x: _np().log1p(x), lambda x: _torch().log1p(x),
                (-0.9, 3)),
         _unary("expm1", lambda x: _sp().exp(x) - 1, lambda x: _np().expm1(x), lambda x: _torch().expm1(x),
-               (-3, 3)),
+               (-3, 3), grad_out=lambda out, x: (out + 1,)),  # torch's backward: grad * (result + 1)
         _unary("sqrt", lambda x: _sp().sqrt(x), lambda x: _np().sqrt(x), lambda x: _torch().sqrt(x), (0.1, 3)),
         _unary("rsqrt", lambda x: 1 / _sp().sqrt(x), lambda x: 1 / _np().sqrt(x),
                lambda x: _torch().rsqrt(x), (0.1, 3)),
@@ -180,7 +181,8 @@ def _build() -> dict[str, Op]:
                kink=lambda x: x),
         _unary("elu", _elu, lambda x, alpha: _np().where(x > 0, x, alpha * _np().expm1(_np().minimum(x, 0))),
                lambda x, alpha: _F().elu(x, alpha=alpha), (-2, 2), kink=lambda x, alpha: x, formula=True,
-               params=(Param("alpha", "number", 1.0),)),
+               params=(Param("alpha", "number", 1.0),),  # elu_'s backward (and candle's): out + alpha
+               grad_out=lambda out, x, alpha: (_sp().Piecewise((out + alpha, x <= 0), (1, True)),)),
         _unary("leaky_relu", _leaky, lambda x, negative_slope: _np().where(x > 0, x, negative_slope * x),
                lambda x, negative_slope: _F().leaky_relu(x, negative_slope=negative_slope), ulps=1,
                kink=lambda x, negative_slope: x, params=(Param("negative_slope", "number", 0.01),)),
