@@ -84,9 +84,10 @@ class CaseFile(pytest.File):
                                                    case.name, "name"))
             elif len(set(ids)) < len(ids) or taken & set(ids):
                 twice = next(i for i in ids if ids.count(i) > 1 or i in taken)
-                yield invalid(case.name, CaseError(f"the item id {twice!r} would be used twice: 'dtypes' or "
-                                                   "'devices' lists an entry twice", str(self.path), case.name,
-                                                   "dtypes"))
+                repeats = ids.count(twice) > 1
+                why = ": 'dtypes' or 'devices' lists an entry twice" if repeats else " in this file"
+                yield invalid(case.name, CaseError(f"the item id {twice!r} would be used twice{why}", str(self.path),
+                                                   case.name, "dtypes" if repeats else "name"))
             else:
                 taken.update(ids)
                 yield from _items(self, case, params)
