@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
 from .casefile import build_case
+from .errors import CaseError
 from .runner import CaseResult, Options, run_case
+
+WHERE = "<diffcheck.check>"
 
 
 def check(expr: str, vars: dict, impl=None, *, name: str = "check", dtypes=("float64", "float32"),
@@ -13,10 +21,19 @@ def check(expr: str, vars: dict, impl=None, *, name: str = "check", dtypes=("flo
 
     ``vars`` takes the case-file keys (``{"x": {"shape": [3, 4], "domain": [-3, 3]}}``); ``impl`` is a callable
     (function, ``torch.autograd.Function`` subclass, ``nn.Module`` class or instance) or a ``"module:attribute"``
-    string. The result's ``assert_ok()`` raises AssertionError with the localized report unless it passed::
+    string. A var may also be given as a number, a numpy array or a torch tensor (its value and shape; a tensor with
+    ``requires_grad=False`` is held constant), alone or as ``{"value": array, ...}``. ``dtypes`` and ``devices``
+    take one name or a sequence (torch dtypes and devices too); None means the default. The result's
+    ``assert_ok()`` raises AssertionError with the localized report unless it passed::
 
         diffcheck.check("sigmoid(x)", vars={"x": {"shape": [3, 4]}}, impl=MySigmoid).assert_ok()
     """
+    dtypes = _names(dtypes, "dtypes", ("float64", "float32"))  # the defaults of the signature
+    devices = _names(devices, "devices", ("cpu",))
+    case_name = name if isinstance(name, str) else None
+    vars = _plain_vars(vars, case_name)
+    if isinstance(expect, Mapping):
+        expect = _plain_expect(expect, case_name)
     raw = {"name": name, "expr": expr, "vars": vars, "dtypes": list(dtypes), "devices": list(devices),
            "seed": seed, "order": order}
     if expect is not None:
@@ -33,3 +50,96 @@ def check(expr: str, vars: dict, impl=None, *, name: str = "check", dtypes=("flo
 
         case = replace(case, impl=impl, impl_args=dict(impl_args or {}))
     return run_case(case, Options(devices=tuple(devices)))
+
+
+def _names(value, arg: str, default: tuple) -> list:
+    """``dtypes``/``devices`` as a list of names: one name (not its characters) or a sequence; None is the default.
+    Names are validated with the case-file rules when the case is built."""
+    if value is None:
+        return list(default)
+    if isinstance(value, str) or _is_torch(value, ("dtype", "device")):
+        value = [value]
+    if isinstance(value, (bytes, Mapping)) or not isinstance(value, Iterable):
+        raise TypeError(f"diffcheck.check: {arg} must be a name or a sequence of names such as {default!r}, "
+                        f"got {type(value).__name__}")
+    return [str(v).removeprefix("torch.") if _is_torch(v, ("dtype", "device")) else v for v in value]
+
+
+def _is_torch(value, types: tuple[str, ...]) -> bool:
+    return type(value).__module__ == "torch" and type(value).__name__ in types
+
+
+def _plain_vars(vars, case_name: str | None):
+    """Case-file var keys for vars given as numbers, numpy arrays or tensors (alone or as ``{"value": ...}``)."""
+    if not isinstance(vars, Mapping):
+        raise TypeError("diffcheck.check: vars must be a dict of var name to its case-file keys, a number, a numpy "
+                        f"array or a tensor (e.g. {{'x': {{'shape': [3]}}}}), got {type(vars).__name__}")
+    plain, constant_tensors = {}, []
+    for vname, spec in vars.items():
+        if isinstance(spec, Mapping):
+            spec = dict(spec)
+            if "value" in spec:
+                array = _array(spec["value"], f"vars.{vname}.value", case_name)
+                if array is not None:
+                    values, requires_grad = array
+                    spec["value"] = values.tolist()
+                    spec.setdefault("shape", list(values.shape))
+                    if requires_grad is not None and "requires_grad" not in spec:
+                        spec["requires_grad"] = requires_grad
+                        constant_tensors += [str(vname)] * (not requires_grad)
+        elif isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            spec = {"value": float(spec)}
+        else:
+            array = _array(spec, f"vars.{vname}", case_name)
+            if array is not None:
+                values, requires_grad = array
+                spec = {"shape": list(values.shape), "value": values.tolist()}
+                if requires_grad is not None:
+                    spec["requires_grad"] = requires_grad
+                    constant_tensors += [str(vname)] * (not requires_grad)
+        plain[vname] = spec
+    if constant_tensors and all(isinstance(s, dict) and s.get("requires_grad") is False for s in plain.values()):
+        raise CaseError(f"no var is differentiated: the tensors given for {', '.join(constant_tensors)} have "
+                        "requires_grad=False (create them with requires_grad=True, or pass {'value': t, "
+                        "'requires_grad': True})", WHERE, case_name, "vars")
+    return plain
+
+
+def _plain_expect(expect: Mapping, case_name: str | None) -> dict:
+    """Known answers given as numpy arrays or tensors, as the case file's nested lists."""
+    expect = dict(expect)
+    array = _array(expect.get("value"), "expect.value", case_name)
+    if array is not None:
+        expect["value"] = array[0].tolist()
+    if isinstance(expect.get("grad"), Mapping):
+        grads = dict(expect["grad"])
+        for vname, value in grads.items():
+            array = _array(value, f"expect.grad.{vname}", case_name)
+            if array is not None:
+                grads[vname] = array[0].tolist()
+        expect["grad"] = grads
+    return expect
+
+
+def _is_tensor(value) -> bool:
+    torch = sys.modules.get("torch")  # a tensor exists only where torch is imported: never import it here
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _array(value, key: str, case_name: str | None):
+    """(float64 values, requires_grad or None) of a numpy array, numpy scalar or tensor; None for anything else."""
+    if _is_tensor(value):
+        if value.is_complex() or value.dtype == sys.modules["torch"].bool:
+            raise CaseError(f"{key} must hold real numbers, got a tensor of {value.dtype}", WHERE, case_name, key)
+        try:
+            values = value.detach().to("cpu", sys.modules["torch"].float64).numpy()
+        except (RuntimeError, TypeError, NotImplementedError) as exc:
+            raise CaseError(f"{key}: cannot read the tensor's values: {exc}", WHERE, case_name, key) from None
+        return values, value.requires_grad
+    if isinstance(value, (np.ndarray, np.generic)):
+        values = np.asarray(value)
+        if values.dtype.kind not in "fiu":
+            raise CaseError(f"{key} must hold real numbers, got a numpy array of {values.dtype}", WHERE, case_name,
+                            key)
+        return values.astype(np.float64), None
+    return None

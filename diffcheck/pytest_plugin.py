@@ -4,15 +4,19 @@
 top; other TOML such as pyproject.toml is left alone) into items named ``file.toml::case[float32-cpu]``: one item
 per dtype and device, and ``[reference]`` for the checks that do not depend on them (finite differences against
 the symbolic engine, known answers, an impl's self-consistency). ``-k``, ``-x``, ``--lf``, markers (``diffcheck``,
-``cuda``), xdist and ``--junitxml`` work as usual. A failing item shows the same localized report as the CLI; an
-invalid file is a collection error naming the file and the key.
+``cuda``), xdist and ``--junitxml`` work as usual. A failing item shows the same localized report as the CLI, headed
+by its id. A file or case that cannot be loaded (invalid, unreadable, not UTF-8, a repeated name) is an item that
+errors with a message naming the file, the case and the key, while the other items still run.
 """
 
 from __future__ import annotations
 
+import traceback
+from pathlib import Path
+
 import pytest
 
-from .errors import DiffcheckError
+from .errors import CaseError, DiffcheckError
 
 
 def pytest_addoption(parser):
@@ -41,33 +45,100 @@ def _is_case_file(path) -> bool:
 
 class CaseFile(pytest.File):
     def collect(self):
+        """The file's items. A case that cannot be loaded becomes one item that errors with the reason, so the good
+        cases beside it and in other files still run, as with the CLI; a repeated item id is such an error too."""
         from .casefile import load_file
 
-        for item in load_file(self.path):
-            if isinstance(item, DiffcheckError):
-                raise item
-            yield from _items(self, item)
+        taken: set[str] = set()
 
-    def repr_failure(self, excinfo, style=None):
+        def invalid(name: str, error: Exception):
+            base, n = name, 1
+            while name in taken:
+                n += 1
+                name = f"{base}#{n}"
+            taken.add(name)
+            return InvalidCase.from_parent(self, name=name, error=error)
+
+        try:
+            loaded = load_file(self.path)
+        except Exception as exc:  # a bug in diffcheck must not stop the other files' items
+            yield invalid(self.path.name, _unexpected(self.path, exc))
+            return
+        names: set[str] = set()
+        for case in loaded:
+            if isinstance(case, DiffcheckError):
+                label = getattr(case, "case", None)
+                yield invalid(self.path.name if label is None else label, case)
+                continue
+            params = _params(case)
+            ids = [name for name, _, _ in params]
+            if case.name in names:
+                yield invalid(case.name, CaseError("name is already used by a case in this file", str(self.path),
+                                                   case.name, "name"))
+            elif len(set(ids)) < len(ids) or taken & set(ids):
+                twice = next(i for i in ids if ids.count(i) > 1 or i in taken)
+                repeats = ids.count(twice) > 1
+                why = ": 'dtypes' or 'devices' lists an entry twice" if repeats else " in this file"
+                yield invalid(case.name, CaseError(f"the item id {twice!r} would be used twice{why}", str(self.path),
+                                                   case.name, "dtypes" if repeats else "name"))
+            else:
+                taken.update(ids)
+                yield from _items(self, case, params)
+            names.add(case.name)
+
+    def repr_failure(self, excinfo):
         if isinstance(excinfo.value, DiffcheckError):
             return f"diffcheck: invalid case file: {excinfo.value}"
-        return super().repr_failure(excinfo, style)
+        return super().repr_failure(excinfo)
 
 
-def _items(parent, case):
+def _unexpected(path, exc: Exception) -> CaseError:
+    """An exception diffcheck did not expect while loading ``path``, with where it was raised (a diffcheck bug)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return CaseError(f"diffcheck could not load this file ({type(exc).__name__}{where}): {exc}", str(path))
+
+
+def _params(case) -> list[tuple[str, str | None, str | None]]:
+    """(item name, dtype, device) of each item of a case."""
     training = getattr(case, "model", None) is not None
-    if not training:
-        yield CaseItem.from_parent(parent, name=f"{case.name}[reference]", case=case, dtype=None, device=None)
-    for device in case.devices:
-        for dtype in case.dtypes:
-            item = CaseItem.from_parent(parent, name=f"{case.name}[{dtype}-{device}]", case=case, dtype=dtype,
-                                        device=device)
-            if device == "cuda":
-                item.add_marker(pytest.mark.cuda)
-            yield item
+    params = [] if training else [(f"{case.name}[reference]", None, None)]
+    return params + [(f"{case.name}[{dtype}-{device}]", dtype, device)
+                     for device in case.devices for dtype in case.dtypes]
 
 
-class CaseItem(pytest.Item):
+def _items(parent, case, params):
+    for name, dtype, device in params:
+        item = CaseItem.from_parent(parent, name=name, case=case, dtype=dtype, device=device)
+        if device == "cuda":
+            item.add_marker(pytest.mark.cuda)
+        yield item
+
+
+class _Located(pytest.Item):
+    def reportinfo(self):
+        # pytest heads a failure with this name. Not the bare item name: in -v lines pytest would rewrite the dots
+        # of a name that ends the node id ("a.b[...]" -> "a::b[...]").
+        return self.path, None, f"[diffcheck] {self.nodeid}"
+
+
+class InvalidCase(_Located):
+    """A case (or file) that cannot be run as written: an error at setup with diffcheck's message."""
+
+    def __init__(self, *, error, **kwargs):
+        super().__init__(**kwargs)
+        self.error = error
+        self.add_marker(pytest.mark.diffcheck)
+
+    def setup(self):
+        kind = "case" if getattr(self.error, "case", None) is not None else "case file"
+        pytest.fail(f"diffcheck: invalid {kind}: {self.error}", pytrace=False)
+
+    def runtest(self):
+        pass
+
+
+class CaseItem(_Located):
     def __init__(self, *, case, dtype, device, **kwargs):
         super().__init__(**kwargs)
         self.case, self.dtype, self.device = case, dtype, device

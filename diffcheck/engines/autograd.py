@@ -8,6 +8,7 @@ switched off while a check runs (it would change float32 results by ~1e-3), and 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -175,9 +176,29 @@ def jvp(fn: Callable, inputs: dict, grad_vars, tangents: dict, dtype: str, devic
         tensors = dict(fixed, **dict(zip(grad_vars, xs)))
         return fn(**{n: tensors[n] for n in names})
 
+    _load_forward_ad()
     with _no_tf32():
         _, out = torch.func.jvp(call, primals, dirs)
     return to_numpy(out)
+
+
+@functools.cache
+def _load_forward_ad() -> None:
+    """Load what forward mode needs once, without the warnings torch raises while doing it.
+
+    On first use torch registers its forward-mode decompositions by scripting 18 functions with ``torch.jit.script``,
+    which torch itself has deprecated: every user's test run would show 18 DeprecationWarnings (or, under ``-W
+    error``, lose the jvp check). Only that warning, only during that load, is silenced.
+    """
+    import warnings
+
+    from torch.autograd import forward_ad
+
+    load = getattr(forward_ad, "_maybe_load_decompositions", None)
+    if load is not None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`torch.jit.script` is", category=DeprecationWarning)
+            load()
 
 
 def hvp(fn: Callable, inputs: dict, grad_vars, cotangent, direction: dict, dtype: str, device: str) -> dict:

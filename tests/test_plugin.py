@@ -1,0 +1,129 @@
+"""The pytest plugin at its edges: files that cannot be loaded, repeated ids, failure headers, warnings, xdist.
+
+Each test runs pytest in a subprocess (pytester) on real case files, as a user's ``pytest cases/`` would.
+"""
+
+import subprocess
+import sys
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+GOOD = '''
+name = "good"
+expr = "sum(2*w**2)"
+vars.w = { shape = [2], value = [10.0, 20.0] }
+expect.grad.w = [40.0, 80.0]
+devices = ["cpu"]
+'''
+# training data that is not rectangular: loading it raised a ValueError, which the plugin turned into INTERNALERROR
+RAGGED = '''
+kind = "train"
+name = "ragged"
+data.x = { value = [[1.0], [1.0, 2.0]] }
+data.y = "2*x + 1"
+model = { type = "linear" }
+train = { loss = "mse", optimizer = "sgd", lr = 0.01, steps = 10 }
+devices = ["cpu"]
+'''
+MIXED = '''
+[[case]]
+name = "fine"
+expr = "sum(x**2)"
+vars.x = { shape = [2] }
+devices = ["cpu"]
+
+[[case]]
+name = "typo"
+expr = "sum(x**2)"
+vars.x = { shpe = [2] }
+devices = ["cpu"]
+'''
+
+
+def _no_internal_error(result):
+    out = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in out, out
+    return out
+
+
+def test_files_that_cannot_be_loaded_are_one_error_each_naming_the_file_and_the_rest_runs(pytester):
+    pytester.makefile(".toml", good=GOOD, ragged=RAGGED, mixed=MIXED)
+    (pytester.path / "binary.toml").write_bytes(b"\xff\xfe\x00name = 1\x80")
+    sub = pytester.mkdir("sub")
+    (sub / "deep.toml").write_text("a = " + "[" * 3000 + "1" + "]" * 3000 + "\n")
+    (sub / "good2.toml").write_text(GOOD.replace('"good"', '"good2"'))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rE")
+    _no_internal_error(result)
+    # good, good2 and mixed's fine case: 3 items each; one error per file that cannot be loaded, one per bad case
+    result.assert_outcomes(passed=9, errors=4)
+    result.stdout.fnmatch_lines_random([
+        "ERROR ragged.toml::ragged*", "ERROR binary.toml::binary.toml*", "ERROR sub/deep.toml::deep.toml*",
+        "ERROR mixed.toml::typo*",
+        "diffcheck: invalid case*/ragged.toml: *",
+        "diffcheck: invalid case file: */binary.toml: cannot read the file: 'utf-8' codec can't decode*",
+        "diffcheck: invalid case file: */sub/deep.toml: invalid TOML: nested too deeply",
+        "diffcheck: invalid case: */mixed.toml: case 'typo': unknown key 'shpe' in vars.x (did you mean 'shape'?)",
+    ])
+    assert "RecursionError" not in result.stdout.str()
+
+
+def test_repeated_item_ids_are_errors_like_the_clis_duplicate_names(pytester):
+    twice = GOOD.replace('name = "good"', '[[case]]\nname = "good"')
+    pytester.makefile(".toml", twice=twice + twice + twice, other=GOOD,  # another file: its own ids
+                      dtypes=RAGGED.replace("[[1.0], [1.0, 2.0]]", "[[1.0], [2.0]]").replace(
+                          'devices = ["cpu"]', 'devices = ["cpu"]\ndtypes = ["float32", "float32"]'))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rE")
+    _no_internal_error(result)
+    result.assert_outcomes(passed=6, errors=3)
+    result.stdout.fnmatch_lines_random([
+        "ERROR twice.toml::good - *", "ERROR twice.toml::good#2 - *", "ERROR dtypes.toml::ragged - *",
+        "diffcheck: invalid case: */twice.toml: case 'good': name is already used by a case in this file",
+        "diffcheck: invalid case: */dtypes.toml: case 'ragged': *twice*",
+    ])
+
+
+def test_failure_header_is_the_item_id_and_verbose_lines_keep_dotted_names(pytester):
+    pytester.makefile(".toml", wrong=GOOD.replace("80.0]", "81.0]").replace('"good"', '"nn.wrong"'))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v")
+    result.assert_outcomes(failed=3)
+    out = _no_internal_error(result)
+    assert "test session _" not in out
+    result.stdout.fnmatch_lines_random([
+        "*_ [[]diffcheck[]] wrong.toml::nn.wrong[[]float32-cpu[]] _*",
+        "*_ [[]diffcheck[]] wrong.toml::nn.wrong[[]reference[]] _*",
+        "wrong.toml::nn.wrong[[]float64-cpu[]] FAILED*",
+    ])
+
+
+IMPL_MODULE = "import torch\n\n\ndef sigmoid(x):\n    return torch.sigmoid(x)\n"
+IMPL_CASE = 'name = "mine"\nexpr = "sigmoid(x)"\nvars.x = { shape = [3] }\nimpl = "mysig:sigmoid"\ndevices = ["cpu"]\n'
+
+
+def test_an_impl_case_raises_no_torch_jit_deprecation_warning(pytester):
+    pytester.makepyfile(mysig=IMPL_MODULE)
+    pytester.makefile(".toml", mine=IMPL_CASE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+    out = _no_internal_error(result)
+    assert "torch.jit" not in out and "warnings summary" not in out, out
+
+
+def test_forward_mode_check_runs_under_deprecation_warnings_as_errors():
+    # torch.func.jvp's first use scripted functions with the deprecated torch.jit.script: under -W error the
+    # warning became an exception and the jvp check was skipped as "forward mode not supported"
+    code = ("import torch, diffcheck; r = diffcheck.check('sigmoid(x)', vars={'x': {'shape': [3]}}, "
+            "impl=torch.sigmoid, dtypes='float64'); print([c.status for c in r.checks if c.kind == 'jvp'])")
+    out = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split() == ["['pass']"]
+
+
+def test_plugin_under_xdist_gives_the_same_items_and_errors(pytester):
+    pytest.importorskip("xdist")
+    pytester.makefile(".toml", good=GOOD, mixed=MIXED, ragged=RAGGED)
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", "-rE")
+    _no_internal_error(result)
+    result.assert_outcomes(passed=6, errors=2)
+    result.stdout.fnmatch_lines_random(["ERROR mixed.toml::typo*", "ERROR ragged.toml::ragged*"])
