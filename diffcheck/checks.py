@@ -184,7 +184,8 @@ class CaseChecks:
         _, grads = self.reference("float64")
         if grads:
             point = self.point("float64")
-            noise += 2.0**-53 * sum(float(np.sum(np.abs(g.value) * np.abs(point[n]))) for n, g in grads[ci].items())
+            noise += 2.0**-53 * sum(float(np.sum(np.abs(g.value) * np.abs(point[n]), where=np.isfinite(g.value)))
+                                    for n, g in grads[ci].items())  # a var whose gradient is nan is not differenced
 
         def evaluate(inputs):
             f = program.forward(inputs, None, with_err=False, derivs=False)
@@ -209,9 +210,9 @@ class CaseChecks:
             self.add(check)
             return values, check
         allowed = tol.FD_SAFETY * errors + tol.derived(g.err, g.value, "float64").allowed
-        tolerance = tol.Tolerance(np.where(usable, allowed, np.inf), None, None,
+        tolerance = tol.Tolerance(allowed, None, None,
                                   f"{tol.FD_SAFETY:g} x Richardson error estimate + float64 budget")
-        compare(check, np.where(usable, got, values), values, tolerance, fd=values)
+        compare(check, got, values, tolerance, fd=values, judge=usable)
         skipped = int((~usable).sum())
         if skipped and check.status == "pass":
             check.status = "warn"
@@ -466,7 +467,10 @@ def quick_margin(got, g, allowed) -> float:
         err = np.where(g.ambiguous, np.maximum(np.maximum(g.lo - got, got - g.hi), 0.0), err)
     with np.errstate(divide="ignore", invalid="ignore"):
         margin = np.where(err == 0, 0.0, err / allowed)
-    return float(np.nanmax(np.where(np.isnan(margin), np.inf, margin), initial=0.0))
+    margin = np.where(np.isnan(margin), np.inf, margin)
+    # an entry that cannot be judged (allowed or reference not finite) ranks above any pass, below any fail
+    unjudged = np.isfinite(got) & ~(np.isfinite(allowed) & np.isfinite(g.value))
+    return float(np.max(np.where(unjudged, 1.0, margin), initial=0.0))
 
 
 def cotangent_name(index: int, total: int) -> str:

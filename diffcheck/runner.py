@@ -134,12 +134,18 @@ def run_case(case: Case, options: Options | None = None) -> CaseResult:
 
 def _verdict(result: CaseResult) -> None:
     statuses = [c.status for c in result.checks]
-    if "fail" in statuses:
+    unjudged = next((c for c in result.checks if c.kind.startswith("expect") and c.status == "skip"), None)
+    if not statuses:  # nothing was checked: not a pass
+        result.status, result.message = "skip", "no checks ran"
+    elif "fail" in statuses:
         result.status = "fail"
         result.message = blame(result.checks)
-    elif statuses and all(s == "skip" for s in statuses):
+    elif all(s == "skip" for s in statuses):
         result.status = "skip"
         result.message = result.checks[0].message
+    elif unjudged is not None:  # the known answer the case asked about was never judged: not a pass
+        result.status = "skip"
+        result.message = f"the known answer in 'expect' cannot be judged ({unjudged.label}: {unjudged.message})"
     else:
         warns = statuses.count("warn")
         skips = statuses.count("skip")

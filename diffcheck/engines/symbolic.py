@@ -287,7 +287,7 @@ class Program:
                 k, ek = sympy_eval.evaluate(rules.kink, env, True)
                 near = np.abs(k) <= KINK_SAFETY * kink_u * np.abs(ek) + 1e-300
                 fwd.kinks[i] = np.broadcast_to(near, ins.shape)
-            err = op.ulps * np.abs(value)
+            err = sympy_eval.times(op.ulps, np.abs(value))
             if op.formula:
                 err = np.maximum(err, sympy_eval.evaluate(rules.value, {s: (v, 0.0) for s, v in
                                                                          zip(rules.symbols, vals)}, True)[1])
@@ -295,7 +295,7 @@ class Program:
             # an exact input contributes nothing, even where its derivative is undefined (x**c at x < 0)
             for (d, _), e in zip(derivs, errs):
                 if np.any(e):
-                    err = err + np.abs(d) * e
+                    err = err + sympy_eval.times(np.abs(d), e)
             return value, err
         if ins.op in ("sum", "mean"):
             x, e = vals[0], errs[0]
@@ -401,7 +401,7 @@ class Program:
                     reach = [np.maximum(r, np.abs(d)) for r, (d, _) in zip(reach, self._one_sided(i, ins, fwd, s))]
             for arg, shape, (d, de), r in zip(ins.args, shapes, derivs, reach):
                 contrib = g * d
-                err = (r * ge + np.abs(g) * de + np.abs(contrib)) if with_err else 0.0
+                err = (sympy_eval.times(r, ge) + sympy_eval.times(np.abs(g), de) + np.abs(contrib)) if with_err else 0.0
                 yield arg, _unbroadcast(contrib, err, shape, with_err)
             return
         if ins.op in ("sum", "mean"):

@@ -133,6 +133,18 @@ _RELATIONS = {
 }
 
 
+def times(a, b):
+    """a * b for error terms, with 0 * inf = 0: an exact input (error 0), or one its result does not depend on
+    (derivative 0, e.g. exp(-inf)), contributes nothing. Without this one saturated intermediate turns every
+    budget downstream into nan, and a nan tolerance can never be judged."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = np.multiply(a, b)
+    if np.any(np.isnan(out)):
+        out = np.where(np.isnan(out) & ((np.asarray(a) == 0) | (np.asarray(b) == 0)), 0.0, out)
+        return out if np.ndim(out) else float(out)
+    return out
+
+
 def _number_err(x: float) -> float:
     """A literal costs one rounding unless float32 holds it exactly."""
     return 0.0 if float(np.float32(x)) == x else abs(x)
@@ -177,16 +189,16 @@ def _eval_node(expr, env, with_err, overflow):
                 for j, (v, _) in enumerate(parts):
                     if j != i:
                         others = others * v
-                err = err + np.abs(others) * e
+                err = err + times(np.abs(others), e)
         return value, err
     if expr.is_Pow:
         (b, eb), (x, ex) = _eval(expr.args[0], env, with_err, overflow), _eval(expr.args[1], env, with_err, overflow)
         value = np.power(b, x) if np.ndim(b) or np.ndim(x) else _scalar_pow(b, x)
         if not with_err:
             return value, 0.0
-        err = np.abs(x * np.power(b, x - 1.0)) * eb if np.any(eb) else 0.0
+        err = times(np.abs(x * np.power(b, x - 1.0)), eb) if np.any(eb) else 0.0
         if np.any(ex):
-            err = err + np.abs(value * np.log(np.abs(b))) * ex
+            err = err + times(np.abs(value * np.log(np.abs(b))), ex)
         exponent = expr.args[1]
         steps = abs(int(exponent)) if exponent.is_Integer and abs(int(exponent)) <= 4 else FUNCTION_ULPS
         return value, err + steps * np.abs(value)
@@ -215,7 +227,7 @@ def _eval_node(expr, env, with_err, overflow):
     err = FUNCTION_ULPS * np.abs(value)
     if type(expr) not in _ZERO_SLOPE and np.any(ea):
         slope, _ = _eval(_slope(type(expr)), {_T: (a, 0.0)}, False)
-        err = err + np.abs(slope) * ea
+        err = err + times(np.abs(slope), ea)
     return value, err
 
 
