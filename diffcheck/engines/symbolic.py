@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
+from ..errors import ExpressionError
 from ..expr.ir import Call, Const, Node, Var
 from ..expr.ops import OPS
 from ..expr.shapes import infer, matmul_shape, normalize_dims, reduced_shape
@@ -180,6 +181,11 @@ class Program:
         p = dict(node.params)
         op = OPS[node.op]
         if op.kind == "elementwise":
+            rules = local_rules(node.op, tuple(sorted(p.items())))
+            if any(e.has(sp.zoo, sp.nan, sp.oo, -sp.oo) for e in (rules.value, *rules.grads)):
+                shown = ", ".join(f"{k}={v:g}" for k, v in p.items())
+                raise ExpressionError(f"{node.op}({shown}) is undefined for every input (with these parameters "
+                                      f"its formula divides by zero)")
             return self._emit(node.op, args, shape, **p)
         if node.op in ("sum", "mean", "logsumexp"):
             dims = normalize_dims(p["dim"], len(arg_shapes[0]), "")
@@ -228,7 +234,7 @@ class Program:
                 if slot.kind == "var":
                     values[i] = np.asarray(inputs[slot.name], dtype=np.float64)
                 elif slot.kind == "const":
-                    values[i] = slot.value
+                    values[i] = np.float64(slot.value)  # numpy semantics: 1/0 is inf, not an exception
                     errs[i] = sympy_eval._number_err(slot.value)
                 else:
                     values[i], errs[i] = self._step(i, slot.instr, fwd, kink_u, with_err, derivs)

@@ -60,7 +60,9 @@ def evaluate(expr, env: dict, with_err: bool = True):
 def _repair(expr, env, value, err, bad):
     """Recompute with mpmath at 50 digits the entries where any intermediate overflowed or became nan:
     such an entry may be finite and still wrong (x*exp(-x)/(1+exp(-x))**2 at x = -700 gives 0 in float64)."""
-    arrays = {s: np.broadcast_to(np.asarray(v, dtype=float), np.shape(value)) for s, (v, _) in env.items()}
+    shape = np.broadcast_shapes(np.shape(value), *(np.shape(v) for v, _ in env.values()))  # 1/a1 beside a0[3]
+    value, bad = np.broadcast_to(value, shape), np.broadcast_to(bad, shape)
+    arrays = {s: np.broadcast_to(np.asarray(v, dtype=float), shape) for s, (v, _) in env.items()}
     idx = np.argwhere(bad)
     if len(idx) > _MPMATH_LIMIT:
         return value, err
