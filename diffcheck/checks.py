@@ -42,6 +42,15 @@ class CaseChecks:
         return check
 
     def run(self) -> None:
+        from .engines import sympy_eval
+
+        sympy_eval.REPAIRS.reset()
+        try:
+            self.stages()
+        except sympy_eval.RepairLimit as exc:  # bounded work: skipped with the reason, never judged unrepaired
+            self.add(Check("grad", "symbolic", "high-precision repair", status="skip", message=str(exc)))
+
+    def stages(self) -> None:
         from .engines.autograd import build, device_skip_reason
         from .engines.symbolic import Program
 
@@ -503,6 +512,37 @@ def first_bad_op(program, fwd) -> str:
     return "an intermediate value is not finite"
 
 
+FORMULA_NODES = 60  # -v prints no formula for larger expressions
+FORMULA_OPS = 40  # derivatives with more operations are printed without sympy.simplify
+FORMULA_SECONDS = 2.0  # and simplify gets this long (where a timer signal is available), else unsimplified
+
+
+def _within(seconds: float, fn, arg):
+    """fn(arg), or arg unchanged when fn takes longer than ``seconds`` (SIGALRM; main thread only, elsewhere
+    the size limits above are the only bound)."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        return arg
+
+    class _Late(Exception):
+        pass
+
+    def late(*_):
+        raise _Late
+
+    old = signal.signal(signal.SIGALRM, late)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return fn(arg)
+    except _Late:
+        return arg
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def formula(case: Case, limit: int = 400) -> list[str]:
     """``d/dw expr = ...`` for expressions made of elementwise ops under at most one outer sum or mean."""
     import sympy as sp
@@ -517,9 +557,13 @@ def formula(case: Case, limit: int = 400) -> list[str]:
         return []
     symbols = {name: sp.Symbol(name, real=True) for name in case.vars}
 
+    if sum(1 for _ in walk(node)) > FORMULA_NODES:
+        return []
+
     def build(n):
-        if isinstance(n, Const):
-            return sp.Float(n.value) if not float(n.value).is_integer() else sp.Integer(int(n.value))
+        if isinstance(n, Const):  # a huge integer stays a Float: 10**10**10 must not be computed exactly
+            small = float(n.value).is_integer() and abs(n.value) <= 1e6
+            return sp.Integer(int(n.value)) if small else sp.Float(n.value)
         if isinstance(n, Var):
             return symbols[n.name]
         rules = local_rules(n.op, tuple(sorted(n.params)))
@@ -537,7 +581,9 @@ def formula(case: Case, limit: int = 400) -> list[str]:
         if any(other.shape != spec.shape for other in case.vars.values() if other.shape and scale) and \
                 spec.shape != tuple(np.broadcast_shapes(*(v.shape for v in case.vars.values()))):
             continue
-        d = sp.simplify(sp.diff(expr, symbols[name]))
+        d = sp.diff(expr, symbols[name])
+        if sp.count_ops(d) <= FORMULA_OPS:  # simplify is exponential in the worst case: past this, as derived
+            d = _within(FORMULA_SECONDS, sp.simplify, d)
         if scale == "mean":
             d = d / sp.Symbol("N")
         text = f"d/d{name} {case.expr} = {sp.sstr(d, full_prec=False)}" + (" (per entry)" if spec.shape else "")

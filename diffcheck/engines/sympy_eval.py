@@ -32,7 +32,29 @@ _FUNCS = {
 }
 _ZERO_SLOPE = (sp.sign, sp.Heaviside, sp.DiracDelta)
 FUNCTION_ULPS = 4.0  # a library transcendental function: within 2 ulp, i.e. 4 u
-_MPMATH_LIMIT = 20_000  # entries re-evaluated in high precision at most, per node
+REPAIR_LIMIT = 20_000  # entries re-evaluated in high precision at most, per case (seconds of mpmath)
+
+
+class RepairLimit(Exception):
+    """More entries need the high-precision repair than REPAIR_LIMIT allows: the case is skipped, never judged
+    with unrepaired values."""
+
+
+class _Repairs:
+    left = REPAIR_LIMIT
+
+    def reset(self) -> None:
+        self.left = REPAIR_LIMIT
+
+    def take(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise RepairLimit(f"more than {REPAIR_LIMIT} entries over- or underflow float64 and need the "
+                              f"high-precision (mpmath) repair; the limit is {REPAIR_LIMIT} entries per case (a "
+                              f"fixed limit of diffcheck, not configurable: use fewer entries or a narrower domain)")
+
+
+REPAIRS = _Repairs()
 EXTREME = 1e150  # an intermediate beyond this magnitude (or below its inverse) may over- or underflow later
 _T = sp.Symbol("t", real=True)
 
@@ -64,8 +86,7 @@ def _repair(expr, env, value, err, bad):
     value, bad = np.broadcast_to(value, shape), np.broadcast_to(bad, shape)
     arrays = {s: np.broadcast_to(np.asarray(v, dtype=float), shape) for s, (v, _) in env.items()}
     idx = np.argwhere(bad)
-    if len(idx) > _MPMATH_LIMIT:
-        return value, err
+    REPAIRS.take(len(idx))
     value = np.array(value, dtype=float, copy=True)
     err = np.array(np.broadcast_to(err, value.shape), dtype=float, copy=True)
     with mpmath.workdps(50):
@@ -83,7 +104,8 @@ def _repair(expr, env, value, err, bad):
                 continue
             if math.isfinite(real):
                 value[i] = real
-                err[i] = FUNCTION_ULPS * abs(real)
+                # a finite float64 budget stays: it is the formula's own rounding (torch's s*(1-s) at s = 1)
+                err[i] = max(err[i], FUNCTION_ULPS * abs(real)) if math.isfinite(err[i]) else FUNCTION_ULPS * abs(real)
     return (value if value.ndim else float(value)), (err if np.ndim(err) else float(err))
 
 
@@ -91,7 +113,7 @@ def _eval_mp(expr, point):
     if expr.is_Symbol:
         return mpmath.mpf(point[expr])
     if expr.is_Number or expr.is_NumberSymbol:
-        return mpmath.mpf(sp.N(expr, 50))
+        return _mp_number(expr)
     if expr.is_Add:
         return mpmath.fsum(_eval_mp(a, point) for a in expr.args)
     if expr.is_Mul:
@@ -117,6 +139,11 @@ def _eval_mp(expr, point):
     if func is None:
         raise TypeError(f"no mpmath rule for {type(expr).__name__}")
     return func[1](_eval_mp(expr.args[0], point))
+
+
+@functools.lru_cache(maxsize=1024)
+def _mp_number(expr):
+    return mpmath.mpf(sp.N(expr, 50))  # sympy's evalf is slow: once per constant, not per entry
 
 
 def _eval_cond_mp(cond, point) -> bool:
