@@ -388,6 +388,11 @@ class CaseChecks:
                            message=f"at the inputs rounded to {dtype} the value is not finite "
                                    f"({first_bad_op(self.program, fwd)})"))
             return
+        literal = unrepresentable_literal(case.ir, dtype)
+        if literal:
+            self.add(Check("grad", self.engine, "symbolic", dtype=dtype, device=device, status="skip",
+                           message=literal))
+            return
         peak = max([fwd.peak] + [float(np.max(np.abs(g.value), initial=0.0))
                                  for gs in grads for g in gs.values() if np.all(np.isfinite(g.value))])
         if peak > tol.MAX[dtype]:
@@ -497,6 +502,18 @@ def cotangent_name(index: int, total: int) -> str:
     return f"basis #{index - RANDOM_COTANGENTS - 1}"
 
 
+def unrepresentable_literal(ir, dtype: str) -> str | None:
+    """Why ``dtype`` cannot run the expression as written: a number literal or parameter beyond its range
+    (x**1e300 in float32 is x**inf), or None."""
+    for n in walk(ir):
+        values = [("literal", n.value)] if isinstance(n, Const) else \
+            [(f"{n.op}() parameter {k} =", v) for k, v in n.params] if isinstance(n, Call) else []
+        for what, v in values:
+            if isinstance(v, float) and abs(v) > tol.MAX[dtype]:
+                return f"the {what} {v:g} is not representable in {dtype} (its largest is {tol.MAX[dtype]:.3g})"
+    return None
+
+
 def first_bad_op(program, fwd) -> str:
     """Name the first step whose value is not finite though its inputs are."""
     for i, slot in enumerate(program.slots):
@@ -556,6 +573,7 @@ def formula(case: Case, limit: int = 400) -> list[str]:
     if any(isinstance(n, Call) and OPS[n.op].kind != "elementwise" for n in walk(node)):
         return []
     symbols = {name: sp.Symbol(name, real=True) for name in case.vars}
+    count = sp.Symbol(next(n for n in ("N", "N_entries", "N__") if n not in case.vars))  # a var may be named N
 
     if sum(1 for _ in walk(node)) > FORMULA_NODES:
         return []
@@ -585,10 +603,10 @@ def formula(case: Case, limit: int = 400) -> list[str]:
         if sp.count_ops(d) <= FORMULA_OPS:  # simplify is exponential in the worst case: past this, as derived
             d = _within(FORMULA_SECONDS, sp.simplify, d)
         if scale == "mean":
-            d = d / sp.Symbol("N")
+            d = d / count
         text = f"d/d{name} {case.expr} = {sp.sstr(d, full_prec=False)}" + (" (per entry)" if spec.shape else "")
         if scale == "mean":
-            text += ", N = number of entries"
+            text += f", {count} = number of entries"
         if len(text) <= limit:
             lines.append(text)
     return lines

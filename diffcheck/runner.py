@@ -172,6 +172,10 @@ def blame(checks: list[Check]) -> str:
         return "the result disagrees with the known answer in 'expect'"
     if ad_failed and not fd_failed:
         first = next(c for c in failed if c.engine == "autograd")
+        if not any(c.kind == "fd" and c.status in ("pass", "warn") for c in checks):  # claim no agreement unseen
+            why = next((c.message for c in checks if c.kind == "fd" and c.message), "no finite-difference check ran")
+            return (f"autograd disagrees with the symbolic reference ({first.label}); finite differences could not "
+                    f"confirm the reference here ({why})")
         return f"autograd is off ({first.label}): the symbolic reference and finite differences agree"
     if fd_failed and not ad_failed:
         return ("finite differences disagree with the symbolic reference, which autograd matches: "
