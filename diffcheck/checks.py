@@ -14,7 +14,7 @@ import numpy as np
 from . import tolerance as tol
 from .casefile import Case
 from .compare import Check, compare
-from .errors import CaseError
+from .errors import CaseError, ExpressionError
 from .expr.ir import Call, Const, Var, walk
 from .expr.ops import OPS
 
@@ -42,6 +42,15 @@ class CaseChecks:
         return check
 
     def run(self) -> None:
+        from .engines import sympy_eval
+
+        sympy_eval.REPAIRS.reset()
+        try:
+            self.stages()
+        except sympy_eval.RepairLimit as exc:  # bounded work: skipped with the reason, never judged unrepaired
+            self.add(Check("grad", "symbolic", "high-precision repair", status="skip", message=str(exc)))
+
+    def stages(self) -> None:
         from .engines.autograd import build, device_skip_reason
         from .engines.symbolic import Program
 
@@ -58,7 +67,10 @@ class CaseChecks:
             fn = build(case.ir)
         self.low = tol.lowest(case.dtypes)  # the case's, not the run's: --dtype must not move the point
         self.base = self.sample()
-        self.program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
+        try:
+            self.program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
+        except ExpressionError as exc:  # an op undefined for every input (softplus(beta=0)), a size limit
+            raise CaseError(str(exc), case.path, case.name, "expr") from None
         self.cotangents = self.make_cotangents()
         fwd, grads = self.reference("float64")
         if not self.reference_ok(fwd):
@@ -95,7 +107,11 @@ class CaseChecks:
                 base[name] = spec.value
             else:
                 lo, hi = spec.domain
-                base[name] = round_to(self.rng.uniform(lo, hi, spec.shape), self.low)
+                if np.isfinite(hi - lo):
+                    x = self.rng.uniform(lo, hi, spec.shape)
+                else:  # [-1.7e308, 1.7e308]: hi - lo overflows numpy's uniform
+                    x = 2 * self.rng.uniform(lo / 2, hi / 2, spec.shape)
+                base[name] = round_to(x, self.low)
         return base
 
     def make_cotangents(self) -> list[np.ndarray]:
@@ -184,7 +200,9 @@ class CaseChecks:
         _, grads = self.reference("float64")
         if grads:
             point = self.point("float64")
-            noise += 2.0**-53 * sum(float(np.sum(np.abs(g.value) * np.abs(point[n]))) for n, g in grads[ci].items())
+            with np.errstate(invalid="ignore", over="ignore"):  # a var whose gradient is nan is not differenced
+                noise += 2.0**-53 * sum(float(np.sum(np.abs(g.value) * np.abs(point[n]),
+                                                     where=np.isfinite(g.value))) for n, g in grads[ci].items())
 
         def evaluate(inputs):
             f = program.forward(inputs, None, with_err=False, derivs=False)
@@ -209,11 +227,9 @@ class CaseChecks:
             self.add(check)
             return values, check
         allowed = tol.FD_SAFETY * errors + tol.derived(g.err, g.value, "float64").allowed
-        tolerance = tol.Tolerance(np.where(usable, allowed, np.inf), None, None,
+        tolerance = tol.Tolerance(allowed, None, None,
                                   f"{tol.FD_SAFETY:g} x Richardson error estimate + float64 budget")
-        # entries not differenced are not judged: compared with themselves (0 error), never nan / inf = nan margins
-        compare(check, got, np.where(usable, values, got), tolerance, fd=values,
-                upstream=self.cotangents[0])
+        compare(check, got, values, tolerance, fd=values, judge=usable, upstream=self.cotangents[0])
         skipped = int((~usable).sum())
         if skipped and check.status == "pass":
             check.status = "warn"
@@ -385,6 +401,11 @@ class CaseChecks:
                            message=f"at the inputs rounded to {dtype} the value is not finite "
                                    f"({first_bad_op(self.program, fwd)})"))
             return
+        literal = unrepresentable_literal(case.ir, dtype)
+        if literal:
+            self.add(Check("grad", self.engine, "symbolic", dtype=dtype, device=device, status="skip",
+                           message=literal))
+            return
         peak = max([fwd.peak] + [float(np.max(np.abs(g.value), initial=0.0))
                                  for gs in grads for g in gs.values() if np.all(np.isfinite(g.value))])
         if peak > tol.MAX[dtype]:
@@ -485,7 +506,10 @@ def quick_margin(got, g, allowed) -> float:
         err = np.where(g.ambiguous, np.maximum(np.maximum(g.lo - got, got - g.hi), 0.0), err)
     with np.errstate(divide="ignore", invalid="ignore"):
         margin = np.where(err == 0, 0.0, err / allowed)
-    return float(np.nanmax(np.where(np.isnan(margin), np.inf, margin), initial=0.0))
+    margin = np.where(np.isnan(margin), np.inf, margin)
+    # an entry that cannot be judged (allowed or reference not finite) ranks above any pass, below any fail
+    unjudged = np.isfinite(got) & ~(np.isfinite(allowed) & np.isfinite(g.value))
+    return float(np.max(np.where(unjudged, 1.0, margin), initial=0.0))
 
 
 def cotangent_name(index: int, total: int) -> str:
@@ -494,6 +518,18 @@ def cotangent_name(index: int, total: int) -> str:
     if index <= RANDOM_COTANGENTS:
         return f"random #{index}"
     return f"basis #{index - RANDOM_COTANGENTS - 1}"
+
+
+def unrepresentable_literal(ir, dtype: str) -> str | None:
+    """Why ``dtype`` cannot run the expression as written: a number literal or parameter beyond its range
+    (x**1e300 in float32 is x**inf), or None."""
+    for n in walk(ir):
+        values = [("literal", n.value)] if isinstance(n, Const) else \
+            [(f"{n.op}() parameter {k} =", v) for k, v in n.params] if isinstance(n, Call) else []
+        for what, v in values:
+            if isinstance(v, float) and abs(v) > tol.MAX[dtype]:
+                return f"the {what} {v:g} is not representable in {dtype} (its largest is {tol.MAX[dtype]:.3g})"
+    return None
 
 
 def first_bad_op(program, fwd) -> str:
@@ -511,6 +547,37 @@ def first_bad_op(program, fwd) -> str:
     return "an intermediate value is not finite"
 
 
+FORMULA_NODES = 60  # -v prints no formula for larger expressions
+FORMULA_OPS = 40  # derivatives with more operations are printed without sympy.simplify
+FORMULA_SECONDS = 2.0  # and simplify gets this long (where a timer signal is available), else unsimplified
+
+
+def _within(seconds: float, fn, arg):
+    """fn(arg), or arg unchanged when fn takes longer than ``seconds`` (SIGALRM; main thread only, elsewhere
+    the size limits above are the only bound)."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        return arg
+
+    class _Late(Exception):
+        pass
+
+    def late(*_):
+        raise _Late
+
+    old = signal.signal(signal.SIGALRM, late)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return fn(arg)
+    except _Late:
+        return arg
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def formula(case: Case, limit: int = 400) -> list[str]:
     """``d/dw expr = ...`` for expressions made of elementwise ops under at most one outer sum or mean."""
     import sympy as sp
@@ -524,10 +591,15 @@ def formula(case: Case, limit: int = 400) -> list[str]:
     if any(isinstance(n, Call) and OPS[n.op].kind != "elementwise" for n in walk(node)):
         return []
     symbols = {name: sp.Symbol(name, real=True) for name in case.vars}
+    count = sp.Symbol(next(n for n in ("N", "N_entries", "N__") if n not in case.vars))  # a var may be named N
+
+    if sum(1 for _ in walk(node)) > FORMULA_NODES:
+        return []
 
     def build(n):
-        if isinstance(n, Const):
-            return sp.Float(n.value) if not float(n.value).is_integer() else sp.Integer(int(n.value))
+        if isinstance(n, Const):  # a huge integer stays a Float: 10**10**10 must not be computed exactly
+            small = float(n.value).is_integer() and abs(n.value) <= 1e6
+            return sp.Integer(int(n.value)) if small else sp.Float(n.value)
         if isinstance(n, Var):
             return symbols[n.name]
         rules = local_rules(n.op, tuple(sorted(n.params)))
@@ -545,12 +617,14 @@ def formula(case: Case, limit: int = 400) -> list[str]:
         if any(other.shape != spec.shape for other in case.vars.values() if other.shape and scale) and \
                 spec.shape != tuple(np.broadcast_shapes(*(v.shape for v in case.vars.values()))):
             continue
-        d = sp.simplify(sp.diff(expr, symbols[name]))
+        d = sp.diff(expr, symbols[name])
+        if sp.count_ops(d) <= FORMULA_OPS:  # simplify is exponential in the worst case: past this, as derived
+            d = _within(FORMULA_SECONDS, sp.simplify, d)
         if scale == "mean":
-            d = d / sp.Symbol("N")
+            d = d / count
         text = f"d/d{name} {case.expr} = {sp.sstr(d, full_prec=False)}" + (" (per entry)" if spec.shape else "")
         if scale == "mean":
-            text += ", N = number of entries"
+            text += f", {count} = number of entries"
         if len(text) <= limit:
             lines.append(text)
     return lines

@@ -77,12 +77,17 @@ def _finite_or_none(x):
     return float(x) if x is not None and np.isfinite(x) else None
 
 
-def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, upstream=None) -> Check:
+def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, judge=None, upstream=None) -> Check:
     """Fill ``check`` from comparing ``got`` to ``ref`` entry by entry under ``tol``.
 
     ``lo``/``hi`` (optional) give, per entry, the hull of one-sided derivatives where the reference sits on a
-    kink: there any value inside the hull (within tolerance) is right. ``upstream`` (optional) is the cotangent
-    a gradient was computed with, for the diagnosis.
+    kink: there any value inside the hull (within tolerance) is right. ``judge`` (optional mask) leaves out the
+    entries the caller has nothing to judge by (not differenced). ``upstream`` (optional) is the cotangent a
+    gradient was computed with, for the diagnosis.
+
+    Never a vacuous pass (``nan > 1`` is False): an entry whose reference or allowed error is not finite cannot be
+    judged, so a check with such entries and none failing is a ``skip`` that says why; a non-finite value against
+    a finite reference fails whatever the tolerance.
     """
     got = np.asarray(got, dtype=float)
     ref = np.asarray(ref, dtype=float)
@@ -91,19 +96,27 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, u
         check.status = "fail"
         check.message = f"shape {list(got.shape)} where {list(ref.shape)} was expected"
         return check
-    allowed = np.broadcast_to(tol.allowed, ref.shape)
-    err = np.abs(got - ref)
+    allowed = np.broadcast_to(np.asarray(tol.allowed, dtype=float), ref.shape)
+    judged = np.ones(ref.shape, bool) if judge is None else np.broadcast_to(np.asarray(judge, bool), ref.shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(got - ref)
     ambiguous = np.zeros(ref.shape, dtype=bool)
     if lo is not None and hi is not None:
         ambiguous = np.asarray(hi > lo)
         below, above = np.asarray(lo) - got, got - np.asarray(hi)
         err = np.where(ambiguous, np.maximum(np.maximum(below, above), 0.0), err)
-    err = np.where(np.isnan(got) | np.isnan(ref), np.inf, err)
+    err = np.where(np.isnan(got) | np.isnan(ref) | np.isnan(err), np.inf, err)
     err = np.where(np.isinf(got) & np.isinf(ref) & (got == ref), 0.0, err)
+    wrong_value = judged & ~np.isfinite(got) & np.isfinite(ref)  # wrong whatever the tolerance
+    no_ref = judged & ~wrong_value & ~np.isfinite(ref)
+    no_tol = judged & ~wrong_value & ~no_ref & ~np.isfinite(allowed)
+    ok = judged & ~no_ref & ~no_tol
     with np.errstate(divide="ignore", invalid="ignore"):
         margin = np.where(err == 0, 0.0, err / allowed)
         rel = np.where(err == 0, 0.0, err / np.abs(ref))
-    bad = margin > 1.0
+    margin = np.where(ok, np.where(np.isnan(margin), np.inf, margin), 0.0)
+    rel, err = np.where(ok, rel, 0.0), np.where(ok, err, 0.0)
+    bad = ok & (margin > 1.0)
     check.entries = int(ref.size)
     check.bad = int(bad.sum())
     check.ambiguous = int(ambiguous.sum())
@@ -128,6 +141,13 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, u
         check.status = "fail"
         check.message = f"{check.bad} of {check.entries} entries outside tolerance (worst {margin_text(check)})"
         check.diagnosis = diagnose(got, ref, bad, upstream)
+    elif (no_ref | no_tol).any():
+        why = [f"the reference is not finite at {int(no_ref.sum())}"] * bool(no_ref.any()) + \
+            [f"the allowed error is not finite at {int(no_tol.sum())} (the error budget overflows float64 or is "
+             f"undefined at this point)"] * bool(no_tol.any())
+        check.status = "skip"
+        check.message = f"cannot be judged at {int((no_ref | no_tol).sum())} of {check.entries} entries: " + \
+            "; ".join(why)
     elif check.ambiguous:
         check.status = "warn"
         check.message = (f"{check.ambiguous} entries sit on a non-differentiable point; the value there lies "

@@ -182,12 +182,18 @@ def run_case(case: Case, options: Options | None = None) -> CaseResult:
 
 def _verdict(result: CaseResult) -> None:
     statuses = [c.status for c in result.checks]
-    if "fail" in statuses:
+    unjudged = next((c for c in result.checks if c.kind.startswith("expect") and c.status == "skip"), None)
+    if not statuses:  # nothing was checked: not a pass
+        result.status, result.message = "skip", "no checks ran"
+    elif "fail" in statuses:
         result.status = "fail"
         result.message = blame(result.checks)
-    elif statuses and all(s == "skip" for s in statuses):
+    elif all(s == "skip" for s in statuses):
         result.status = "skip"
         result.message = result.checks[0].message
+    elif unjudged is not None:  # the known answer the case asked about was never judged: not a pass
+        result.status = "skip"
+        result.message = f"the known answer in 'expect' cannot be judged ({unjudged.label}: {unjudged.message})"
     else:
         warns = statuses.count("warn")
         skips = sum(c.status == "skip" and not not_requested(c) for c in result.checks)  # --device: said once
@@ -219,6 +225,10 @@ def blame(checks: list[Check]) -> str:
         return "the result disagrees with the known answer in 'expect'"
     if ad_failed and not fd_failed:
         first = next(c for c in failed if c.engine == "autograd")
+        if not any(c.kind == "fd" and c.status in ("pass", "warn") for c in checks):  # claim no agreement unseen
+            why = next((c.message for c in checks if c.kind == "fd" and c.message), "no finite-difference check ran")
+            return (f"autograd disagrees with the symbolic reference ({first.label}); finite differences could not "
+                    f"confirm the reference here ({why})")
         return f"autograd is off ({first.label}): the symbolic reference and finite differences agree"
     if fd_failed and not ad_failed:
         return ("finite differences disagree with the symbolic reference, which autograd matches: "

@@ -209,3 +209,96 @@ def test_pinned_tie_in_bfloat16_where_the_reference_adjoint_is_exactly_zero():
                        "vars": {"x": {"shape": [2, 3, 4]}, "y": {"shape": [3, 1]}}})
     result = run_case(case, Options(devices=("cpu",)))
     assert result.status == "pass", [(c.label, c.message) for c in result.checks if c.status == "fail"]
+
+
+# ---- a non-finite tolerance, reference or value never passes (issue 11) ----
+
+def produced_kinds():
+    """Every check kind the gradient-case code creates, read from its source, so a new kind cannot be missed."""
+    import re
+    from pathlib import Path
+
+    import diffcheck.checks
+
+    return set(re.findall(r'Check\(\s*"(\w+)"', Path(diffcheck.checks.__file__).read_text()))
+
+
+def test_the_kinds_under_test_are_all_the_kinds_produced():
+    assert produced_kinds() == {"value", "grad", "fd", "self_fd", "expect_value", "expect_grad", "semantic",
+                                "jvp", "hvp"}
+
+
+@pytest.mark.parametrize("kind", sorted(produced_kinds() - {"semantic"}))
+@pytest.mark.parametrize("got, ref, allowed", [
+    ([1.0, 2.0], [1.0, 3.0], [1e-9, np.nan]),      # nan tolerance where the entry is wrong
+    ([1.0, 2.0], [1.0, 3.0], [1e-9, np.inf]),      # infinite tolerance
+    ([1.0, 2.0], [1.0, 2.0], np.nan),              # nan tolerance everywhere, even where equal
+    ([1.0, np.nan], [1.0, 2.0], [1e-9, 1e-9]),     # nan value
+    ([1.0, np.nan], [1.0, 2.0], [1e-9, np.inf]),   # nan value under an infinite tolerance
+    ([1.0, np.inf], [1.0, 2.0], [1e-9, np.nan]),   # inf value under a nan tolerance
+    ([1.0, 2.0], [1.0, np.nan], [1e-9, 1e-9]),     # nan reference
+    ([1.0, np.inf], [1.0, np.inf], [1e-9, 1e-9]),  # both infinite: nothing to judge
+])
+def test_no_comparison_with_a_non_finite_number_passes(kind, got, ref, allowed):
+    check = compare(Check(kind, "autograd", "symbolic"), np.array(got), np.array(ref),
+                    tol.Tolerance(np.broadcast_to(allowed, (2,)), None, None, "test"))
+    assert check.status in ("fail", "skip"), (check.status, check.message)
+    if check.status == "skip":
+        assert "cannot be judged" in check.message
+    if not np.isfinite(got).all() and np.isfinite(ref).all():
+        assert check.status == "fail"
+
+
+def test_a_kink_hull_with_a_nan_tolerance_does_not_pass():
+    check = compare(Check("grad", "autograd", "symbolic"), np.array([0.5]), np.array([0.0]),
+                    tol.Tolerance(np.array([np.nan]), None, None, "t"), lo=np.array([0.0]), hi=np.array([1.0]))
+    assert check.status == "skip"
+
+
+def test_entries_left_out_by_the_caller_are_not_judged_but_the_rest_are():
+    check = compare(Check("fd", "symbolic", "finite differences"), np.array([1.0, 5.0]), np.array([1.0, np.nan]),
+                    tol.Tolerance(np.array([1e-9, np.inf]), None, None, "t"), judge=np.array([True, False]))
+    assert check.status == "pass" and check.margin == 0
+    check = compare(Check("fd", "symbolic", "finite differences"), np.array([2.0, 5.0]), np.array([1.0, np.nan]),
+                    tol.Tolerance(np.array([1e-9, np.inf]), None, None, "t"), judge=np.array([True, False]))
+    assert check.status == "fail"
+
+
+def test_the_worst_cotangent_is_never_chosen_by_a_nan_tolerance():
+    from diffcheck.checks import quick_margin
+    from diffcheck.engines.symbolic import Gradient
+
+    g = Gradient(np.array([1.0, 2.0]), np.zeros(2), np.array([1.0, 2.0]), np.array([1.0, 2.0]))
+    assert quick_margin(np.array([1.0, 3.0]), g, np.array([1e-9, np.nan])) == 1.0  # unjudged: above any pass
+    assert quick_margin(np.array([1.0, 3.0]), g, np.array([1e-9, 1e-9])) > 1.0
+
+
+def test_semantic_checks_take_nan_from_0_times_inf_for_arithmetic_and_nan_twice_as_deterministic():
+    import torch
+
+    def fn(x):  # d/dx exp(x) at 1000 is inf; a zero cotangent gives 0 * inf = nan there, as torch computes it
+        return torch.exp(x) * 0 + x
+
+    res = autograd.run(fn, {"x": np.array([1000.0, 1.0])}, ["x"], "float64", "cpu", [np.ones(2)])
+    assert not any("zero upstream" in p or "deterministic" in p for p in res.problems), res.problems
+
+    def ignores(x):  # a real finding: the gradient is finite and the zero cotangent is ignored
+        return IgnoresUpstream.apply(x)
+
+    class IgnoresUpstream(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            return torch.full_like(g, 2.0)
+
+    res = autograd.run(ignores, {"x": np.array([1.0, 2.0])}, ["x"], "float64", "cpu", [np.ones(2)])
+    assert any("zero upstream" in p for p in res.problems)
+
+
+def test_error_budgets_stay_finite_past_a_saturated_intermediate():
+    # exp(1000) is inf in every dtype, exp(-inf) = 0 exactly: the budget downstream is 0, not 0 * inf = nan
+    _, fwd, grads = reference("sum(x * exp(-exp(y)))", x=[0.1, 0.2], y=1000.0)
+    assert np.all(np.isfinite(fwd.errs[-1])) and np.all(np.isfinite(grads["x"].err))

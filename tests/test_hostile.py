@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from diffcheck.casefile import Case, load_data
 from diffcheck.cli import main
+from diffcheck.compare import Check
 from diffcheck.errors import CaseError
 
 HOSTILE = {
@@ -61,3 +62,190 @@ def test_random_data_gives_cases_or_case_errors(data):
 def test_very_long_or_deep_expressions_are_errors_or_cases(expr):
     [item] = load_data({"name": "long", "expr": expr, "vars": {"x": {}}}, "long.toml")
     assert isinstance(item, Case | CaseError)
+
+
+# ---- wrong answers never pass: non-finite error budgets (issue 11) ----
+
+def run_cli(*args):
+    result = CliRunner().invoke(main, ["run", "--device", "cpu", *map(str, args)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    return result
+
+
+def status_of(output: str, name: str) -> str:
+    line = next(line for line in output.splitlines() if f"::{name} " in line)
+    return line.split()[0]
+
+
+NAN_BUDGETS = '''
+[[case]]
+name = "saturated"
+expr = "sum(x * exp(-exp(y)))"
+vars.x = { shape = [3] }
+vars.y = { value = 1000.0 }
+expect.value = 5.0
+expect.grad.x = [1.0, 2.0, 3.0]
+
+[[case]]
+name = "constant"
+expr = "sum(x) * exp(-10**10**10)"
+vars.x = { shape = [3] }
+expect.value = 5.0
+
+[[case]]
+name = "huge_slope"
+expr = "sum(leaky_relu(x, negative_slope=1e308))"
+vars.x = { shape = [3] }
+expect.grad.x = [1.0, 1.0, 1.0]
+
+[[case]]
+name = "huge_slope_value"
+expr = "leaky_relu(x, negative_slope=1e308)"
+vars.x = { value = -1.0 }
+expect.value = 5.0
+'''
+
+
+def test_a_wrong_expectation_under_a_non_finite_budget_never_passes(write_case):
+    result = run_cli(write_case(NAN_BUDGETS), "-v")
+    for name in ("saturated", "constant", "huge_slope", "huge_slope_value"):
+        assert status_of(result.output, name) in ("FAIL", "SKIP"), (name, result.output)
+    assert "margin nan" not in result.output
+    assert status_of(result.output, "saturated") == "FAIL" and status_of(result.output, "constant") == "FAIL"
+    assert "cannot be judged" in result.output  # huge_slope: the budget overflows float64, said so
+
+
+def test_an_impl_wrong_in_forward_and_backward_under_a_nan_budget_fails():
+    import torch
+
+    import diffcheck
+
+    class Wrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, y):
+            return (x * torch.exp(-torch.exp(y)) + 1).sum()
+
+        @staticmethod
+        def backward(ctx, g):
+            return torch.ones(3, dtype=g.dtype) * g * 7, torch.zeros((), dtype=g.dtype)
+
+    result = diffcheck.check("sum(x * exp(-exp(y)))", {"x": {"shape": [3]}, "y": {"value": 1000.0}}, impl=Wrong,
+                             dtypes=("float64",))
+    assert result.status == "fail", result.message
+    assert "both wrong" in result.message
+
+
+def test_a_case_with_no_checks_is_not_a_pass():
+    from diffcheck.casefile import build_case
+    from diffcheck.runner import Options, run_case
+
+    case = build_case({"name": "nothing", "expr": "sum(x)", "vars": {"x": {"shape": [2]}}}, "api.toml")
+    result = run_case(case, Options(devices=("cpu",), stages=()))
+    assert result.status == "skip" and "no checks ran" in result.message
+
+
+# ---- no traceback, ever (issue 11) ----
+
+def test_inputs_that_used_to_stop_the_run_are_errors_or_skips_and_the_good_case_still_runs(tmp_path):
+    exprs = {"beta0": "sum(softplus(x, beta=0))", "divzero": "sum(x/0)", "oneoverzero": "sum(x) + 1/0",
+             "zeropow": "sum(x) * 0**-1", "logzero": "sum(x) * log(0)", "bigint": "sum(x) + 10**400",
+             "nanconst": "sum(x) * (0/0)", "tinybeta": "sum(softplus(x, beta=1e-320))"}
+    text = "".join(f'[[case]]\nname = "{n}"\nexpr = "{e}"\nvars.x = {{ shape = [3] }}\n\n' for n, e in exprs.items())
+    text += '[[case]]\nname = "wide"\nexpr = "sum(x)"\nvars.x = { shape = [3], domain = [-1.7e308, 1.7e308] }\n\n'
+    text += '[[case]]\nname = "good"\nexpr = "sum(x**2)"\nvars.x = { shape = [3] }\n'
+    (tmp_path / "c.toml").write_text(text)
+    result = run_cli(tmp_path / "c.toml")
+    assert result.exit_code == 2
+    assert status_of(result.output, "good") == "PASS"
+    for name in [*exprs, "wide"]:
+        line = next((line for line in result.output.splitlines() if f"'{name}'" in line or f"::{name} " in line))
+        assert line.split()[0] in ("ERROR", "SKIP"), line
+    assert "softplus(beta=0, threshold=20) is undefined for every input" in result.output
+
+
+# ---- bounds (issue 11) ----
+
+def test_verbose_formula_is_bounded(tmp_path):
+    import subprocess
+    import sys
+
+    nested = "x"
+    for f in ("gelu", "silu", "softplus", "log1p", "exp", "sigmoid", "tanh", "cos", "sin", "exp"):
+        nested = f"{f}({nested})"  # ten nested functions: sympy.simplify of the derivative ran for minutes
+    (tmp_path / "f.toml").write_text(
+        '[[case]]\nname = "tower"\nexpr = "sum(x) * exp(-10**10**10)"\nvars.x = { shape = [2] }\n'
+        'dtypes = ["float64"]\n'
+        f'[[case]]\nname = "nested"\nexpr = "sum({nested})"\nvars.x = {{ shape = [2] }}\ndtypes = ["float64"]\n')
+    done = subprocess.run([sys.executable, "-m", "diffcheck", "run", str(tmp_path / "f.toml"), "-v",
+                           "--device", "cpu"], capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in done.stderr and "::nested" in done.stdout and "::tower" in done.stdout
+
+
+def test_size_limits_cover_broadcasting_in_losses_and_the_total(tmp_path):
+    nested = "x"
+    for _ in range(190):
+        nested = f"sin({nested})"
+    (tmp_path / "s.toml").write_text(
+        '[[case]]\nname = "mse_bomb"\nexpr = "mse_loss(x, y)"\nvars.x = { shape = [4000000, 1] }\n'
+        'vars.y = { shape = [1, 4000000] }\n'
+        f'[[case]]\nname = "deep_big"\nexpr = "sum({nested})"\nvars.x = {{ shape = [4000000] }}\n')
+    result = run_cli(tmp_path / "s.toml")
+    assert result.exit_code == 2
+    assert "'mse_loss(x, y)' would have 16000000000000 entries" in result.output
+    assert "in total" in result.output and "the limit is 50000000" in result.output
+    assert "not configurable" in result.output
+
+
+def test_the_high_precision_repair_is_bounded_and_skips_with_the_reason(monkeypatch):
+    import diffcheck
+    from diffcheck.engines import sympy_eval
+
+    monkeypatch.setattr(sympy_eval, "REPAIR_LIMIT", 50)
+    result = diffcheck.check("sum(sigmoid(800*x) + sigmoid(800*x + 1))", {"x": {"shape": [200]}},
+                             dtypes=("float64",))
+    assert result.status == "skip" and "high-precision (mpmath) repair" in result.message
+    assert "the limit is 50 entries per case" in result.message
+
+
+# ---- verdicts that blame the right party (issue 11) ----
+
+def test_sqrt_at_zero_does_not_blame_autograd(write_case):
+    result = run_cli(write_case('name = "sq"\nexpr = "sum(sqrt(x))"\nvars.x = { shape = [3], value = [0.0, 1.0, 2.0] }'
+                                '\n'), "-v")
+    assert status_of(result.output, "sq") in ("PASS", "SKIP") and "autograd is off" not in result.output
+    assert "not finite at this point" in result.output
+
+
+def test_blame_never_claims_finite_differences_agreed_when_they_were_skipped():
+    from diffcheck.runner import blame
+
+    checks = [Check("fd", "symbolic", "finite differences", status="skip", message="every entry sits on a kink"),
+              Check("grad", "autograd", "symbolic", var="x", dtype="float32", status="fail")]
+    message = blame(checks)
+    assert "differences agree" not in message and "could not confirm" in message and "kink" in message
+
+
+def test_literals_and_parameters_beyond_a_dtype_skip_that_dtype_with_the_reason(write_case):
+    result = run_cli(write_case('[[case]]\nname = "pow"\nexpr = "sum(x**1e300)"\nvars.x = { shape = [3] }\n'
+                                '[[case]]\nname = "thr"\nexpr = "sum(softplus(x, threshold=-1e308))"\n'
+                                'vars.x = { shape = [3] }\n'), "-v")
+    assert result.exit_code == 0, result.output
+    assert "the literal 1e+300 is not representable in float32" in result.output
+    assert "softplus() parameter threshold = -1e+308 is not representable in float32" in result.output
+
+
+def test_identifiers_are_nfkc_normalised_like_python(write_case):
+    result = run_cli(write_case(
+        '[[case]]\nname = "fullwidth_decl"\nexpr = "sum(x**2)"\nvars."ｘ" = { shape = [3] }\n'
+        '[[case]]\nname = "fullwidth_use"\nexpr = "sum(ｘ**2)"\nvars.x = { shape = [3] }\n'
+        '[[case]]\nname = "kw"\nexpr = "sum(ｉｆ**2)"\nvars."ｉｆ" = { shape = [3] }\n'
+        '[[case]]\nname = "twice"\nexpr = "sum(x*ｘ)"\nvars.x = { shape = [3] }\nvars."ｘ" = { shape = [3] }\n'))
+    assert status_of(result.output, "fullwidth_decl") == "PASS" and status_of(result.output, "fullwidth_use") == "PASS"
+    assert "is the Python keyword 'if'" in result.output
+    assert "are one name after NFKC normalisation" in result.output
+
+
+def test_a_var_named_like_a_sympy_builtin_keeps_its_formula_readable(write_case):
+    result = run_cli(write_case('name = "n"\nexpr = "mean(N**2)"\nvars.N = { shape = [3] }\n'), "-v")
+    assert "d/dN mean(N**2) = 2*N/N_entries (per entry), N_entries = number of entries" in result.output

@@ -149,7 +149,8 @@ def _semantic(out, leaves, grad_vars, vjps, cotangents, dtype, device) -> list[s
     problems = []
     zero = torch.zeros_like(out)
     for name, grad in zip(grad_vars, torch.autograd.grad(out, leaves, zero, retain_graph=True, allow_unused=True)):
-        if grad is not None and bool(torch.any(grad != 0)):
+        # 0 * inf = nan is arithmetic, not an ignored grad_output: only entries whose gradient is finite count
+        if grad is not None and bool(torch.any((grad != 0) & torch.isfinite(_like(vjps[0][name], grad)))):
             problems.append(f"a zero upstream gradient gave a nonzero gradient of {name} "
                             f"(max {float(grad.abs().max()):.3g}): backward ignores grad_output")
     last = len(cotangents) - 1
@@ -158,11 +159,18 @@ def _semantic(out, leaves, grad_vars, vjps, cotangents, dtype, device) -> list[s
     for name, grad in zip(grad_vars, again):
         first = vjps[last][name]
         second = to_numpy(grad).reshape(first.shape) if grad is not None else np.zeros(first.shape)
-        diff = float(np.max(np.abs(first - second), initial=0.0))
+        with np.errstate(invalid="ignore"):
+            same = (first == second) | (np.isnan(first) & np.isnan(second))  # nan twice is deterministic
+            diff = float(np.max(np.where(same, 0.0, np.abs(first - second)), initial=0.0))
+        diff = np.inf if np.isnan(diff) else diff
         limit = 0.0 if device == "cpu" else np.sqrt(first.size) * 2.0**-24 * float(np.max(np.abs(first), initial=0))
         if diff > limit:
             problems.append(f"backward is not deterministic: two runs of the gradient of {name} differ by {diff:.3g}")
     return problems
+
+
+def _like(x: np.ndarray, t: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(np.broadcast_to(x, tuple(t.shape)).copy()).to(t.device)
 
 
 def jvp(fn: Callable, inputs: dict, grad_vars, tangents: dict, dtype: str, device: str) -> np.ndarray:

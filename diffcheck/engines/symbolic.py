@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
+from ..errors import ExpressionError
 from ..expr.ir import Call, Const, Node, Var
 from ..expr.ops import OPS
 from ..expr.shapes import infer, matmul_shape, normalize_dims, reduced_shape
@@ -185,6 +186,11 @@ class Program:
         p = dict(node.params)
         op = OPS[node.op]
         if op.kind == "elementwise":
+            rules = local_rules(node.op, tuple(sorted(p.items())))
+            if any(e.has(sp.zoo, sp.nan, sp.oo, -sp.oo) for e in (rules.value, *rules.grads)):
+                shown = ", ".join(f"{k}={v:g}" for k, v in p.items())
+                raise ExpressionError(f"{node.op}({shown}) is undefined for every input (with these parameters "
+                                      f"its formula divides by zero)")
             return self._emit(node.op, args, shape, **p)
         if node.op in ("sum", "mean", "logsumexp"):
             dims = normalize_dims(p["dim"], len(arg_shapes[0]), "")
@@ -233,7 +239,7 @@ class Program:
                 if slot.kind == "var":
                     values[i] = np.asarray(inputs[slot.name], dtype=np.float64)
                 elif slot.kind == "const":
-                    values[i] = slot.value
+                    values[i] = np.float64(slot.value)  # numpy semantics: 1/0 is inf, not an exception
                     errs[i] = sympy_eval._number_err(slot.value)
                 else:
                     values[i], errs[i] = self._step(i, slot.instr, fwd, kink_u, with_err, derivs)
@@ -292,7 +298,7 @@ class Program:
                 k, ek = sympy_eval.evaluate(rules.kink, env, True)
                 near = np.abs(k) <= KINK_SAFETY * kink_u * np.abs(ek) + 1e-300
                 fwd.kinks[i] = np.broadcast_to(near, ins.shape)
-            err = op.ulps * np.abs(value)
+            err = sympy_eval.times(op.ulps, np.abs(value))
             if op.formula:
                 err = np.maximum(err, sympy_eval.evaluate(rules.value, {s: (v, 0.0) for s, v in
                                                                          zip(rules.symbols, vals)}, True)[1])
@@ -300,7 +306,7 @@ class Program:
             # an exact input contributes nothing, even where its derivative is undefined (x**c at x < 0)
             for (d, _), e in zip(derivs, errs):
                 if np.any(e):
-                    err = err + np.abs(d) * e
+                    err = err + sympy_eval.times(np.abs(d), e)
             if with_err and rules.grads_out:
                 self._budget_from_output(rules, env, value, err, needed, derivs, ins.shape)
             return value, err
@@ -419,7 +425,7 @@ class Program:
                     reach = [np.maximum(r, np.abs(d)) for r, (d, _) in zip(reach, self._one_sided(i, ins, fwd, s))]
             for arg, shape, (d, de), r in zip(ins.args, shapes, derivs, reach):
                 contrib = g * d
-                err = (r * ge + np.abs(g) * de + np.abs(contrib)) if with_err else 0.0
+                err = (sympy_eval.times(r, ge) + sympy_eval.times(np.abs(g), de) + np.abs(contrib)) if with_err else 0.0
                 yield arg, _unbroadcast(contrib, err, shape, with_err)
             return
         if ins.op in ("sum", "mean"):

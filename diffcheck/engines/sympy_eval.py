@@ -32,7 +32,29 @@ _FUNCS = {
 }
 _ZERO_SLOPE = (sp.sign, sp.Heaviside, sp.DiracDelta)
 FUNCTION_ULPS = 4.0  # a library transcendental function: within 2 ulp, i.e. 4 u
-_MPMATH_LIMIT = 20_000  # entries re-evaluated in high precision at most, per node
+REPAIR_LIMIT = 20_000  # entries re-evaluated in high precision at most, per case (seconds of mpmath)
+
+
+class RepairLimit(Exception):
+    """More entries need the high-precision repair than REPAIR_LIMIT allows: the case is skipped, never judged
+    with unrepaired values."""
+
+
+class _Repairs:
+    left = REPAIR_LIMIT
+
+    def reset(self) -> None:
+        self.left = REPAIR_LIMIT
+
+    def take(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise RepairLimit(f"more than {REPAIR_LIMIT} entries over- or underflow float64 and need the "
+                              f"high-precision (mpmath) repair; the limit is {REPAIR_LIMIT} entries per case (a "
+                              f"fixed limit of diffcheck, not configurable: use fewer entries or a narrower domain)")
+
+
+REPAIRS = _Repairs()
 EXTREME = 1e150  # an intermediate beyond this magnitude (or below its inverse) may over- or underflow later
 _T = sp.Symbol("t", real=True)
 
@@ -60,10 +82,11 @@ def evaluate(expr, env: dict, with_err: bool = True):
 def _repair(expr, env, value, err, bad):
     """Recompute with mpmath at 50 digits the entries where any intermediate overflowed or became nan:
     such an entry may be finite and still wrong (x*exp(-x)/(1+exp(-x))**2 at x = -700 gives 0 in float64)."""
-    arrays = {s: np.broadcast_to(np.asarray(v, dtype=float), np.shape(value)) for s, (v, _) in env.items()}
+    shape = np.broadcast_shapes(np.shape(value), *(np.shape(v) for v, _ in env.values()))  # 1/a1 beside a0[3]
+    value, bad = np.broadcast_to(value, shape), np.broadcast_to(bad, shape)
+    arrays = {s: np.broadcast_to(np.asarray(v, dtype=float), shape) for s, (v, _) in env.items()}
     idx = np.argwhere(bad)
-    if len(idx) > _MPMATH_LIMIT:
-        return value, err
+    REPAIRS.take(len(idx))
     value = np.array(value, dtype=float, copy=True)
     err = np.array(np.broadcast_to(err, value.shape), dtype=float, copy=True)
     with mpmath.workdps(50):
@@ -81,7 +104,8 @@ def _repair(expr, env, value, err, bad):
                 continue
             if math.isfinite(real):
                 value[i] = real
-                err[i] = FUNCTION_ULPS * abs(real)
+                # a finite float64 budget stays: it is the formula's own rounding (torch's s*(1-s) at s = 1)
+                err[i] = max(err[i], FUNCTION_ULPS * abs(real)) if math.isfinite(err[i]) else FUNCTION_ULPS * abs(real)
     return (value if value.ndim else float(value)), (err if np.ndim(err) else float(err))
 
 
@@ -89,7 +113,7 @@ def _eval_mp(expr, point):
     if expr.is_Symbol:
         return mpmath.mpf(point[expr])
     if expr.is_Number or expr.is_NumberSymbol:
-        return mpmath.mpf(sp.N(expr, 50))
+        return _mp_number(expr)
     if expr.is_Add:
         return mpmath.fsum(_eval_mp(a, point) for a in expr.args)
     if expr.is_Mul:
@@ -117,6 +141,11 @@ def _eval_mp(expr, point):
     return func[1](_eval_mp(expr.args[0], point))
 
 
+@functools.lru_cache(maxsize=1024)
+def _mp_number(expr):
+    return mpmath.mpf(sp.N(expr, 50))  # sympy's evalf is slow: once per constant, not per entry
+
+
 def _eval_cond_mp(cond, point) -> bool:
     if cond is sp.true:
         return True
@@ -131,6 +160,18 @@ _RELATIONS = {
     sp.StrictGreaterThan: lambda a, b: a > b, sp.GreaterThan: lambda a, b: a >= b,
     sp.Equality: lambda a, b: a == b, sp.Unequality: lambda a, b: a != b,
 }
+
+
+def times(a, b):
+    """a * b for error terms, with 0 * inf = 0: an exact input (error 0), or one its result does not depend on
+    (derivative 0, e.g. exp(-inf)), contributes nothing. Without this one saturated intermediate turns every
+    budget downstream into nan, and a nan tolerance can never be judged."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = np.multiply(a, b)
+    if np.any(np.isnan(out)):
+        out = np.where(np.isnan(out) & ((np.asarray(a) == 0) | (np.asarray(b) == 0)), 0.0, out)
+        return out if np.ndim(out) else float(out)
+    return out
 
 
 def _number_err(x: float) -> float:
@@ -177,16 +218,16 @@ def _eval_node(expr, env, with_err, overflow):
                 for j, (v, _) in enumerate(parts):
                     if j != i:
                         others = others * v
-                err = err + np.abs(others) * e
+                err = err + times(np.abs(others), e)
         return value, err
     if expr.is_Pow:
         (b, eb), (x, ex) = _eval(expr.args[0], env, with_err, overflow), _eval(expr.args[1], env, with_err, overflow)
         value = np.power(b, x) if np.ndim(b) or np.ndim(x) else _scalar_pow(b, x)
         if not with_err:
             return value, 0.0
-        err = np.abs(x * np.power(b, x - 1.0)) * eb if np.any(eb) else 0.0
+        err = times(np.abs(x * np.power(b, x - 1.0)), eb) if np.any(eb) else 0.0
         if np.any(ex):
-            err = err + np.abs(value * np.log(np.abs(b))) * ex
+            err = err + times(np.abs(value * np.log(np.abs(b))), ex)
         exponent = expr.args[1]
         steps = abs(int(exponent)) if exponent.is_Integer and abs(int(exponent)) <= 4 else FUNCTION_ULPS
         return value, err + steps * np.abs(value)
@@ -215,7 +256,7 @@ def _eval_node(expr, env, with_err, overflow):
     err = FUNCTION_ULPS * np.abs(value)
     if type(expr) not in _ZERO_SLOPE and np.any(ea):
         slope, _ = _eval(_slope(type(expr)), {_T: (a, 0.0)}, False)
-        err = err + np.abs(slope) * ea
+        err = err + times(np.abs(slope), ea)
     return value, err
 
 

@@ -9,7 +9,9 @@ and where.
 from __future__ import annotations
 
 import ast
+import keyword
 import math
+import unicodedata
 
 from ..errors import ExpressionError
 from .ir import Call, Const, Node, Var
@@ -48,10 +50,25 @@ def parse(text: str, names: set[str] | frozenset[str] | None = None) -> Node:
     return _Converter(text, names).convert(tree.body, 0)
 
 
+def _nfkc(name: str) -> str:
+    return unicodedata.normalize("NFKC", name)
+
+
 class _Converter:
+    """Identifiers compare as Python compares them: after NFKC normalisation (``ast`` already normalises the
+    expression's, so a declared ``ｘ`` is the ``x`` written in it); a declared name stays the Var's name."""
+
     def __init__(self, text: str, names):
         self.text = text
-        self.names = None if names is None else frozenset(names)
+        self.names = None if names is None else frozenset(_nfkc(n) for n in names)
+        self.declared = {} if names is None else {_nfkc(n): n for n in sorted(names)}
+        if names is not None and len(self.declared) < len(set(names)):
+            same = sorted(n for n in names if sum(_nfkc(m) == _nfkc(n) for m in names) > 1)
+            raise ExpressionError(f"vars {', '.join(map(repr, same))} are one name after NFKC normalisation "
+                                  f"(as Python reads identifiers)")
+        for n in sorted(names or ()):
+            if keyword.iskeyword(_nfkc(n)):
+                raise ExpressionError(f"var {n!r} is the Python keyword {_nfkc(n)!r} (after NFKC normalisation)")
 
     def fail(self, message: str, node: ast.AST | None = None):
         col = getattr(node, "col_offset", None) if node is not None else None
@@ -103,6 +120,8 @@ class _Converter:
 
     def name(self, node: ast.Name) -> Node:
         ident = node.id
+        if keyword.iskeyword(ident):  # a fullwidth keyword (ｉｆ) reaches here as 'if'
+            self.fail(f"name '{ident}' is a Python keyword (after NFKC normalisation)", node)
         if ident.startswith("_"):
             self.fail(f"name '{ident}' is not allowed (names may not start with '_')", node)
         if ident in CONSTANTS and (self.names is None or ident not in self.names):
@@ -112,7 +131,7 @@ class _Converter:
                 self.fail(f"'{ident}' is a function: call it as {ident}(...)", node)
             declared = ", ".join(sorted(self.names)) or "none"
             self.fail(f"unknown name '{ident}' (declared vars: {declared})", node)
-        return Var(ident)
+        return Var(self.declared.get(ident, ident))
 
     def call(self, node: ast.Call, depth: int) -> Node:
         if not isinstance(node.func, ast.Name):

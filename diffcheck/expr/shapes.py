@@ -7,6 +7,8 @@ from .ir import Call, Const, Node, Var, to_text
 
 Shape = tuple[int, ...]
 MAX_INTERMEDIATE = 20_000_000  # entries: a hostile broadcast ([4e6, 1] + [1, 4e6]) must not exhaust memory
+MAX_TOTAL = 50_000_000  # entries of all intermediates together: 190 nested ops over 4M entries must not either
+FIXED = "a fixed limit of diffcheck, not configurable: split the case or use smaller shapes"
 
 
 def broadcast(a: Shape, b: Shape, what: str = "") -> Shape:
@@ -59,26 +61,38 @@ def matmul_shape(a: Shape, b: Shape, what: str = "") -> Shape:
     return out
 
 
-def infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
+def infer(node: Node, var_shapes: dict[str, Shape], sizes: dict | None = None) -> Shape:
     """Shape of ``node``'s value; raises ExpressionError naming the sub-expression that does not fit, or one
-    whose result would be too large to hold."""
-    shape = _infer(node, var_shapes)
+    whose result would be too large to hold, or when all intermediates together would be (``sizes`` collects
+    them from the recursion)."""
+    top = sizes is None
+    sizes = {} if top else sizes
+    shape = _infer(node, var_shapes, sizes)
+    size = _size(shape, node)
+    sizes[node.name if isinstance(node, Var) else len(sizes)] = size  # each var counts once
+    if top and sum(sizes.values()) > MAX_TOTAL:
+        raise ExpressionError(f"the expression's intermediates would hold {sum(sizes.values())} entries in total "
+                              f"over {len(sizes)} steps; the limit is {MAX_TOTAL} ({FIXED})")
+    return shape
+
+
+def _size(shape: Shape, node: Node) -> int:
     size = 1
     for d in shape:
         size *= d
     if size > MAX_INTERMEDIATE:
         raise ExpressionError(f"'{to_text(node)[:60]}' would have {size} entries (shape {list(shape)}); "
-                              f"the limit is {MAX_INTERMEDIATE}")
-    return shape
+                              f"the limit is {MAX_INTERMEDIATE} ({FIXED})")
+    return size
 
 
-def _infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
+def _infer(node: Node, var_shapes: dict[str, Shape], sizes: dict) -> Shape:
     if isinstance(node, Const):
         return ()
     if isinstance(node, Var):
         return tuple(var_shapes[node.name])
     assert isinstance(node, Call)
-    shapes = [infer(a, var_shapes) for a in node.args]
+    shapes = [infer(a, var_shapes, sizes) for a in node.args]
     what = f"in '{to_text(node)}': " if len(to_text(node)) < 80 else f"in {node.op}(): "
     op = node.op
     if op == "matmul":
@@ -93,8 +107,8 @@ def _infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
             raise ExpressionError(f"{what}{op}() takes one integer dim, got {node.param('dim')!r}")
         normalize_dims(node.param("dim"), len(shapes[0]), what)
         return shapes[0]
-    if op == "mse_loss":
-        broadcast(shapes[0], shapes[1], what)
+    if op == "mse_loss":  # the difference is an intermediate of the broadcast shape
+        sizes[len(sizes)] = _size(broadcast(shapes[0], shapes[1], what), node)
         return ()
     if op == "binary_cross_entropy":
         if shapes[0] != shapes[1]:
