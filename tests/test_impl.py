@@ -8,6 +8,8 @@ from diffcheck.runner import Options, load, run_case
 
 from .conftest import ROOT
 
+pytest_plugins = ["pytester"]
+
 CORPUS = ROOT / "benchmarks" / "bug_corpus" / "cases.toml"
 CASES = [c for c in load([CORPUS]) if isinstance(c, Case)]
 BUGS = [c for c in CASES if c.name.startswith("bug_")]
@@ -150,3 +152,187 @@ def test_impl_on_a_kink_everywhere_warns_and_skips_differences_but_never_fails()
     assert result.ok
     assert any(c.kind == "self_fd" and c.status == "skip" and "kink" in c.message for c in result.checks)
     assert any(c.kind == "grad" and c.status == "warn" for c in result.checks)
+
+
+# ---- an impl that raises or returns nonsense: that case fails with a clear message, the run goes on ----
+MISBEHAVING = '''
+import torch
+
+class Boom(BaseException):
+    pass
+
+def value_error(x):
+    raise ValueError("boom")
+
+def key_error(x):
+    return {}["missing"]
+
+def system_exit(x):
+    raise SystemExit(3)
+
+def base_exception(x):
+    raise Boom("not an Exception")
+
+def memory_error(x):
+    raise MemoryError("out of memory")
+
+class BackwardRaises(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        raise ValueError("boom in backward")
+
+def backward_raises(x):
+    return BackwardRaises.apply(x)
+
+def scalar_shape(x):
+    return (x * 2).sum()
+
+def column_shape(x):
+    return (x * 2).reshape(3, 1)
+
+def returns_list(x):
+    return [x * 2]
+
+def returns_tuple(x):
+    return (x * 2,)
+
+def returns_float32(x):
+    return (x * 2).float()
+
+def good(x):
+    return x * 2
+'''
+
+MISBEHAVIOURS = {
+    "value_error": "the impl raised ValueError: boom (in forward, mine.py:",
+    "key_error": "the impl raised KeyError: 'missing' (in forward, mine.py:",
+    "system_exit": "the impl raised SystemExit: 3 (in forward",
+    "base_exception": "the impl raised Boom: not an Exception (in forward",
+    "memory_error": "the impl raised MemoryError: out of memory (in forward",
+    "backward_raises": "the impl raised ValueError: boom in backward (in backward, mine.py:",
+    "scalar_shape": "the impl returned shape [] where [3] is expected",
+    "column_shape": "the impl returned shape [3, 1] where [3] is expected",
+    "returns_list": "the impl returned list, not a tensor",
+    "returns_tuple": "the impl returned tuple, not a tensor",
+    "returns_float32": "the impl computes in lower precision than its inputs: its output is float32 in a float64 run",
+}
+
+
+def misbehaving_file(root) -> str:
+    (root / "mine.py").write_text(MISBEHAVING)
+    text = "".join(f'[[case]]\nname = "{n}"\nexpr = "2*x"\nimpl = "mine:{n}"\nvars.x = {{ shape = [3] }}\n'
+                   f'devices = ["cpu"]\n' for n in [*MISBEHAVIOURS, "good"])
+    (root / "cases.toml").write_text(text)
+    return str(root / "cases.toml")
+
+
+def test_a_misbehaving_impl_fails_its_case_and_the_run_goes_on_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from diffcheck.cli import main
+
+    result = CliRunner().invoke(main, ["run", misbehaving_file(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.output.splitlines()
+    for name, message in MISBEHAVIOURS.items():
+        [line] = [ln for ln in lines if ln.endswith(f"::{name}") or f"::{name}  " in ln]
+        assert line.startswith("FAIL") and message in line, line
+    assert any(ln.startswith("PASS") and "::good  " in ln for ln in lines)
+    assert f"1 passed, {len(MISBEHAVIOURS)} failed" in result.output
+
+
+def test_a_misbehaving_impl_fails_its_case_through_the_api(tmp_path):
+    import importlib.util
+
+    import diffcheck
+
+    misbehaving_file(tmp_path)
+    spec = importlib.util.spec_from_file_location("mine_api", tmp_path / "mine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name, message in MISBEHAVIOURS.items():
+        result = diffcheck.check("2*x", {"x": {"shape": [3]}}, impl=getattr(module, name))
+        assert result.status == "fail" and message.split(" (in")[0] in result.message, (name, result.message)
+        crashed = [c for c in result.checks if "impl_failure" in c.details]
+        assert name == "returns_float32" or crashed, name
+    assert diffcheck.check("2*x", {"x": {"shape": [3]}}, impl=module.good).ok
+
+
+def test_a_misbehaving_impl_fails_its_items_through_the_plugin(pytester):
+    misbehaving_file(pytester.path)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    # good's three items pass, and returns_float32's [float32-cpu] item (float32 is right there)
+    assert outcomes.get("passed") == 4 and outcomes.get("failed") == 3 * len(MISBEHAVIOURS) - 1, outcomes
+    text = result.stdout.str()
+    assert "INTERNALERROR" not in text and "Traceback" not in text
+    for message in MISBEHAVIOURS.values():
+        assert message in text, message
+
+
+def test_an_impl_that_never_returns_times_out_and_the_run_goes_on(tmp_path):
+    from click.testing import CliRunner
+
+    from diffcheck.cli import main
+
+    (tmp_path / "mine.py").write_text("import time\ndef forever(x):\n    while True:\n        time.sleep(0.05)\n"
+                                      "def good(x):\n    return x * 2\n")
+    (tmp_path / "cases.toml").write_text("".join(
+        f'[[case]]\nname = "{n}"\nexpr = "2*x"\nimpl = "mine:{n}"\nvars.x = {{ shape = [3] }}\ndevices = ["cpu"]\n'
+        for n in ("forever", "good")))
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "cases.toml"), "--device", "cpu", "--timeout", "1"])
+    assert result.exit_code == 1, result.output
+    assert "timed out after 1 s (in the impl's forward)" in result.output
+    assert "1 passed, 1 failed" in result.output
+
+
+def test_an_impl_that_swallows_the_timeout_still_stops():
+    """The watchdog fires again every second, so code that catches BaseException a few times is still stopped."""
+    import diffcheck
+
+    count = {"n": 0}
+
+    def swallows_twice(x):
+        while True:
+            try:
+                while True:
+                    pass
+            except BaseException:
+                count["n"] += 1
+                if count["n"] > 2:
+                    raise
+
+    result = diffcheck.check("2*x", {"x": {"shape": [3]}}, impl=swallows_twice, timeout=2)
+    assert result.status == "fail" and "timed out after 2 s (in the impl's forward)" in result.message
+    assert count["n"] == 3
+
+
+def test_the_timeout_covers_the_backward_too(tmp_path):
+    import diffcheck
+
+    source = '''
+import torch
+
+class Hangs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        while True:
+            pass
+'''
+    (tmp_path / "hangs.py").write_text(source)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hangs_mod", tmp_path / "hangs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = diffcheck.check("2*x", {"x": {"shape": [3]}}, impl=module.Hangs, timeout=1)
+    assert result.status == "fail" and "timed out after 1 s (in the impl's backward)" in result.message
