@@ -120,6 +120,7 @@ def run_case(case: Case, options: Options | None = None) -> CaseResult:
     result = CaseResult(case.name, case.path, "pass", seed=seed)
     from .engines.impl import Timeout, time_limit
 
+    _import_engines(case)  # before the watchdog starts: importing torch and sympy is not the case's time
     try:
         with time_limit(options.timeout) as enforced:
             _run_checks(case, options, seed, result)
@@ -139,6 +140,14 @@ def run_case(case: Case, options: Options | None = None) -> CaseResult:
     if result.status == "pass":
         _verdict(result)
     return result
+
+
+def _import_engines(case) -> None:
+    if getattr(case, "model", None) is not None:
+        from . import training  # noqa: F401
+    else:
+        from . import checks  # noqa: F401
+        from .engines import autograd, symbolic  # noqa: F401
 
 
 def _run_checks(case: Case, options: Options, seed: int, result: CaseResult) -> None:
