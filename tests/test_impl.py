@@ -82,6 +82,27 @@ def test_order_2_catches_a_backward_that_is_not_differentiable(tmp_path):
     assert any(c.kind == "hvp" and c.status == "fail" for c in result.checks)
     first_order = [c for c in result.checks if c.kind == "grad"]
     assert first_order and all(c.status == "pass" for c in first_order)
+    assert result.message.startswith("the impl's first-order gradient is right; its double backward is wrong (")
+    numeric = DETACHED_BACKWARD.replace("2 * x.detach() * g", "2 * x.detach() * g + 0 * x")  # Hv = 0, not 2v
+    result = run_case(impl_case(tmp_path, numeric, expr="x**2", order=2), Options(devices=("cpu",)))
+    assert result.message.startswith("the impl's first-order gradient is right; its double backward is wrong "
+                                     "(hvp x [float64 cpu]: "), result.message
+
+
+def test_order_2_a_double_backward_that_raises_keeps_the_first_order_verdict(tmp_path):
+    source = DETACHED_BACKWARD.replace("        (x,) = ctx.saved_tensors\n        return 2 * x.detach() * g",
+                                       "        (x,) = ctx.saved_tensors\n        with torch.no_grad():\n"
+                                       "            return 2 * x * g")
+    assert "no_grad" in source
+    result = run_case(impl_case(tmp_path, source, expr="x**2", order=2), Options(devices=("cpu",)))
+    assert result.status == "fail"
+    assert result.message.startswith("the impl's first-order gradient is right; its double backward is wrong "
+                                     "(the impl raised RuntimeError"), result.message
+    assert "does not run" not in result.message
+    hvp = [c for c in result.checks if c.kind == "hvp"]
+    assert hvp and all(c.details["impl_failure"]["phase"] == "double backward" for c in hvp)
+    twin = DETACHED_BACKWARD.replace("x.detach()", "x")
+    assert run_case(impl_case(tmp_path, twin, expr="x**2", order=2), Options(devices=("cpu",))).status == "pass"
 
 
 def test_order_2_passes_for_torch_ops():
@@ -336,3 +357,141 @@ class Hangs(torch.autograd.Function):
     spec.loader.exec_module(module)
     result = diffcheck.check("2*x", {"x": {"shape": [3]}}, impl=module.Hangs, timeout=1)
     assert result.status == "fail" and "timed out after 1 s (in the impl's backward)" in result.message
+
+
+# ---- the API takes a class with impl_args ----
+def _module_from(tmp_path, source: str, name: str):
+    import importlib.util
+
+    (tmp_path / f"{name}.py").write_text(source)
+    spec = importlib.util.spec_from_file_location(name, tmp_path / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_api_takes_a_function_class_with_impl_args(tmp_path):
+    import diffcheck
+
+    elu = _module_from(tmp_path, ELU_WITH_ALPHA, "elu_api").Elu
+    variables = {"x": {"shape": [6], "domain": [-2.0, 2.0]}}
+    assert diffcheck.check("elu(x, alpha=0.5)", variables, impl=elu, impl_args={"alpha": 0.5}).ok
+    wrong = diffcheck.check("elu(x, alpha=0.5)", variables, impl=elu, impl_args={"alpha": 0.7})
+    assert wrong.status == "fail"
+
+
+SCALED = '''
+import torch
+
+class Scale(torch.nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return self.factor * x
+'''
+
+
+def test_api_takes_a_module_class_with_impl_args(tmp_path):
+    import diffcheck
+
+    scale = _module_from(tmp_path, SCALED, "scale_api").Scale
+    assert diffcheck.check("3*x", {"x": {"shape": [4]}}, impl=scale, impl_args={"factor": 3.0}).ok
+    assert diffcheck.check("3*x", {"x": {"shape": [4]}}, impl=scale, impl_args={"factor": 2.0}).status == "fail"
+    with pytest.raises(diffcheck.CaseError, match="impl_args names a var"):
+        diffcheck.check("3*x", {"x": {"shape": [4]}}, impl=scale, impl_args={"x": 3.0})
+
+
+# ---- a backward that changes, on a later call, the tensor it returned (CoinCheung's Swish/Mish pattern) ----
+SWISH = '''
+import torch
+
+class SwishInPlace(torch.autograd.Function):
+    """Wrong on purpose: the derivative kept on ctx is scaled in place and returned, so every further backward
+    on the same graph multiplies the previous grad_output in."""
+
+    @staticmethod
+    def forward(ctx, x):
+        s = torch.sigmoid(x)
+        ctx.grad = s * (1 + x * (1 - s))
+        return x * s
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad = ctx.grad
+        grad *= grad_output
+        return grad
+
+class Swish(torch.autograd.Function):
+    """The correct twin: a new tensor per backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        s = torch.sigmoid(x)
+        ctx.grad = s * (1 + x * (1 - s))
+        return x * s
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return ctx.grad * grad_output
+'''
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_backward_that_is_not_reentrant_is_reported_as_such(tmp_path, dtype):
+    case = impl_case(tmp_path, SWISH.replace("class SwishInPlace", "class f"), expr="silu(x)",
+                     vars={"x": {"shape": [5], "domain": [-3.0, 3.0]}})
+    result = run_case(case, Options(devices=("cpu",), dtypes=(dtype,)))
+    assert result.status == "fail"
+    assert result.message.startswith("the impl's backward is not reentrant / not deterministic"), result.message
+    assert "never reached" not in result.message
+    semantic = [c for c in result.checks if c.kind == "semantic" and c.dtype == dtype]
+    assert semantic and semantic[0].details["nondeterministic"] == ["x"]
+
+
+def test_the_reentrant_twin_passes(tmp_path):
+    case = impl_case(tmp_path, SWISH.replace("class Swish(", "class f("), expr="silu(x)",
+                     vars={"x": {"shape": [5], "domain": [-3.0, 3.0]}})
+    result = run_case(case, Options(devices=("cpu",)))
+    assert result.status == "pass", result.message
+
+
+# ---- an impl that computes in float32 inside a float64 run ----
+LOW_PRECISION = '''
+import torch
+
+def f(x, w):
+    """Wrong on purpose: rounds to float32 inside, returns the inputs' dtype."""
+    return torch.tanh(x.float() @ w.float()).to(x.dtype)
+
+def twin(x, w):
+    return torch.tanh(x @ w)
+'''
+
+
+def test_an_impl_computing_in_float32_inside_is_said_to_lose_precision(tmp_path):
+    variables = {"x": {"shape": [3, 4]}, "w": {"shape": [4, 2]}}
+    case = impl_case(tmp_path, LOW_PRECISION, expr="tanh(x @ w)", vars=variables)
+    result = run_case(case, Options(devices=("cpu",)))
+    assert result.status == "fail"
+    assert result.message.startswith("the impl computes in lower precision than its inputs: in float64"), \
+        result.message
+    assert "within float32's rounding budget" in result.message
+    assert not any(c.status == "fail" for c in result.checks if c.dtype == "float32")
+    marked = [c for c in result.checks if "lower_precision" in c.details]
+    assert marked and all(c.details["lower_precision"]["margin"] <= 1 for c in marked)
+    twin = impl_case(tmp_path, LOW_PRECISION.replace("def f(", "def g(").replace("def twin(", "def f("),
+                     expr="tanh(x @ w)", vars=variables)
+    assert run_case(twin, Options(devices=("cpu",))).status == "pass"
+
+
+def test_a_real_backward_bug_is_not_called_lower_precision(tmp_path):
+    source = "import torch\ndef f(x):\n    return x * x + (x * 1e-3).detach() * 0\n" \
+             "class F(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x):\n" \
+             "        ctx.save_for_backward(x)\n        return x * x\n    @staticmethod\n" \
+             "    def backward(ctx, g):\n        (x,) = ctx.saved_tensors\n        return g * 2 * x * (1 + 1e-6)\n"
+    case = impl_case(tmp_path, source.replace("def f(", "def unused(").replace("class F(", "class f("))
+    result = run_case(case, Options(devices=("cpu",)))
+    assert result.status == "fail" and "backward is wrong" in result.message
+    assert "lower precision" not in result.message

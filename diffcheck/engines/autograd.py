@@ -156,11 +156,12 @@ def _semantic(out, leaves, grad_vars, vjps, cotangents, dtype, device, nondeterm
         if grad is not None and bool(torch.any(grad != 0)):
             problems.append(f"a zero upstream gradient gave a nonzero gradient of {name} "
                             f"(max {float(grad.abs().max()):.3g}): backward ignores grad_output")
-    last = len(cotangents) - 1
-    again = torch.autograd.grad(out, leaves, _cotangent(cotangents[last], out, dtype, device), retain_graph=True,
+    # repeat the first cotangent (ones, nonzero everywhere) after all the others: a backward that changes what it
+    # returned earlier (a ctx-kept tensor scaled in place) gives another gradient now
+    again = torch.autograd.grad(out, leaves, _cotangent(cotangents[0], out, dtype, device), retain_graph=True,
                                 allow_unused=True)
     for name, grad in zip(grad_vars, again):
-        first = vjps[last][name]
+        first = vjps[0][name]
         second = to_numpy(grad).reshape(first.shape) if grad is not None else np.zeros(first.shape)
         diff = float(np.max(np.abs(first - second), initial=0.0))
         limit = 0.0 if device == "cpu" else np.sqrt(first.size) * 2.0**-24 * float(np.max(np.abs(first), initial=0))

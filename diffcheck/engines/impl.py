@@ -152,7 +152,8 @@ def _import(parts: list[str], roots: list[Path], sys_path: bool, fail):
         if parts[0] in sys.stdlib_module_names or parts[0] in sys.builtin_module_names:
             fail("is a standard-library module: an impl must be your own code")
         return _exec(lambda: importlib.import_module(module_name), module_name, None, roots, fail)
-    unique = f"diffcheck_impl_{abs(hash(str(path)))}_{module_name.replace('.', '_')}"
+    stat = path.stat()  # a file changed since (a long-lived process, an edited impl) is imported afresh
+    unique = f"diffcheck_impl_{abs(hash((str(path), stat.st_mtime_ns, stat.st_size)))}_{module_name.replace('.', '_')}"
     if unique in sys.modules:
         return sys.modules[unique]
 
