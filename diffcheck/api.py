@@ -15,7 +15,8 @@ def check(expr: str, vars: dict, impl=None, *, name: str = "check", dtypes=("flo
     ``vars`` takes the case-file keys (``{"x": {"shape": [3, 4], "domain": [-3, 3]}}``); ``impl`` is a callable
     (function, ``torch.autograd.Function`` subclass, ``nn.Module`` class or instance) or a ``"module:attribute"``
     string (looked up under the current directory and ``impl_path``; from sys.path only with ``impl_sys_path``).
-    ``timeout`` bounds the case's seconds (0: none; enforced in the main thread only). The result's ``assert_ok()`` raises AssertionError with the localized report unless it passed::
+    ``timeout`` bounds the case's seconds (0: none; enforced in the main thread only). The result's
+    ``assert_ok()`` raises AssertionError with the localized report unless it passed::
 
         diffcheck.check("sigmoid(x)", vars={"x": {"shape": [3, 4]}}, impl=MySigmoid).assert_ok()
     """

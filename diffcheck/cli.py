@@ -67,6 +67,9 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
     except UsageError as exc:
         click.echo(f"diffcheck: usage error: {exc}", err=True)
         sys.exit(2)
+    if timeout != timeout:  # nan
+        click.echo("diffcheck: usage error: --timeout takes seconds >= 0 (0: none), got nan", err=True)
+        sys.exit(2)
     options = Options(devices=devices, dtypes=tuple(dtypes) or None, pattern=pattern, seed=seed, verbose=verbose,
                       plot_dir=plot_dir, impl_path=tuple(impl_path), impl_sys_path=impl_sys_path, no_impl=no_impl,
                       timeout=timeout)

@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 import diffcheck
