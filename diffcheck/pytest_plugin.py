@@ -32,6 +32,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "diffcheck: a diffcheck case file item")
     config.addinivalue_line("markers", "cuda: a diffcheck item that runs on CUDA")
+    _timeout(config)  # a bad value is a usage error before anything runs
 
 
 def pytest_collect_file(file_path, parent):

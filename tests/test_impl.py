@@ -495,3 +495,47 @@ def test_a_real_backward_bug_is_not_called_lower_precision(tmp_path):
     result = run_case(case, Options(devices=("cpu",)))
     assert result.status == "fail" and "backward is wrong" in result.message
     assert "lower precision" not in result.message
+
+
+def test_the_timeout_through_the_plugin_ini_option(pytester):
+    (pytester.path / "mine.py").write_text("def forever(x):\n    while True:\n        pass\n")
+    (pytester.path / "case.toml").write_text('name = "forever"\nexpr = "2*x"\nimpl = "mine:forever"\n'
+                                             'vars.x = { shape = [3] }\ndevices = ["cpu"]\n')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-o", "diffcheck_timeout=1")
+    assert result.parseoutcomes().get("failed") == 3
+    assert "timed out after 1 s (in the impl's forward)" in result.stdout.str()
+    bad = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-o", "diffcheck_timeout=soon")
+    assert bad.ret == 4 and "diffcheck_timeout takes seconds" in bad.stderr.str()
+
+
+def test_the_timeout_is_said_to_be_off_outside_the_main_thread():
+    import threading
+
+    import diffcheck
+
+    results = []
+    thread = threading.Thread(target=lambda: results.append(diffcheck.check("2*x", {"x": {"shape": [3]}},
+                                                                             impl=lambda x: 2 * x, timeout=5)))
+    thread.start()
+    thread.join()
+    [result] = results
+    assert result.ok
+    assert any(c.kind == "timeout" and c.status == "skip" and "not enforced off the main thread" in c.message
+               for c in result.checks)
+
+
+def test_a_nan_timeout_is_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+
+    from diffcheck.cli import main
+
+    (tmp_path / "case.toml").write_text('name = "c"\nexpr = "x"\nvars.x = {}\n')
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "case.toml"), "--timeout", "nan"])
+    assert result.exit_code == 2 and "--timeout takes seconds" in result.output
+
+
+def test_order_2_with_a_wrong_first_order_gives_the_first_order_verdict_first(tmp_path):
+    source = DETACHED_BACKWARD.replace("2 * x.detach() * g", "3 * x.detach() * g + 0 * x")
+    result = run_case(impl_case(tmp_path, source, expr="x**2", order=2), Options(devices=("cpu",)))
+    assert result.message.startswith("the impl's backward is wrong (grad x"), result.message
+    assert result.message.endswith("; its double backward fails too")
