@@ -146,11 +146,12 @@ def _import(parts: list[str], roots: list[Path], sys_path: bool, fail):
         fail(f"{clean(str(path.path))} resolves outside {clean(str(path.root))} (a symlink): refused")
     if path is None:
         where = ", ".join(clean(str(r)) for r in roots)
+        if parts[0] in sys.stdlib_module_names or parts[0] in sys.builtin_module_names:
+            fail(f"no module {clean(repr(module_name))} under {where}, and a standard-library module is never "
+                 "an impl: it must be your own code")
         if not sys_path:
             fail(f"no module {clean(repr(module_name))} under {where}; modules from sys.path (installed "
                  "packages) are imported only with --allow-sys-path-impl (pytest: diffcheck_impl_sys_path = true)")
-        if parts[0] in sys.stdlib_module_names or parts[0] in sys.builtin_module_names:
-            fail("is a standard-library module: an impl must be your own code")
         return _exec(lambda: importlib.import_module(module_name), module_name, None, roots, fail)
     stat = path.stat()  # a file changed since (a long-lived process, an edited impl) is imported afresh
     unique = f"diffcheck_impl_{abs(hash((str(path), stat.st_mtime_ns, stat.st_size)))}_{module_name.replace('.', '_')}"
