@@ -241,3 +241,16 @@ def test_a_failing_import_shows_the_real_exception(tmp_path):
     (tmp_path / "mine.py").write_text("import sys\nsys.exit(3)\n")  # SystemExit while importing: still an error
     result = CliRunner().invoke(main, ["run", str(case), "--device", "cpu"])
     assert result.exit_code == 2 and "raised SystemExit: 3" in result.output, result.output
+
+
+def test_impl_path_through_the_plugin_ini_option(pytester):
+    root = Path(pytester.path)
+    (root / "lib").mkdir()
+    (root / "lib" / "kernels.py").write_text(IMPL)
+    (root / "cases").mkdir()
+    (root / "cases" / "case.toml").write_text(CASE.format(impl="kernels:f"))
+    refused = pytester.runpytest_subprocess("-p", "no:cacheprovider", "cases")
+    assert refused.parseoutcomes().get("failed") == 3 and "no module 'kernels' under" in refused.stdout.str()
+    pytester.makeini("[pytest]\ndiffcheck_impl_path = lib\n")
+    found = pytester.runpytest_subprocess("-p", "no:cacheprovider", "cases")
+    assert found.parseoutcomes().get("passed") == 3, found.stdout.str()[-2000:]
