@@ -16,14 +16,17 @@ WHERE = "<diffcheck.check>"
 
 def check(expr: str, vars: dict, impl=None, *, name: str = "check", dtypes=("float64", "float32"),
           devices=("cpu",), seed: int = 0, order: int = 1, expect: dict | None = None,
-          tolerance: dict | None = None, impl_args: dict | None = None) -> CaseResult:
+          tolerance: dict | None = None, impl_args: dict | None = None, impl_path=(), impl_sys_path: bool = False,
+          timeout: float = 300.0) -> CaseResult:
     """Check the gradient of ``expr`` (and of ``impl``, when given) like a case file would, and return the result.
 
     ``vars`` takes the case-file keys (``{"x": {"shape": [3, 4], "domain": [-3, 3]}}``); ``impl`` is a callable
     (function, ``torch.autograd.Function`` subclass, ``nn.Module`` class or instance) or a ``"module:attribute"``
     string. A var may also be given as a number, a numpy array or a torch tensor (its value and shape; a tensor with
     ``requires_grad=False`` is held constant), alone or as ``{"value": array, ...}``. ``dtypes`` and ``devices``
-    take one name or a sequence (torch dtypes and devices too); None means the default. The result's
+    take one name or a sequence (torch dtypes and devices too); None means the default. An impl string is looked
+    up under the current directory and ``impl_path`` (from sys.path only with ``impl_sys_path``). ``timeout``
+    bounds the case's seconds (0: none; enforced in the main thread only). The result's
     ``assert_ok()`` raises AssertionError with the localized report unless it passed::
 
         diffcheck.check("sigmoid(x)", vars={"x": {"shape": [3, 4]}}, impl=MySigmoid).assert_ok()
@@ -40,8 +43,8 @@ def check(expr: str, vars: dict, impl=None, *, name: str = "check", dtypes=("flo
         raw["expect"] = expect
     if tolerance is not None:
         raw["tolerance"] = tolerance
-    if isinstance(impl, str):
-        raw["impl"] = impl
+    if impl is not None:  # an object is put in after validation; a placeholder lets impl_args through
+        raw["impl"] = impl if isinstance(impl, str) else "<python object>"
     if impl_args:
         raw["impl_args"] = impl_args
     case = build_case(raw, "<diffcheck.check>")
@@ -49,7 +52,8 @@ def check(expr: str, vars: dict, impl=None, *, name: str = "check", dtypes=("flo
         from dataclasses import replace
 
         case = replace(case, impl=impl, impl_args=dict(impl_args or {}))
-    return run_case(case, Options(devices=tuple(devices)))
+    return run_case(case, Options(devices=tuple(devices), impl_path=tuple(map(str, impl_path)),
+                                  impl_sys_path=impl_sys_path, timeout=timeout))
 
 
 def _names(value, arg: str, default: tuple) -> list:

@@ -62,7 +62,13 @@ class CaseChecks:
         if case.impl:
             from .engines import impl
 
-            fn = impl.load(case.impl, case.base_dir, list(case.vars), case.impl_args, case.path, case.name)
+            if getattr(self.options, "no_impl", False):  # untrusted input: nothing is imported
+                self.add(Check("grad", "impl", "symbolic", status="skip",
+                               message="impl cases are not run under --no-impl (nothing was imported)"))
+                return
+            fn = impl.load(case.impl, case.base_dir, list(case.vars), case.impl_args, case.path, case.name,
+                           getattr(self.options, "impl_path", ()), getattr(self.options, "impl_sys_path", False))
+            fn = impl.guard(fn, case.out_shape)
         else:
             fn = build(case.ir)
         self.low = tol.lowest(case.dtypes)  # the case's, not the run's: --dtype must not move the point
@@ -272,7 +278,7 @@ class CaseChecks:
 
     # ---- a user's implementation: its backward against its own forward, forward mode against reverse ----
     def check_impl_self_consistency(self, fn, fwd, grads) -> None:
-        from .engines.autograd import run, to_numpy, to_tensor
+        from .engines.autograd import to_numpy, to_tensor
 
         point = self.point("float64")
         names = list(self.case.vars)
@@ -284,11 +290,18 @@ class CaseChecks:
                 return to_numpy(fn(**{n: to_tensor(inputs[n], "float64", "cpu") for n in names}))
 
         try:
+            self.self_fd(fn, fwd, grads, impl_forward, point)
+        except BaseException as exc:  # user code: a crash is a finding, not a diffcheck error
+            check = Check("self_fd", "impl", "finite differences of the impl", dtype="float64", device="cpu")
+            if not self.user_failure(exc, check, "backward"):
+                raise
+
+    def self_fd(self, fn, fwd, grads, impl_forward, point) -> None:
+        from .engines.autograd import run
+        from .engines.impl import phase
+
+        with phase("the impl's backward"):
             res = run(fn, point, self.case.grad_vars, "float64", "cpu", self.cotangents)
-        except Exception as exc:  # user code: a crash is a finding, not a diffcheck error
-            self.add(Check("self_fd", "impl", "finite differences of the impl", dtype="float64", device="cpu",
-                           status="fail", message=f"the impl raised {type(exc).__name__}: {exc}"[:300]))
-            return
         for ci in sorted({0, len(self.cotangents) - 1}):
             evaluate, noise = self.evaluator(ci, fwd, impl_forward)
             for name in self.case.grad_vars:
@@ -315,6 +328,7 @@ class CaseChecks:
         try:
             jv = jvp(fn, point, names, v, "float64", "cpu")
         except Exception as exc:  # forward mode is optional for a custom Function
+            exc = getattr(exc, "exception", None) or exc  # what the impl itself raised, under the guard's wrapper
             check.status = "skip"
             reason = " ".join(str(exc).split())  # whole, on one line
             check.message = f"forward mode not supported by the impl: {type(exc).__name__}: {reason}"
@@ -342,6 +356,7 @@ class CaseChecks:
         gradient (second derivatives have no error budget yet: the allowance is 64 u per entry, stated)."""
         from .engines import finite
         from .engines.autograd import hvp
+        from .engines.impl import phase
 
         point = self.point("float64")
         names = self.case.grad_vars
@@ -356,8 +371,14 @@ class CaseChecks:
         ref, err = finite.directional_vector(gradient, point, v)
         for dtype in self.dtypes:
             try:
-                got = hvp(fn, self.point(dtype), names, cot, v, dtype, "cpu")
-            except Exception as exc:  # user code or an op without double backward
+                with phase("the impl's double backward"):
+                    got = hvp(fn, self.point(dtype), names, cot, v, dtype, "cpu")
+            except BaseException as exc:  # user code or an op without double backward
+                check = Check("hvp", self.engine, "symbolic", dtype=dtype, device="cpu")
+                if self.case.impl and self.user_failure(exc, check, "double backward"):
+                    continue
+                if not isinstance(exc, Exception):
+                    raise
                 self.add(Check("hvp", self.engine, "symbolic", dtype=dtype, device="cpu", status="fail",
                                message=f"double backward raised {type(exc).__name__}: {str(exc)[:160]}"))
                 continue
@@ -368,6 +389,25 @@ class CaseChecks:
                 tolerance = tol.Tolerance(allowed, None, None, "4 x Richardson error + 64 u x |Hv| (second order)")
                 self.add(compare(Check("hvp", self.engine, "symbolic", var=n, dtype=dtype, device="cpu"),
                                  got[n], ref[n], tolerance))
+
+    def user_failure(self, exc: BaseException, check: Check, phase_name: str) -> bool:
+        """Record ``exc``, escaping a call of the impl, as the failing ``check`` with the structured
+        ``details["impl_failure"]`` (a skip where torch has no kernel for the dtype). False when it must
+        propagate: KeyboardInterrupt and the case's timeout."""
+        from .engines.impl import ImplFailure, Timeout
+
+        if isinstance(exc, KeyboardInterrupt | Timeout):
+            return False
+        failure = ImplFailure.of(exc, phase_name)
+        cause = failure.exception
+        if cause is not None and "not implemented for" in str(cause):
+            check.status = "skip"
+            check.message = f"torch raised {type(cause).__name__}: {str(cause).strip().splitlines()[0][:200]}"
+        else:
+            check.status, check.message = "fail", failure.message
+            check.details["impl_failure"] = dict(failure.details, message=failure.message)
+        self.add(check)
+        return True
 
     # ---- known answers ----
     def check_expect_reference(self, fwd, grads) -> None:
@@ -392,6 +432,7 @@ class CaseChecks:
     # ---- autograd vs the reference ----
     def check_autograd(self, fn, dtype: str, device: str) -> None:
         from .engines.autograd import run
+        from .engines.impl import phase
 
         case = self.case
         fwd, grads = self.reference(dtype)
@@ -416,26 +457,58 @@ class CaseChecks:
             # torch's own ops on CPU: once per device is enough for the zero-cotangent and determinism checks;
             # a user's implementation, and CUDA (atomics), get them in every dtype
             semantic = bool(case.impl) or device != "cpu" or dtype == self.dtypes[0]
-            res = run(fn, self.point(dtype), case.grad_vars, dtype, device, self.cotangents, semantic)
-        except (RuntimeError, NotImplementedError, TypeError) as exc:
+            with phase("the impl's backward"):
+                res = run(fn, self.point(dtype), case.grad_vars, dtype, device, self.cotangents, semantic)
+        except BaseException as exc:  # a user's impl: whatever it raises is a finding about it
+            if case.impl and self.user_failure(exc, Check("grad", self.engine, "symbolic", dtype=dtype,
+                                                          device=device), "backward"):
+                return
+            if not isinstance(exc, (RuntimeError, NotImplementedError, TypeError)):
+                raise
             message = str(exc).strip().splitlines()[0][:200]
             status = "skip" if "not implemented for" in message else "fail"
             self.add(Check("grad", self.engine, "symbolic", dtype=dtype, device=device, status=status,
                            message=f"torch raised {type(exc).__name__}: {message}"))
             return
         if res.problems:
+            details = {"nondeterministic": res.nondeterministic} if res.nondeterministic else {}
+            if res.out_dtype and res.out_dtype != dtype:
+                details["out_dtype"] = res.out_dtype
             self.add(Check("semantic", self.engine, "input metadata", dtype=dtype, device=device, status="fail",
-                           message="; ".join(res.problems)))
+                           message="; ".join(res.problems), details=details))
         elif res.semantic_ran:  # recorded when it passes too, so -v and the JSON show what ran
             self.add(Check("semantic", self.engine, "input metadata", dtype=dtype, device=device,
                            message="gradients have their inputs' dtype, device and shape; a zero upstream gradient "
                                    "gives zero; backward run twice gives the same gradient"))
-        self.add(compare(Check("value", self.engine, "symbolic", dtype=dtype, device=device), res.value,
-                         fwd.values[out], tol.derived(fwd.errs[out], fwd.values[out], dtype, case.tolerance)))
+        value = self.add(compare(Check("value", self.engine, "symbolic", dtype=dtype, device=device), res.value,
+                                 fwd.values[out], tol.derived(fwd.errs[out], fwd.values[out], dtype, case.tolerance)))
+        if case.impl and value.status == "fail" and dtype == "float64":
+            self.mark_lower_precision(value, [(res.value, fwd.values[out], fwd.errs[out])])
         for name in case.grad_vars:
-            self.add(self.worst_over_cotangents(res, grads, name, dtype, device))
+            check = self.add(self.worst_over_cotangents(res, grads, name, dtype, device))
+            if case.impl and check.status == "fail" and dtype == "float64":
+                self.mark_lower_precision(check, [(v[name], g[name].value, g[name].err)
+                                                  for v, g in zip(res.vjps, grads)])
         if case.expect is not None:
             self.check_expect_autograd(res, fwd, grads, dtype, device)
+
+    def mark_lower_precision(self, check: Check, results) -> None:
+        """A float64 result of a user's impl that fails, measured on float32's scale: when its error fits
+        float32's rounding budget (``results``: (got, reference, budget) per cotangent), the impl likely computes
+        in float32 inside; ``details["lower_precision"]`` records the margin for blame to decide from."""
+        margins = []
+        for got, ref, budget in results:
+            got, ref = np.asarray(got, dtype=float), np.asarray(ref, dtype=float)
+            if got.shape != ref.shape:
+                return
+            allowed = tol.derived(budget, ref, "float32").allowed
+            with np.errstate(divide="ignore", invalid="ignore"):
+                margin = np.where(got == ref, 0.0, np.abs(got - ref) / allowed)
+            margins.append(float(np.max(np.where(np.isnan(margin), np.inf, margin), initial=0.0)))
+        worst = max(margins, default=np.inf)
+        if worst <= 1.0:
+            check.details["lower_precision"] = {"dtype": "float32", "margin": worst}
+            check.message += f"; the error fits float32's rounding budget (margin {worst:.2g} on float32's scale)"
 
     def worst_over_cotangents(self, res, grads, name, dtype, device) -> Check:
         """Judge every cotangent's VJP; report the one with the worst margin in full."""

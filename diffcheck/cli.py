@@ -44,7 +44,18 @@ def main():
 @click.option("-j", "--jobs", default="auto", show_default=True, metavar="N|auto",
               help="Worker processes. 'auto': one per CPU core (at most 4) when 40 or more cases are selected, "
                    "else 1. Results are reported in file order either way.")
-def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, plot_dir, jobs, quiet):
+@click.option("--impl-path", "impl_path", multiple=True, type=click.Path(file_okay=False),
+              help="A further directory that impl modules may be found under, beside each case file's own "
+                   "(repeatable).")
+@click.option("--allow-sys-path-impl", "impl_sys_path", is_flag=True,
+              help="Also import impl modules from sys.path (installed packages; never the standard library). "
+                   "Off by default: a case file alone cannot then name library code.")
+@click.option("--no-impl", "no_impl", is_flag=True,
+              help="For untrusted case files: report every impl case as skipped, importing nothing.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=300.0, show_default=True, metavar="SECONDS",
+              help="Wall time per case; a case past it fails with 'timed out' and the run goes on. 0: none.")
+def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, plot_dir, jobs, quiet, impl_path,
+        impl_sys_path, no_impl, timeout):
     """Check every case in PATHS (files, or directories searched for *.toml)."""
     import time
 
@@ -62,8 +73,12 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
     except UsageError as exc:
         click.echo(f"diffcheck: usage error: {exc}", err=True)
         sys.exit(2)
+    if timeout != timeout:  # nan
+        click.echo("diffcheck: usage error: --timeout takes seconds >= 0 (0: none), got nan", err=True)
+        sys.exit(2)
     options = Options(devices=devices, dtypes=tuple(dtypes) or None, pattern=pattern, seed=seed, verbose=verbose,
-                      plot_dir=plot_dir)
+                      plot_dir=plot_dir, impl_path=tuple(impl_path), impl_sys_path=impl_sys_path, no_impl=no_impl,
+                      timeout=timeout)
     items = load(paths, pattern)
     results = []
     try:

@@ -22,11 +22,19 @@ from .errors import CaseError, DiffcheckError
 def pytest_addoption(parser):
     parser.addini("diffcheck_collect", "collect TOML case files as tests (default true)", type="bool",
                   default=True)
+    parser.addini("diffcheck_impl_path", "further directories impl modules may be found under", type="paths",
+                  default=[])
+    parser.addini("diffcheck_impl_sys_path", "also import impl modules from sys.path (installed packages)",
+                  type="bool", default=False)
+    parser.addini("diffcheck_no_impl", "skip every impl case, importing nothing (untrusted case files)",
+                  type="bool", default=False)
+    parser.addini("diffcheck_timeout", "seconds per case (0: none)", default="300")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "diffcheck: a diffcheck case file item")
     config.addinivalue_line("markers", "cuda: a diffcheck item that runs on CUDA")
+    _timeout(config)  # a bad value is a usage error before anything runs
 
 
 def pytest_collect_file(file_path, parent):
@@ -152,10 +160,14 @@ class CaseItem(_Located):
             ok, why = cuda_status()
             if not ok:
                 pytest.skip(why)
+        config = self.config
+        impl = {"impl_path": tuple(map(str, config.getini("diffcheck_impl_path"))),
+                "impl_sys_path": config.getini("diffcheck_impl_sys_path"),
+                "no_impl": config.getini("diffcheck_no_impl"), "timeout": _timeout(config)}
         if self.dtype is None:
-            options = Options(devices=(), stages=("reference",))
+            options = Options(devices=(), stages=("reference",), **impl)
         else:
-            options = Options(devices=(self.device,), dtypes=(self.dtype,), stages=("autograd",))
+            options = Options(devices=(self.device,), dtypes=(self.dtype,), stages=("autograd",), **impl)
         self.result = run_case(self.case, options)
         if self.result.status in ("fail", "error"):
             raise CaseFailure(self.result)
@@ -168,6 +180,17 @@ class CaseItem(_Located):
 
             return case_text(excinfo.value.result)
         return super().repr_failure(excinfo, style)
+
+
+def _timeout(config) -> float:
+    text = config.getini("diffcheck_timeout")
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise pytest.UsageError(f"diffcheck_timeout takes seconds, got {text!r}") from None
+    if not seconds >= 0:
+        raise pytest.UsageError(f"diffcheck_timeout takes seconds >= 0, got {text!r}")
+    return seconds
 
 
 class CaseFailure(Exception):

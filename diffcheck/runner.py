@@ -25,6 +25,10 @@ class Options:
     verbose: bool = False
     plot_dir: str | None = None  # training cases write a PNG each here
     stages: tuple[str, ...] = ("reference", "autograd")  # reference: fd/expect/self-consistency; autograd: per dtype
+    impl_path: tuple[str, ...] = ()  # further roots an impl module may be found under (beside the case file's)
+    impl_sys_path: bool = False  # impl modules may also come from sys.path (installed packages)
+    no_impl: bool = False  # untrusted input: impl cases are skipped, nothing is imported
+    timeout: float = 300.0  # seconds per case; 0: none
 
 
 @dataclass
@@ -162,22 +166,48 @@ def run_case(case: Case, options: Options | None = None) -> CaseResult:
     start = time.perf_counter()
     seed = case_seed(case, options.seed)
     result = CaseResult(case.name, case.path, "pass", seed=seed)
+    from .engines.impl import Timeout, time_limit
+
+    _import_engines(case)  # before the watchdog starts: importing torch and sympy is not the case's time
     try:
-        if getattr(case, "model", None) is not None:  # a training case
-            from .training import check_train_case
-
-            result.checks, result.artifacts = check_train_case(case, options.dtypes or case.dtypes, options.devices,
-                                                               options.plot_dir)
-        else:
-            from .checks import CaseChecks
-
-            CaseChecks(case, options, seed, result).run()
+        with time_limit(options.timeout) as enforced:
+            _run_checks(case, options, seed, result)
+        if not enforced:
+            result.checks.append(Check("timeout", "diffcheck", "--timeout", status="skip",
+                                       message=f"--timeout {options.timeout:g} s is not enforced off the main "
+                                               "thread (or without SIGALRM)"))
     except DiffcheckError as exc:
         result.status, result.message = "error", str(exc)
+    except Timeout as exc:
+        during = f"in {exc.during}" if exc.during else "while diffcheck computed the checks"
+        result.checks.append(Check("timeout", "impl" if getattr(case, "impl", None) else "diffcheck", "--timeout",
+                                   status="fail", message=f"timed out after {exc.seconds:g} s ({during}); "
+                                   "raise --timeout, or 0 for none",
+                                   details={"impl_failure": {"what": "timeout", "phase": exc.during}}))
     result.seconds = time.perf_counter() - start
     if result.status == "pass":
         _verdict(result)
     return result
+
+
+def _import_engines(case) -> None:
+    if getattr(case, "model", None) is not None:
+        from . import training  # noqa: F401
+    else:
+        from . import checks  # noqa: F401
+        from .engines import autograd, symbolic  # noqa: F401
+
+
+def _run_checks(case: Case, options: Options, seed: int, result: CaseResult) -> None:
+    if getattr(case, "model", None) is not None:  # a training case
+        from .training import check_train_case
+
+        result.checks, result.artifacts = check_train_case(case, options.dtypes or case.dtypes, options.devices,
+                                                           options.plot_dir)
+    else:
+        from .checks import CaseChecks
+
+        CaseChecks(case, options, seed, result).run()
 
 
 def _verdict(result: CaseResult) -> None:
@@ -209,6 +239,9 @@ def not_requested(check: Check) -> bool:
 def blame(checks: list[Check]) -> str:
     """Say which engine is the odd one out when two agree and one does not."""
     failed = [c for c in checks if c.status == "fail"]
+    timeout = next((c for c in failed if c.kind == "timeout"), None)
+    if timeout is not None:
+        return timeout.message
     if any(c.kind in ("converge", "trajectory", "reproducible") for c in failed):
         first = next(c for c in failed if c.kind in ("converge", "trajectory", "reproducible"))
         return f"training: {first.label}: {first.message}"
@@ -237,10 +270,32 @@ def blame(checks: list[Check]) -> str:
 
 
 def blame_impl(checks: list[Check], failed: list[Check]) -> str:
-    """For a user's implementation: is the forward wrong, the backward, or both?"""
-    crashed = next((c for c in failed if " raised " in c.message), None)
-    if crashed is not None:
-        return f"the impl does not run: {crashed.message}"
+    """For a user's implementation: is the forward wrong, the backward, or only the double backward? Decided from
+    the checks' kinds and structured ``details`` (impl_failure, nondeterministic, out_dtype, lower_precision)."""
+    first_order = [c for c in failed if c.kind != "hvp"]
+    second = [c for c in failed if c.kind == "hvp"]
+    if not first_order and second:
+        c = second[0]
+        how = c.message if "impl_failure" in c.details else f"{c.label}: {c.message}"
+        ran = any(c.engine == "impl" and c.kind == "grad" and c.status in ("pass", "warn") for c in checks)
+        right = "the impl's first-order gradient is right" if ran else "the impl's first-order checks do not fail"
+        return f"{right}; its double backward is wrong ({how})"
+    verdict = _first_order_verdict(checks, first_order)
+    return verdict + ("; its double backward fails too" if second and verdict else "")
+
+
+def _first_order_verdict(checks: list[Check], failed: list[Check]) -> str:
+    crashed = next((c for c in failed if "impl_failure" in c.details), None)
+    if crashed is not None:  # raised, returned a non-tensor or a wrong shape, timed out
+        return crashed.message
+    nondet = next((c for c in failed if c.details.get("nondeterministic")), None)
+    if nondet is not None:
+        return ("the impl's backward is not reentrant / not deterministic: a second backward on the same graph "
+                f"gives another gradient of {', '.join(nondet.details['nondeterministic'])} (e.g. a tensor kept on "
+                f"ctx changed in place) [{nondet.dtype} {nondet.device}]")
+    lower = _lower_precision(failed)
+    if lower:
+        return lower
     kinds = {c.kind for c in failed if c.engine == "impl"}
     forward_wrong = "value" in kinds
     self_inconsistent = "self_fd" in kinds
@@ -252,9 +307,24 @@ def blame_impl(checks: list[Check], failed: list[Check]) -> str:
     if self_inconsistent or "grad" in kinds:
         first = next((c for c in failed if c.kind == "grad"), failed[0])
         return f"the impl's backward is wrong ({first.label}{': ' + first.diagnosis if first.diagnosis else ''})"
-    if kinds & {"semantic", "jvp", "hvp"}:
-        first = next(c for c in failed if c.kind in ("semantic", "jvp", "hvp"))
+    if kinds & {"semantic", "jvp"}:
+        first = next(c for c in failed if c.kind in ("semantic", "jvp"))
         return f"the impl fails the {first.kind} check: {first.message}"
     return blame([c for c in checks if c.engine != "impl"]) if failed else ""
 
 
+def _lower_precision(failed: list[Check]) -> str:
+    """'computes in lower precision' when the float64 output has a lower dtype, or when its forward and every
+    failing float64 gradient are off by no more than float32's rounding budget (checks in other dtypes pass)."""
+    low = next((c for c in failed if c.details.get("out_dtype")), None)
+    if low is not None and low.dtype == "float64":
+        return (f"the impl computes in lower precision than its inputs: its output is {low.details['out_dtype']} "
+                f"in a {low.dtype} run")
+    numeric = [c for c in failed if c.kind in ("value", "grad")]
+    value = next((c for c in numeric if c.kind == "value"), None)
+    if value is None or any(c.dtype != "float64" or "lower_precision" not in c.details for c in numeric):
+        return ""
+    m = max(c.details["lower_precision"]["margin"] for c in numeric)
+    return (f"the impl computes in lower precision than its inputs: in float64 its value is off by up to "
+            f"{value.max_abs_err:.3g} ({value.max_rel_err:.2g} relative), within float32's rounding budget (worst "
+            f"margin {m:.2g} on float32's scale), consistent with float32 arithmetic inside")

@@ -76,6 +76,8 @@ class AutogradResult:
     vjps: list[dict[str, np.ndarray]]  # one per cotangent: var -> gradient (float64 copy)
     problems: list[str] = field(default_factory=list)  # semantic-check failures
     semantic_ran: bool = False  # the zero-cotangent and determinism checks ran
+    out_dtype: str = ""  # the output's dtype ("float32")
+    nondeterministic: list[str] = field(default_factory=list)  # vars whose repeated VJP differed
 
 
 @contextlib.contextmanager
@@ -97,7 +99,8 @@ def to_tensor(x, dtype: str, device: str, requires_grad: bool = False) -> torch.
 def to_numpy(t) -> np.ndarray:
     if not isinstance(t, torch.Tensor):
         return np.asarray(t, dtype=np.float64)
-    return t.detach().to(device="cpu", dtype=torch.float64).numpy()
+    # a copy, never a view: a backward may change the tensor it returned on a later call (a ctx-kept buffer)
+    return t.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
 
 
 def _cotangent(c, out: torch.Tensor, dtype: str, device: str) -> torch.Tensor:
@@ -139,13 +142,16 @@ def run(fn: Callable, inputs: dict, grad_vars, dtype: str, device: str, cotangen
                 vjp[name] = to_numpy(grad).reshape(tuple(leaf.shape)) if grad.numel() == leaf.numel() \
                     else np.full(tuple(leaf.shape), np.nan)
             vjps.append(vjp)
+        nondeterministic = []
         if out.requires_grad and semantic:
-            problems += _semantic(out, leaves, grad_vars, vjps, cotangents, dtype, device)
-        return AutogradResult(to_numpy(out), vjps, sorted(set(problems)), out.requires_grad and semantic)
+            problems += _semantic(out, leaves, grad_vars, vjps, cotangents, dtype, device, nondeterministic)
+        return AutogradResult(to_numpy(out), vjps, sorted(set(problems)), out.requires_grad and semantic,
+                              str(out.dtype).replace("torch.", ""), nondeterministic)
 
 
-def _semantic(out, leaves, grad_vars, vjps, cotangents, dtype, device) -> list[str]:
-    """gradcheck's extra checks: a zero upstream gradient gives zero, and backward is deterministic."""
+def _semantic(out, leaves, grad_vars, vjps, cotangents, dtype, device, nondeterministic) -> list[str]:
+    """gradcheck's extra checks: a zero upstream gradient gives zero, and backward is deterministic (the vars
+    whose repeated VJP differs are added to ``nondeterministic``)."""
     problems = []
     zero = torch.zeros_like(out)
     for name, grad in zip(grad_vars, torch.autograd.grad(out, leaves, zero, retain_graph=True, allow_unused=True)):
@@ -153,11 +159,12 @@ def _semantic(out, leaves, grad_vars, vjps, cotangents, dtype, device) -> list[s
         if grad is not None and bool(torch.any((grad != 0) & torch.isfinite(_like(vjps[0][name], grad)))):
             problems.append(f"a zero upstream gradient gave a nonzero gradient of {name} "
                             f"(max {float(grad.abs().max()):.3g}): backward ignores grad_output")
-    last = len(cotangents) - 1
-    again = torch.autograd.grad(out, leaves, _cotangent(cotangents[last], out, dtype, device), retain_graph=True,
+    # repeat the first cotangent (ones, nonzero everywhere) after all the others: a backward that changes what it
+    # returned earlier (a ctx-kept tensor scaled in place) gives another gradient now
+    again = torch.autograd.grad(out, leaves, _cotangent(cotangents[0], out, dtype, device), retain_graph=True,
                                 allow_unused=True)
     for name, grad in zip(grad_vars, again):
-        first = vjps[last][name]
+        first = vjps[0][name]
         second = to_numpy(grad).reshape(first.shape) if grad is not None else np.zeros(first.shape)
         with np.errstate(invalid="ignore"):
             same = (first == second) | (np.isnan(first) & np.isnan(second))  # nan twice is deterministic
@@ -165,6 +172,7 @@ def _semantic(out, leaves, grad_vars, vjps, cotangents, dtype, device) -> list[s
         diff = np.inf if np.isnan(diff) else diff
         limit = 0.0 if device == "cpu" else np.sqrt(first.size) * 2.0**-24 * float(np.max(np.abs(first), initial=0))
         if diff > limit:
+            nondeterministic.append(name)
             problems.append(f"backward is not deterministic: two runs of the gradient of {name} differ by {diff:.3g}")
     return problems
 
