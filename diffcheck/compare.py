@@ -208,7 +208,7 @@ def diagnose(got: np.ndarray, ref: np.ndarray, bad: np.ndarray, upstream=None) -
             rel_median = float(np.median(rel))
             if np.allclose(rel, rel_median, rtol=0.05):
                 return (f"a small relative error of {rel_median:+.2g} in every wrong entry ({int(bad.sum())} of "
-                        f"{bad.size}): a constant slightly off, or a lower precision somewhere")
+                        f"{bad.size}): a constant slightly off, or float32 arithmetic somewhere")
     if bad.sum() == 1:
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         return f"only entry {list(idx)} is wrong"
