@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from diffcheck import training
+from diffcheck.training import data as training_data
+from diffcheck.training import loops, verdicts
 from diffcheck.casefile import load_data
 from diffcheck.errors import CaseError
 from diffcheck.runner import Options, load, run_case
@@ -44,9 +45,9 @@ def test_converges_to_the_least_squares_fit_of_the_noisy_data():
     case = small_case()
     result = run_case(case, CPU)
     assert result.status == "pass", [c.message for c in result.checks]
-    data, _ = training.draw(case)
+    data, _ = training_data.draw(case)
     slope, intercept = np.polyfit(data["x"].reshape(-1), data["y"].reshape(-1), 1)
-    fit = training.least_squares(case, data)
+    fit = verdicts.least_squares(case, data)
     assert fit["w"][0] == pytest.approx(slope, rel=1e-10) and fit["b"][0] == pytest.approx(intercept, rel=1e-10)
 
 
@@ -101,8 +102,8 @@ def test_invalid_training_cases_name_the_key(changes, key, needle):
 
 def _diffcheck_run(name: str):
     case = SEEDS[name]
-    data, init = training.draw(case)
-    return training.run_torch(case, data, init, "float32", "cpu", training.batches(case, len(data["y"])))
+    data, init = training_data.draw(case)
+    return loops.run_torch(case, data, init, "float32", "cpu", training_data.batches(case, len(data["y"])))
 
 
 def test_t1_matches_an_independent_nn_linear_script_bit_for_bit():
