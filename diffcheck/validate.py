@@ -28,3 +28,27 @@ def check_choices(key: str, values, fail) -> None:
         fail(f"'{key}' must list at least one entry", key)
     if len(set(values)) != len(values):
         fail(f"'{key}' lists an entry twice", key)
+
+
+def numbers(value, key: str, fail):
+    """A number or a nested list of numbers (not ragged, no bools, all finite) as a float64 array of its shape."""
+    import numpy as np
+
+    if isinstance(value, bool) or not isinstance(value, (int, float, list)):
+        fail(f"{key} must be a number or a nested list of numbers, got {type(value).__name__}", key)
+    try:
+        raw = np.array(value, dtype=object)
+        flat = raw.reshape(-1).tolist()
+    except ValueError:  # numpy gave up on the nesting
+        flat = [[]]
+    if any(isinstance(v, list) for v in flat):
+        fail(f"{key} is a ragged nested list: every row must have the same length", key)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
+        fail(f"{key} must hold numbers only", key)
+    try:
+        arr = np.array(flat, dtype=np.float64).reshape(raw.shape)
+    except OverflowError:  # an integer beyond float64's range
+        arr = np.full(raw.shape, np.inf)
+    if not np.all(np.isfinite(arr)):
+        fail(f"{key} must hold finite numbers (no inf or nan)", key)
+    return arr

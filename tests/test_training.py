@@ -25,8 +25,8 @@ def test_t2_stop_rule_fires_at_iteration_78_as_in_the_seed():
 def test_the_seeds_slip_is_reported_as_leaving_the_correct_trajectory():
     result = run_case(SEEDS["T4_slip_zeroes_weights_not_grads"], CPU)
     assert result.status == "pass"
-    trajectory = [c for c in result.checks if c.kind == "trajectory"]
-    assert all("diverges from the correct trajectory at step" in c.message for c in trajectory)
+    trajectory = [c for c in result.checks if c.kind == "trajectory" and c.status != "skip"]
+    assert len(trajectory) == 2 and all("diverges from the correct trajectory at step" in c.message for c in trajectory)
 
 
 def small_case(**changes):
@@ -54,7 +54,7 @@ def test_converges_to_the_least_squares_fit_of_the_noisy_data():
 def test_a_wrong_expected_answer_fails():
     case = small_case(expect={"least_squares": False, "params": {"w": 2.5, "b": -1.0}, "atol": 1e-2})
     result = run_case(case, CPU)
-    assert result.status == "fail" and "w is" in result.message
+    assert result.status == "fail" and "w reached 3.01717, wanted 2.5 from expect.params (off by 0.517" in result.message
 
 
 def test_a_run_that_stops_short_does_not_converge():

@@ -24,34 +24,39 @@ from .schema import TrainCase, build_train_case
 __all__ = ["TrainCase", "build_train_case", "check_train_case"]
 
 
+AGAINST = {"converge": "expect", "trajectory": "symbolic-gradient loop (float64)",
+           "reproducible": "a second run from the same seed"}
+
+
 def check_train_case(case: TrainCase, dtypes, devices, plot_dir=None) -> tuple[list[Check], list[str]]:
     """Every check of one training case (converge, trajectory and reproducible, per dtype and device), and the
-    paths of the plots written."""
-    from ..engines.autograd import cuda_status
+    paths of the plots written. ``dtypes`` and ``devices`` are what the run asked for (``--dtype``, ``--device``):
+    as for gradient cases, a device that is excluded or unavailable reports each of its checks as skipped with the
+    reason, and a case none of whose dtypes was asked for is one skipped check."""
+    from ..engines.autograd import device_skip_reason
     from .data import batches, draw
     from .loops import run_reference, run_torch
-    from .verdicts import converge, reproducible, trajectory
+    from .verdicts import check_affine, converge, reproducible, trajectory
 
+    chosen = [d for d in case.dtypes if d in dtypes]
+    if not chosen:
+        return [Check("converge", "autograd", "expect", status="skip",
+                      message=f"none of the case's dtypes {list(case.dtypes)} was requested")], []
+    skipped = {device: why for device in case.devices if (why := device_skip_reason(device, devices))}
     data, init = draw(case)
-    steps = batches(case, len(data[case.model.train.target]))
-    reference = run_reference(case, data, init, steps)
-    checks = []
-    runs = {"symbolic-gradient loop (float64)": reference}
+    if case.model.expect.least_squares:
+        check_affine(case, data)
+    runs, checks = {}, []
+    if len(skipped) < len(case.devices) or plot_dir is not None:
+        steps = batches(case, len(data[case.model.train.target]))
+        reference = run_reference(case, data, init, steps)
+        runs["symbolic-gradient loop (float64)"] = reference
     for device in case.devices:
-        if device not in devices:  # excluded by --device: reported, never dropped silently
-            checks += [Check("converge", "autograd", "expect", dtype=d, device=device, status="skip",
-                             message=f"{device} not requested (--device {', '.join(devices)})")
-                       for d in case.dtypes if d in dtypes]
+        if device in skipped:  # reported, never dropped silently: the checks a run there would make
+            checks += [Check(kind, "autograd", AGAINST[kind], dtype=d, device=device, status="skip",
+                             message=skipped[device]) for d in chosen for kind in AGAINST]
             continue
-        if device == "cuda":
-            ok, why = cuda_status()
-            if not ok:
-                checks += [Check(kind, "autograd", "expect", dtype=d, device="cuda", status="skip", message=why)
-                           for d in case.dtypes if d in dtypes for kind in ("converge", "trajectory")]
-                continue
-        for dtype in case.dtypes:
-            if dtype not in dtypes:
-                continue
+        for dtype in chosen:
             run = run_torch(case, data, init, dtype, device, steps)
             runs[f"autograd {dtype} {device}"] = run
             again = run_torch(case, data, init, dtype, device, steps)

@@ -8,12 +8,16 @@ import numpy as np
 import torch
 
 from ..engines.autograd import build
+from ..errors import CaseError
 from ..expr.parse import parse
 from .schema import DrawModel, TrainCase
 
 
 def draw(case: TrainCase):
-    """Data (float32, in ``[data]`` order) and initial params, from torch's generator seeded with the case seed."""
+    """Data (float32, in ``[data]`` order) and initial params, from torch's generator seeded with the case seed.
+
+    Raises CaseError for an entry that is not finite (nan from an expression, a float32 overflow) or whose drawn
+    shape is not the one validated: a run on such data would prove nothing."""
     m = case.model
     data: dict[str, torch.Tensor] = {}
     with torch.random.fork_rng(devices=[]):
@@ -21,13 +25,25 @@ def draw(case: TrainCase):
         for name, item in m.data.items():
             data[name] = build(parse(item, set(data)))(**data) if isinstance(item, str) else _generate(item)
             data[name] = torch.as_tensor(data[name], dtype=torch.float32)
+            _check(case, f"data.{name}", data[name], case.data_shapes[name])
         if m.model.type == "linear":
             layer = torch.nn.Linear(case.param_shapes["weight"][1], case.param_shapes["weight"][0])
             params = {"weight": layer.weight.detach().clone(), "bias": layer.bias.detach().clone()}
         else:
-            params = {n: _generate(d) for n, d in m.model.params.items()}
-    return ({k: v.double().numpy() for k, v in data.items()},
-            {k: torch.as_tensor(v, dtype=torch.float32).double().numpy() for k, v in params.items()})
+            params = {n: torch.as_tensor(_generate(d), dtype=torch.float32) for n, d in m.model.params.items()}
+            for n, v in params.items():
+                _check(case, f"model.params.{n}", v, case.param_shapes[n])
+    return ({k: v.double().numpy() for k, v in data.items()}, {k: v.double().numpy() for k, v in params.items()})
+
+
+def _check(case: TrainCase, key: str, value: torch.Tensor, shape: tuple) -> None:
+    if tuple(value.shape) != tuple(shape):
+        raise CaseError(f"{key} came out with shape {list(value.shape)} where {list(shape)} was computed (rounding "
+                        f"of the bounds?): give it as linspace or value instead", case.path, case.name, key)
+    bad = int((~torch.isfinite(value)).sum())
+    if bad:
+        raise CaseError(f"{key} is not finite at {bad} of {value.numel()} entries (in float32, as drawn): the data "
+                        f"must be finite numbers", case.path, case.name, key)
 
 
 def _generate(d: DrawModel):

@@ -4,6 +4,7 @@ same loop in float64 with the symbolic engine's gradient (what the trajectory sh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,7 @@ class Trajectory:
     losses: list[float]  # loss of each step, before its update (what a stop rule sees)
     stop_step: int | None = None
     grad_err: list[float] = field(default_factory=list)  # reference only: gradient rounding budget per step
+    blowup: int | None = None  # the step whose loss or updated params were not finite; the run stopped there
 
 
 def run_torch(case: TrainCase, data, init, dtype: str, device: str, steps) -> Trajectory:
@@ -65,8 +67,12 @@ def run_torch(case: TrainCase, data, init, dtype: str, device: str, steps) -> Tr
         loss.backward()
         optimizer.step()
         value = loss.item()
+        snapshot = _snapshot(params)
+        if not _finite(value, snapshot):  # diverged or overflowed: nothing after this step can be judged
+            traj.blowup = step
+            break
         traj.losses.append(value)
-        traj.params.append(_snapshot(params))
+        traj.params.append(snapshot)
         if case.stop and value < case.stop[1]:
             traj.stop_step = step
             break
@@ -95,6 +101,10 @@ def _snapshot(params) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().astype(np.float64) for k, v in params.items()}
 
 
+def _finite(loss: float, params: dict[str, np.ndarray]) -> bool:
+    return math.isfinite(loss) and all(np.isfinite(v).all() for v in params.values())
+
+
 def run_reference(case: TrainCase, data, init, steps) -> Trajectory:
     """The same loop in float64 with the symbolic engine's gradient: what the trajectory should be."""
     t = case.model.train
@@ -102,34 +112,44 @@ def run_reference(case: TrainCase, data, init, steps) -> Trajectory:
     programs: dict[tuple, Program] = {}
     params = {k: np.array(v, dtype=float) for k, v in init.items()}
     adam = {k: (np.zeros_like(v), np.zeros_like(v)) for k, v in params.items()}
-    budget = {k: 0.0 for k in params}
+    budget = {k: (0.0, 0.0) for k in params}  # the gradient's rounding budget: absolute, and relative to |g|
     traj = Trajectory([{k: v.copy() for k, v in params.items()}], [])
-    for step, idx in enumerate(steps):
-        batch = {n: data[n] if idx is None else data[n][idx] for n in names}
-        shapes = {**{n: batch[n].shape for n in names}, **{k: v.shape for k, v in params.items()}}
-        key = tuple(sorted(shapes.items()))
-        if key not in programs:
-            programs[key] = Program(case.loss_ir, shapes, list(params))
-        program = programs[key]
-        # the gradient's rounding budget moves slowly: refresh it every BUDGET_EVERY steps
-        with_err = step % BUDGET_EVERY == 0
-        fwd = program.forward({**batch, **params}, None, with_err=with_err)
-        grads = program.vjp(fwd, 1.0, with_err=with_err)
-        loss = float(fwd.values[program.out])
-        for k in params:
-            g, gerr = grads[k]
-            if with_err:
-                budget[k] = float(np.max(np.abs(gerr), initial=0.0))
-            if t.optimizer in ("sgd", "manual"):
-                params[k] = params[k] - t.lr * g
-            else:
-                params[k] = _adam(params[k], g, adam[k], step + 1, t.lr)
-            traj.grad_err.append(budget[k])
-        traj.losses.append(loss)
-        traj.params.append({k: v.copy() for k, v in params.items()})
-        if case.stop and loss < case.stop[1]:
-            traj.stop_step = step
-            break
+    with np.errstate(all="ignore"):  # overflow is detected below, as a blowup
+        for step, idx in enumerate(steps):
+            batch = {n: data[n] if idx is None else data[n][idx] for n in names}
+            shapes = {**{n: batch[n].shape for n in names}, **{k: v.shape for k, v in params.items()}}
+            key = tuple(sorted(shapes.items()))
+            if key not in programs:
+                programs[key] = Program(case.loss_ir, shapes, list(params))
+            program = programs[key]
+            # the budget moves slowly: refresh it every BUDGET_EVERY steps, and in between let it grow with the
+            # gradient (a diverging run's gradient grows by orders of magnitude in fewer steps)
+            with_err = step % BUDGET_EVERY == 0
+            fwd = program.forward({**batch, **params}, None, with_err=with_err)
+            grads = program.vjp(fwd, 1.0, with_err=with_err)
+            loss = float(fwd.values[program.out])
+            new, errs = {}, []
+            for k in params:
+                g, gerr = grads[k]
+                size = float(np.max(np.abs(g), initial=0.0))
+                if with_err:
+                    b = float(np.max(np.abs(gerr), initial=0.0))
+                    budget[k] = (b, b / size if size > 0 else 0.0)
+                errs.append(max(budget[k][0], budget[k][1] * size))
+                if t.optimizer in ("sgd", "manual"):
+                    new[k] = params[k] - t.lr * g
+                else:
+                    new[k] = _adam(params[k], g, adam[k], step + 1, t.lr)
+            if not _finite(loss, new):
+                traj.blowup = step
+                break
+            params = new
+            traj.grad_err += errs
+            traj.losses.append(loss)
+            traj.params.append({k: v.copy() for k, v in params.items()})
+            if case.stop and loss < case.stop[1]:
+                traj.stop_step = step
+                break
     return traj
 
 
