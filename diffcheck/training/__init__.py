@@ -42,6 +42,10 @@ def check_train_case(case: TrainCase, dtypes, devices, plot_dir=None) -> tuple[l
     if not chosen:
         return [Check("converge", "autograd", "expect", status="skip",
                       message=f"none of the case's dtypes {list(case.dtypes)} was requested")], []
+    if plot_dir is not None:
+        from .plot import plot, prepare_dir
+
+        prepare_dir(case, plot_dir)
     skipped = {device: why for device in case.devices if (why := device_skip_reason(device, devices))}
     data, init = draw(case)
     if case.model.expect.least_squares:
@@ -65,6 +69,4 @@ def check_train_case(case: TrainCase, dtypes, devices, plot_dir=None) -> tuple[l
             checks.append(reproducible(run, again, dtype, device))
     if plot_dir is None:
         return checks, []
-    from .plot import plot
-
     return checks, [plot(case, data, dict(reversed(list(runs.items()))), plot_dir)]

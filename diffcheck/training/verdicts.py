@@ -157,7 +157,7 @@ def trajectory(case: TrainCase, run: Trajectory, ref: Trajectory, dtype, device)
     if unjudged is None and (run.blowup is not None or ref.blowup is not None) and first_bad is None:
         which = [f"the {dtype} run from step {run.blowup}"] * (run.blowup is not None) + \
                 [f"the float64 reference from step {ref.blowup}"] * (ref.blowup is not None)
-        unjudged = (steps, f"{' and '.join(which)} is not finite")
+        unjudged = (steps, f"{' and '.join(which)} {'are' if len(which) > 1 else 'is'} not finite")
     check.margin = worst_margin
     check.tolerance = ("max(sum of r_k, |params_s| x sum of r_k / |params_k|): step k's rounding "
                        "r_k = 4 x (u + u_float64) x (|params_k| + lr x gradient budget_k), grown with the parameters")
