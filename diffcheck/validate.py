@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 SEED_LIMIT = 2**63  # seeds feed torch.manual_seed and numpy's generators: a non-negative 63-bit integer
@@ -32,8 +33,6 @@ def check_choices(key: str, values, fail) -> None:
 
 def numbers(value, key: str, fail):
     """A number or a nested list of numbers (not ragged, no bools, all finite) as a float64 array of its shape."""
-    import numpy as np
-
     if isinstance(value, bool) or not isinstance(value, (int, float, list)):
         fail(f"{key} must be a number or a nested list of numbers, got {type(value).__name__}", key)
     try:

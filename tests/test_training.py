@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from diffcheck.training import data as training_data
 from diffcheck.training import loops, verdicts
+from diffcheck.training.data import batches, draw
 from diffcheck.casefile import load_data
 from diffcheck.errors import CaseError
 from diffcheck.runner import Options, load, run_case
@@ -45,7 +45,7 @@ def test_converges_to_the_least_squares_fit_of_the_noisy_data():
     case = small_case()
     result = run_case(case, CPU)
     assert result.status == "pass", [c.message for c in result.checks]
-    data, _ = training_data.draw(case)
+    data, _ = draw(case)
     slope, intercept = np.polyfit(data["x"].reshape(-1), data["y"].reshape(-1), 1)
     fit = verdicts.least_squares(case, data)
     assert fit["w"][0] == pytest.approx(slope, rel=1e-10) and fit["b"][0] == pytest.approx(intercept, rel=1e-10)
@@ -54,7 +54,8 @@ def test_converges_to_the_least_squares_fit_of_the_noisy_data():
 def test_a_wrong_expected_answer_fails():
     case = small_case(expect={"least_squares": False, "params": {"w": 2.5, "b": -1.0}, "atol": 1e-2})
     result = run_case(case, CPU)
-    assert result.status == "fail" and "w reached 3.01717, wanted 2.5 from expect.params (off by 0.517" in result.message
+    assert result.status == "fail"
+    assert "w reached 3.01717, wanted 2.5 from expect.params (off by 0.517" in result.message
 
 
 def test_a_run_that_stops_short_does_not_converge():
@@ -102,8 +103,8 @@ def test_invalid_training_cases_name_the_key(changes, key, needle):
 
 def _diffcheck_run(name: str):
     case = SEEDS[name]
-    data, init = training_data.draw(case)
-    return loops.run_torch(case, data, init, "float32", "cpu", training_data.batches(case, len(data["y"])))
+    data, init = draw(case)
+    return loops.run_torch(case, data, init, "float32", "cpu", batches(case, len(data["y"])))
 
 
 def test_t1_matches_an_independent_nn_linear_script_bit_for_bit():

@@ -16,8 +16,7 @@ from ..errors import CaseError, ExpressionError
 from ..expr.ir import Call, Node, Var, variables
 from ..expr.parse import parse
 from ..expr.shapes import infer
-from ..validate import Strict as _Strict
-from ..validate import check_choices, check_seed, numbers
+from ..validate import Strict, check_choices, check_seed, numbers
 
 GENERATORS = ("rand", "randn", "linspace", "arange", "zeros", "ones", "value")
 LOSSES = {"mse": "mean((p - y)**2)", "half_squared": "mean(0.5 * (y - p)**2)"}
@@ -34,7 +33,7 @@ MAX_WORK = 5 * 10**8
 WORK_ENV = "DIFFCHECK_MAX_TRAIN_WORK"
 
 
-class DrawModel(_Strict):
+class DrawModel(Strict):
     rand: list[int] | None = None
     randn: list[int] | None = None
     linspace: list[float] | None = None  # [start, stop, count]
@@ -47,7 +46,7 @@ class DrawModel(_Strict):
     shape: list[int] | None = None  # reshape after generating (linspace/arange/value)
 
 
-class ModelModel(_Strict):
+class ModelModel(Strict):
     type: Literal["linear", "expr"] = "expr"
     expr: str | None = None
     params: dict[str, DrawModel] = {}
@@ -55,7 +54,7 @@ class ModelModel(_Strict):
     outputs: int = 1  # linear: out_features
 
 
-class TrainModel(_Strict):
+class TrainModel(Strict):
     loss: str = "mse"
     optimizer: Literal["sgd", "adam", "manual"] = "sgd"
     lr: float
@@ -69,7 +68,7 @@ class TrainModel(_Strict):
     target: str = "y"
 
 
-class TrainExpectModel(_Strict):
+class TrainExpectModel(Strict):
     params: dict[str, Any] = {}
     atol: float = 1e-3
     least_squares: bool = False
@@ -79,7 +78,7 @@ class TrainExpectModel(_Strict):
     trajectory: Literal["matches", "diverges"] = "matches"
 
 
-class TrainCaseModel(_Strict):
+class TrainCaseModel(Strict):
     kind: Literal["train"]
     name: str
     description: str = ""
