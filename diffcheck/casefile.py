@@ -22,6 +22,7 @@ from .expr.ir import Node, variables
 from .expr.parse import parse
 from .expr.shapes import infer
 from .text import clip, safe
+from .validate import check_choices, check_seed
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda")
@@ -284,7 +285,7 @@ def build_case(raw: dict, where: str = "<data>"):
         raise CaseError(f"unknown kind {clip(repr(kind), 40)}: 'grad' (the default) or 'train'"
                         f"{suggest(kind, ('grad', 'train'))}", where, name, "kind")
     if raw.get("kind") == "train":
-        from .training import build_train_case
+        from .training.schema import build_train_case
 
         return build_train_case(raw, where, validator(where, name))
     model = validator(where, name)(CaseModel, raw)
@@ -316,13 +317,9 @@ def build_case(raw: dict, where: str = "<data>"):
     except ExpressionError as exc:
         fail(f"shapes do not fit: {exc}", "expr")
 
-    if model.seed is not None and not 0 <= model.seed < 2**63:
-        fail(f"seed must be an integer from 0 to 2**63 - 1, got {model.seed}", "seed")
-    for key, values in (("dtypes", model.dtypes), ("devices", model.devices)):
-        if not values:
-            fail(f"'{key}' must list at least one entry", key)
-        if len(set(values)) != len(values):
-            fail(f"'{key}' lists an entry twice", key)
+    check_seed(model.seed, fail)
+    check_choices("dtypes", model.dtypes, fail)
+    check_choices("devices", model.devices, fail)
 
     if model.order not in (1, 2):
         fail(f"order must be 1 or 2, got {model.order}", "order")

@@ -1,0 +1,72 @@
+"""Regression training as integration cases (``kind = "train"``): data, model, loss and loop described as data.
+
+For each dtype and device the loop runs twice with autograd (the run under test, and again from the same seed:
+``reproducible``), and once in float64 with the symbolic engine's gradient in place of autograd. ``trajectory``
+compares the two step by step with a bound that grows with the steps (each step may add the rounding of its update
+and of its gradient, from the symbolic error budget); ``converge`` compares the final parameters and loss with
+``expect``: known values, or the closed-form least-squares fit of the same noisy data.
+
+Data are drawn in the order the ``[data]`` table lists them, from torch's CPU generator seeded with ``seed`` and in
+float32, as the seed tutorials do (``torch.manual_seed(10); x = torch.rand(20, 1) * 10; ...``), then converted to the
+dtype under test. A model of ``type = "linear"`` is a real ``nn.Linear`` (initialised by torch after the data
+draws); any other model is an expression of the params and inputs.
+
+Modules, each importing only those before it: ``schema`` (TOML tables -> TrainCase; no torch, no matplotlib),
+``data`` (draws, batches), ``loops`` (the autograd loop and the symbolic-gradient loop), ``verdicts`` (the
+checks), ``plot`` (matplotlib). This module ties them together; it loads torch only when a case runs.
+"""
+
+from __future__ import annotations
+
+from ..compare import Check
+from .schema import TrainCase, build_train_case
+
+__all__ = ["TrainCase", "build_train_case", "check_train_case"]
+
+
+AGAINST = {"converge": "expect", "trajectory": "symbolic-gradient loop (float64)",
+           "reproducible": "a second run from the same seed"}
+
+
+def check_train_case(case: TrainCase, dtypes, devices, plot_dir=None) -> tuple[list[Check], list[str]]:
+    """Every check of one training case (converge, trajectory and reproducible, per dtype and device), and the
+    paths of the plots written. ``dtypes`` and ``devices`` are what the run asked for (``--dtype``, ``--device``):
+    as for gradient cases, a device that is excluded or unavailable reports each of its checks as skipped with the
+    reason, and a case none of whose dtypes was asked for is one skipped check."""
+    from ..engines.autograd import device_skip_reason
+    from .data import batches, draw
+    from .loops import run_reference, run_torch
+    from .verdicts import check_affine, converge, reproducible, trajectory
+
+    chosen = [d for d in case.dtypes if d in dtypes]
+    if not chosen:
+        return [Check("converge", "autograd", "expect", status="skip",
+                      message=f"none of the case's dtypes {list(case.dtypes)} was requested")], []
+    if plot_dir is not None:
+        from .plot import plot, prepare_dir
+
+        prepare_dir(case, plot_dir)
+    skipped = {device: why for device in case.devices if (why := device_skip_reason(device, devices))}
+    data, init = draw(case)
+    if case.model.expect.least_squares:
+        check_affine(case, data)
+    runs, checks = {}, []
+    if len(skipped) < len(case.devices) or plot_dir is not None:
+        steps = batches(case, len(data[case.model.train.target]))
+        reference = run_reference(case, data, init, steps)
+        runs["symbolic-gradient loop (float64)"] = reference
+    for device in case.devices:
+        if device in skipped:  # reported, never dropped silently: the checks a run there would make
+            checks += [Check(kind, "autograd", AGAINST[kind], dtype=d, device=device, status="skip",
+                             message=skipped[device]) for d in chosen for kind in AGAINST]
+            continue
+        for dtype in chosen:
+            run = run_torch(case, data, init, dtype, device, steps)
+            runs[f"autograd {dtype} {device}"] = run
+            again = run_torch(case, data, init, dtype, device, steps)
+            checks.append(converge(case, data, run, dtype, device))
+            checks.append(trajectory(case, run, reference, dtype, device))
+            checks.append(reproducible(run, again, dtype, device))
+    if plot_dir is None:
+        return checks, []
+    return checks, [plot(case, data, dict(reversed(list(runs.items()))), plot_dir)]
