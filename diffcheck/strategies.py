@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from .expr.ir import Call, Const, Node, Var, to_text
+from .expr.ir import Call, Const, Node, Var, to_text, walk
 from .expr.ops import OPS
 
 # ops whose arguments are safe anywhere in [-1, 1]-ish ranges produced by the squash below
@@ -75,14 +75,7 @@ def expressions(names=("x", "y"), max_leaves: int = 6) -> st.SearchStrategy[Node
                        st.sampled_from([Const(c) for c in (0.5, 2.0, 3.0, -1.5)]))
     tree = st.recursive(leaves, lambda children: st.one_of(_unary(children), _binary(children)),
                         max_leaves=max_leaves)
-    return tree.filter(lambda n: any(isinstance(m, Var) for m in _walk(n)))
-
-
-def _walk(node):
-    yield node
-    if isinstance(node, Call):
-        for a in node.args:
-            yield from _walk(a)
+    return tree.filter(lambda n: any(isinstance(m, Var) for m in walk(n)))
 
 
 SHAPE_PAIRS = [((), ()), ((4,), (4,)), ((3, 4), (4,)), ((3, 1), (1, 4)), ((2, 3, 4), (3, 1)), ((), (3,))]
@@ -132,7 +125,7 @@ def structured_cases(draw, dtypes=("float64", "float32"), devices=("cpu",)):
     sx, sy = draw(st.sampled_from([((3, 4), (4,)), ((2, 3, 4), (3, 1)), ((4,), (4,)), ((3, 4), (3, 4))]))
     shapes = {"x": sx, "y": sy}
     node = draw(structured(draw(expressions()), shapes))
-    used = sorted({n.name for n in _walk(node) if isinstance(n, Var)})
+    used = sorted({n.name for n in walk(node) if isinstance(n, Var)})
     seed = draw(st.integers(0, 2**31 - 1))
     raw = {"name": f"structured_{seed}", "expr": to_text(node), "dtypes": list(dtypes), "devices": list(devices),
            "seed": seed, "vars": {n: {"shape": list(shapes[n])} for n in used}}
@@ -143,7 +136,7 @@ def cases(draw, dtypes=("float64", "float32"), devices=("cpu",), reduce: bool | 
     from .casefile import build_case
 
     node = draw(expressions())
-    used = sorted({n.name for n in _walk(node) if isinstance(n, Var)})
+    used = sorted({n.name for n in walk(node) if isinstance(n, Var)})
     sx, sy = draw(st.sampled_from(SHAPE_PAIRS))
     shapes = {"x": list(sx), "y": list(sy)}
     outer = draw(st.sampled_from(["", "sum", "mean"])) if reduce is None else ("sum" if reduce else "")

@@ -15,10 +15,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FIRST_STEP = 1e-3
-SMALLEST_STEP = 1e-9
-SHRINK = 0.1
+from ..tolerance import FD_SAFETY
+
 U64 = 2.0**-53
+
+
+@dataclass(frozen=True)
+class FDMethod:
+    """How finite differences are taken: steps (relative to each entry's scale) start at ``first_step`` and
+    shrink by ``shrink`` down to ``smallest_step``; ``safety`` is how far a bug must stand above the Richardson
+    error estimate (estimates are estimates)."""
+
+    first_step: float = 1e-3
+    smallest_step: float = 1e-9
+    shrink: float = 0.1
+    safety: float = FD_SAFETY
+
+
+DEFAULT = FDMethod()
 
 
 @dataclass(frozen=True)
@@ -40,13 +54,15 @@ def entry_scale(x: np.ndarray) -> np.ndarray:
     return np.where(scale > 0, scale, 1e-6)  # an all-zero variable still needs a step
 
 
-def directional(evaluate: Evaluator, point: dict, direction: dict, noise: float, sig0=None) -> Estimate:
+def directional(evaluate: Evaluator, point: dict, direction: dict, noise: float, sig0=None,
+                method: FDMethod | None = None) -> Estimate:
     """d/dt phi(point + t*direction) at t=0. ``noise`` bounds float64 rounding in one evaluation of phi;
     ``sig0`` is the kink signature at ``point`` when the caller already has it."""
+    method = method or DEFAULT
     if sig0 is None:
         _, sig0 = evaluate(point)
-    h = FIRST_STEP
-    while h >= SMALLEST_STEP:
+    h = method.first_step
+    while h >= method.smallest_step:
         diffs = []
         crossed = bad = False
         for step in (h, h / 2, h / 4):
@@ -60,20 +76,22 @@ def directional(evaluate: Evaluator, point: dict, direction: dict, noise: float,
                 break
             diffs.append((plus - minus) / (2 * step))
         if not (bad or crossed):
-            return _richardson(diffs, h, noise)
-        h *= SHRINK
+            value, truncation = _richardson(diffs)
+            rounding = 7.0 * noise / h  # how the Richardson weights amplify the rounding of phi
+            return Estimate(float(value), truncation + rounding, h)
+        h *= method.shrink
     why = "a kink (non-differentiable point) lies within every step tried" if crossed else \
         "the function is not finite near this point (domain edge)"
     return Estimate(float("nan"), float("inf"), h, why)
 
 
-def _richardson(d: list[float], h: float, noise: float) -> Estimate:
+def _richardson(d: list):
+    """Two Richardson steps over central differences at h, h/2, h/4 (floats or arrays): the extrapolated
+    value and its truncation error estimate. The caller adds rounding: the weights amplify it by 7 / h."""
     r1a = (4 * d[1] - d[0]) / 3
     r1b = (4 * d[2] - d[1]) / 3
     r2 = (16 * r1b - r1a) / 15
-    truncation = abs(r2 - r1b)
-    rounding = 7.0 * noise / h  # how the Richardson weights amplify the rounding of phi
-    return Estimate(float(r2), truncation + rounding, h)
+    return r2, abs(r2 - r1b)
 
 
 def _shift(point: dict, direction: dict, t: float) -> dict:
@@ -84,7 +102,8 @@ def _same(a: list, b: list) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def entrywise(evaluate: Evaluator, point: dict, var: str, indices, noise: float) -> list[Estimate]:
+def entrywise(evaluate: Evaluator, point: dict, var: str, indices, noise: float,
+              method: FDMethod | None = None) -> list[Estimate]:
     """Finite-difference estimates of single gradient entries of ``var`` (flat indices)."""
     x = np.asarray(point[var], dtype=float)
     scale = entry_scale(x).reshape(-1)
@@ -93,7 +112,7 @@ def entrywise(evaluate: Evaluator, point: dict, var: str, indices, noise: float)
     for flat in indices:
         e = np.zeros(x.size)
         e[flat] = scale[flat]
-        est = directional(evaluate, point, {var: e.reshape(x.shape)}, noise, sig0)
+        est = directional(evaluate, point, {var: e.reshape(x.shape)}, noise, sig0, method)
         out.append(Estimate(est.value / scale[flat], est.error / scale[flat], est.step, est.note))
     return out
 
@@ -102,13 +121,14 @@ def random_direction(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return rng.standard_normal(np.shape(x)) * entry_scale(x)
 
 
-def directional_vector(evaluate: Callable[[dict], dict], point: dict, direction: dict) -> tuple[dict, dict]:
+def directional_vector(evaluate: Callable[[dict], dict], point: dict, direction: dict,
+                       method: FDMethod | None = None) -> tuple[dict, dict]:
     """d/dt G(point + t*direction) for a vector-valued G (dict of arrays), Richardson per entry.
 
     Used for Hessian-vector products: G is the exact symbolic gradient, so only truncation and float64
     rounding of G limit the estimate; both are returned per entry.
     """
-    h = FIRST_STEP
+    h = (method or DEFAULT).first_step
     base = evaluate(point)
     diffs = []
     for step in (h, h / 2, h / 4):
@@ -117,9 +137,7 @@ def directional_vector(evaluate: Callable[[dict], dict], point: dict, direction:
         diffs.append({k: (plus[k] - minus[k]) / (2 * step) for k in plus})
     value, error = {}, {}
     for k in diffs[0]:
-        d = [x[k] for x in diffs]
-        r1a, r1b = (4 * d[1] - d[0]) / 3, (4 * d[2] - d[1]) / 3
-        value[k] = (16 * r1b - r1a) / 15
+        value[k], truncation = _richardson([x[k] for x in diffs])
         scale = max(float(np.max(np.abs(base[k]), initial=0.0)), 1e-300)
-        error[k] = np.abs(value[k] - r1b) + 7.0 * 64 * U64 * scale / h
+        error[k] = truncation + 7.0 * 64 * U64 * scale / h
     return value, error
