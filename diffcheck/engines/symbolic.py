@@ -126,10 +126,6 @@ class Forward:
     kinks: dict = field(default_factory=dict)  # slot -> mask of entries on a kink
     peak: float = 0.0  # largest finite magnitude of any intermediate value
 
-    @property
-    def near_kink(self) -> bool:
-        return any(mask.any() for mask in self.kinks.values())
-
 
 @dataclass
 class Gradient:
@@ -258,10 +254,6 @@ class Program:
             if bad.any():
                 return f"{what} must lie in [{lo:g}, {hi:g}], got {float(v[bad].reshape(-1)[0]):.6g}"
         return None
-
-    def value(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """The output alone, in float64 (what finite differences evaluate)."""
-        return self.forward(inputs, None, with_err=False, derivs=False).values[self.out]
 
     def kink_signature(self, fwd: Forward) -> list[np.ndarray]:
         """Which side of its kink every kinked entry is on: finite differences must not cross a kink."""
