@@ -9,6 +9,7 @@ from diffcheck.casefile import Case, load_data
 from diffcheck.cli import main
 from diffcheck.compare import Check
 from diffcheck.errors import CaseError
+from diffcheck.training.schema import TrainCase
 
 HOSTILE = {
     "binary.toml": b"\x00\xff\xfe binary",
@@ -55,7 +56,10 @@ keys = st.sampled_from(["name", "expr", "vars", "dtypes", "devices", "seed", "ex
 @given(st.dictionaries(keys, toml_values, max_size=6))
 def test_random_data_gives_cases_or_case_errors(data):
     for item in load_data(data, "fuzz.toml"):
-        assert isinstance(item, Case | CaseError) or hasattr(item, "model")
+        if isinstance(item, CaseError):  # names the file and the key, never an anonymous error
+            assert str(item).startswith("fuzz.toml: ") and item.key, (str(item), item.key)
+        else:
+            assert isinstance(item, Case | TrainCase), type(item)
 
 
 @pytest.mark.parametrize("expr", ["x" + " + x" * 3000, "-" * 5000 + "x", "x" + "**x" * 300])
