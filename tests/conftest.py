@@ -30,3 +30,46 @@ def write_case(tmp_path):
 # tests/data holds case files that must fail or are invalid on purpose: the CLI tests run them, pytest must not
 # collect them as tests of their own.
 collect_ignore_glob = ["data/*"]
+
+
+@pytest.fixture
+def tf32_on():
+    """TF32 turned on, as a user's script may do, for the test; afterwards exactly the flags found are back."""
+    import torch
+
+    found = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = found
+
+
+def tf32_recording_mse(seen: list):
+    """An impl of mean((x @ w + b - y)**2) that appends (dtype, device, matmul TF32 flag, cudnn TF32 flag)
+    whenever diffcheck calls its forward or backward."""
+    import torch
+
+    def flags(t):
+        seen.append((str(t.dtype), t.device.type, torch.backends.cuda.matmul.allow_tf32,
+                     torch.backends.cudnn.allow_tf32))
+
+    class Mse(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w, b, y):
+            flags(w)
+            ctx.save_for_backward(x, w, b, y)
+            return torch.mean((x @ w + b - y) ** 2)
+
+        @staticmethod
+        def backward(ctx, g):
+            flags(g)
+            x, w, b, y = ctx.saved_tensors
+            r = x @ w + b - y
+            r = 2 * g * r / r.numel()
+            return None, x.T @ r, r.sum(0), None
+
+    return Mse
+
+
+def mse_vars(n: int, k: int, m: int) -> dict:
+    return {"x": {"shape": [n, k], "requires_grad": False}, "w": {"shape": [k, m]}, "b": {"shape": [m]},
+            "y": {"shape": [n, m], "requires_grad": False}}

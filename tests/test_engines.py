@@ -329,3 +329,19 @@ def test_error_budgets_stay_finite_past_a_saturated_intermediate():
     # exp(1000) is inf in every dtype, exp(-inf) = 0 exactly: the budget downstream is 0, not 0 * inf = nan
     _, fwd, grads = reference("sum(x * exp(-exp(y)))", x=[0.1, 0.2], y=1000.0)
     assert np.all(np.isfinite(fwd.errs[-1])) and np.all(np.isfinite(grads["x"].err))
+
+
+def test_tf32_is_off_while_user_code_runs_and_the_flags_are_restored_after(tf32_on):
+    import torch
+
+    import diffcheck
+
+    from .conftest import mse_vars, tf32_recording_mse
+
+    seen = []
+    result = diffcheck.check("mean((x @ w + b - y)**2)", mse_vars(4, 3, 2), impl=tf32_recording_mse(seen),
+                             dtypes=("float64", "float32"))
+    assert result.status == "pass", result.message
+    float32 = {(m, c) for dtype, _, m, c in seen if dtype == "torch.float32"}  # TF32 only touches float32
+    assert float32 == {(False, False)}, set(seen)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
