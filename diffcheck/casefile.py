@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .errors import CaseError, ExpressionError
 from .expr.ir import Node, variables
 from .expr.parse import parse
 from .expr.shapes import infer
 from .text import clip, safe
-from .validate import check_choices, check_seed
+from .validate import Strict, check_choices, check_seed, numbers
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda")
@@ -32,30 +32,26 @@ MAX_NDIM = 8
 DtypeName = Literal["float64", "float32", "float16", "bfloat16"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class VarModel(_Strict):
+class VarModel(Strict):
     shape: list[int] = []
     value: Any = None
     domain: list[float] | None = None
     requires_grad: bool = True
 
 
-class ExpectModel(_Strict):
+class ExpectModel(Strict):
     value: Any = None
     grad: dict[str, Any] = {}
     atol: float | None = None
     rtol: float | None = None
 
 
-class DtypeToleranceModel(_Strict):
+class DtypeToleranceModel(Strict):
     atol: float | None = None
     rtol: float | None = None
 
 
-class ToleranceModel(_Strict):
+class ToleranceModel(Strict):
     reason: str
     atol: float | None = None
     rtol: float | None = None
@@ -65,7 +61,7 @@ class ToleranceModel(_Strict):
     bfloat16: DtypeToleranceModel | None = None
 
 
-class CaseModel(_Strict):
+class CaseModel(Strict):
     kind: Literal["grad"] = "grad"
     name: str
     expr: str
@@ -393,28 +389,11 @@ def _var_spec(vname: str, vm: VarModel, fail) -> VarSpec:
 
 def _array(value, shape: tuple[int, ...], key: str, fail) -> np.ndarray:
     """A number broadcast to ``shape``, or a nested list of exactly that shape, as finite float64."""
-    fail_at = fail
-
-    def fail(message: str, key: str):
-        fail_at(f"{key} {message}", key)
-
-    if isinstance(value, bool) or not isinstance(value, (int, float, list)):
-        fail(f"must be a number or a nested list of numbers, got {type(value).__name__}", key)
-    if isinstance(value, (int, float)):
-        arr = np.full(shape, float(value))
-    else:
-        try:
-            raw = np.array(value, dtype=object)
-        except ValueError:
-            fail("is a ragged nested list: every row must have the same length", key)
-        if raw.shape != shape:
-            fail(f"has shape {clip(list(raw.shape), 60)} but the shape is {list(shape)}", key)
-        flat = raw.reshape(-1).tolist() if raw.size else []
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
-            fail("must hold numbers only", key)
-        arr = np.array(flat, dtype=np.float64).reshape(shape)
-    if not np.all(np.isfinite(arr)):
-        fail("must hold finite numbers (no inf or nan)", key)
+    arr = numbers(value, key, fail)
+    if arr.ndim == 0:  # a number
+        return np.full(shape, float(arr))
+    if arr.shape != shape:
+        fail(f"{key} has shape {clip(list(arr.shape), 60)} but the shape is {list(shape)}", key)
     return arr
 
 

@@ -18,6 +18,10 @@ def base(**extra):
 @pytest.mark.parametrize("data, key, needle", [
     (base(vars={"x": {"shpe": [2]}}), "vars.x.shpe", "unknown key 'shpe' in vars.x (did you mean 'shape'?)"),
     (base(exprr="x"), "exprr", "unknown key 'exprr' (did you mean 'expr'?)"),
+    # an integer beyond float64 was an OverflowError traceback; a ragged list was "must hold numbers only"
+    (base(vars={"x": {"shape": [2], "value": [10**400, 1]}}), "vars.x.value", "must hold finite numbers"),
+    (base(vars={"x": {"shape": [2], "value": 10**400}}), "vars.x.value", "must hold finite numbers"),
+    (base(vars={"x": {"shape": [2, 2], "value": [[1, 2], [3]]}}), "vars.x.value", "is a ragged nested list"),
     ({"expr": "x", "vars": {"x": {}}}, "name", "missing required key 'name'"),
     ({"name": "c", "vars": {"x": {}}}, "expr", "missing required key 'expr'"),
     (base(vars={"x": {"shape": [2], "value": [1.0, 2.0, 3.0]}}), "vars.x.value", "has shape [3] but the shape is [2]"),
@@ -93,3 +97,16 @@ vars.x = { shpe = [2] }
 def test_invalid_toml_is_a_file_error(write_case):
     [err] = load_file(write_case("name = \n"))
     assert isinstance(err, CaseError) and "invalid TOML" in str(err)
+
+
+def test_an_integer_beyond_float64_in_a_case_file_is_an_error_and_the_good_case_runs(write_case):
+    from click.testing import CliRunner
+
+    from diffcheck.cli import main
+
+    path = write_case(f'[[case]]\nname = "big"\nexpr = "sum(x)"\nvars.x = {{ shape = [2], value = {10**400} }}\n'
+                      '[[case]]\nname = "good"\nexpr = "sum(x**2)"\nvars.x = { shape = [2] }\n')
+    result = CliRunner().invoke(main, ["run", str(path), "--device", "cpu"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "case 'big': vars.x.value must hold finite numbers" in result.output
+    assert "PASS" in result.output and "::good" in result.output
