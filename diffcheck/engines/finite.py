@@ -76,22 +76,23 @@ def directional(evaluate: Evaluator, point: dict, direction: dict, noise: float,
                 break
             diffs.append((plus - minus) / (2 * step))
         if not (bad or crossed):
-            value, truncation = _richardson(diffs)
-            rounding = 7.0 * noise / h  # how the Richardson weights amplify the rounding of phi
-            return Estimate(float(value), truncation + rounding, h)
+            value, error = _richardson(diffs, h, noise)
+            return Estimate(float(value), float(error), h)
         h *= method.shrink
     why = "a kink (non-differentiable point) lies within every step tried" if crossed else \
         "the function is not finite near this point (domain edge)"
     return Estimate(float("nan"), float("inf"), h, why)
 
 
-def _richardson(d: list):
-    """Two Richardson steps over central differences at h, h/2, h/4 (floats or arrays): the extrapolated
-    value and its truncation error estimate. The caller adds rounding: the weights amplify it by 7 / h."""
+def _richardson(d: list, h: float, noise):
+    """Two Richardson steps over central differences at h, h/2, h/4 (floats or arrays, ``noise`` bounding the
+    rounding of one evaluation): the extrapolated value and its error bound, truncation + rounding."""
     r1a = (4 * d[1] - d[0]) / 3
     r1b = (4 * d[2] - d[1]) / 3
     r2 = (16 * r1b - r1a) / 15
-    return r2, abs(r2 - r1b)
+    truncation = abs(r2 - r1b)
+    rounding = 7.0 * noise / h  # how the Richardson weights amplify the rounding of phi
+    return r2, truncation + rounding
 
 
 def _shift(point: dict, direction: dict, t: float) -> dict:
@@ -137,7 +138,6 @@ def directional_vector(evaluate: Callable[[dict], dict], point: dict, direction:
         diffs.append({k: (plus[k] - minus[k]) / (2 * step) for k in plus})
     value, error = {}, {}
     for k in diffs[0]:
-        value[k], truncation = _richardson([x[k] for x in diffs])
         scale = max(float(np.max(np.abs(base[k]), initial=0.0)), 1e-300)
-        error[k] = truncation + 7.0 * 64 * U64 * scale / h
+        value[k], error[k] = _richardson([x[k] for x in diffs], h, 64 * U64 * scale)
     return value, error
