@@ -38,7 +38,10 @@ if __name__ == "__main__":
     try:
         sweep()
     except Exception as exc:  # a failure is what we are looking for: report it with the rest
+        import traceback
+
         print(f"sweep stopped: {type(exc).__name__}: {exc}")
+        traceback.print_exc(limit=-4)
     worst.sort(key=lambda w: -w[0])
     print(f"{N} random cases in {time.perf_counter() - start:.1f} s: {dict(statuses)}")
     by_kind = Counter()

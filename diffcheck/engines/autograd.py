@@ -25,9 +25,21 @@ def build(ir: Node) -> Callable[..., torch.Tensor]:
     """A torch function of the case's variables (keyword arguments) computing ``ir``."""
 
     def fn(**tensors):
-        return _eval(ir, tensors)
+        floats = [t for t in tensors.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        env = dict(tensors, **{_DTYPE: floats[0].dtype if floats else torch.float64})
+        return _as_float(_eval(ir, env), env)
 
     return fn
+
+
+_DTYPE = "__dtype"  # the case's float dtype, beside the tensors (no var name can start with '_')
+
+
+def _as_float(t, env):
+    """A mask used as a number counts as 0/1 in the case's float dtype (torch would make bool + bool an or)."""
+    if isinstance(t, torch.Tensor) and t.dtype == torch.bool:
+        return t.to(env[_DTYPE] if _DTYPE in env else torch.get_default_dtype())
+    return t
 
 
 def _eval(node: Node, env: dict):
@@ -39,6 +51,11 @@ def _eval(node: Node, env: dict):
     args = [_eval(a, env) for a in node.args]
     p = dict(node.params)
     op = node.op
+    if op in _MASK_OPS:
+        return _mask_op(op, args, env)
+    args = [_as_float(a, env) for a in args]
+    if op == "detach":
+        return args[0].detach() if isinstance(args[0], torch.Tensor) else args[0]
     if op == "matmul":
         return torch.matmul(args[0], args[1])
     if op == "transpose":
@@ -52,6 +69,8 @@ def _eval(node: Node, env: dict):
         return getattr(torch, op)(x, dim=dim, keepdim=p["keepdim"])
     if op in ("softmax", "log_softmax"):
         return getattr(torch, op)(args[0], dim=p["dim"])
+    if op == "clamp":
+        return _clamp(args, env)
     if op == "mse_loss":
         a, b = torch.broadcast_tensors(*args)
         return torch.nn.functional.mse_loss(a, b)
@@ -66,7 +85,52 @@ def _eval(node: Node, env: dict):
     return OPS[op].torch(*args, **p)
 
 
-TENSOR_ONLY = {"maximum", "minimum", "atan2"}
+TENSOR_ONLY = {"maximum", "minimum", "atan2", "logaddexp", "hypot", "xlogy"}
+
+
+def _clamp(args, env):
+    """torch.clamp(x, min=, max=): an infinite bound is an absent one; numbers stay numbers unless the other
+    bound is a tensor (torch takes two numbers or two tensors)."""
+    x, lo, hi = args
+    like = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    if like is None:
+        return float(np.clip(x, lo, hi))
+
+    def tensor(v):
+        return v if isinstance(v, torch.Tensor) else torch.tensor(v, dtype=like.dtype, device=like.device)
+
+    bounds = [None if (not isinstance(b, torch.Tensor) and abs(b) == float("inf")) else b for b in (lo, hi)]
+    if any(isinstance(b, torch.Tensor) for b in bounds):
+        bounds = [None if b is None else tensor(b) for b in bounds]
+    x = tensor(x)
+    shape = torch.broadcast_shapes(x.shape, *(b.shape for b in bounds if isinstance(b, torch.Tensor)))
+    return torch.clamp(x.expand(shape), min=bounds[0], max=bounds[1])  # torch keeps x's shape: broadcast first
+_MASK_OPS = {"lt", "le", "gt", "ge", "eq", "ne", "logical_and", "logical_or", "logical_not", "where"}
+
+
+def _mask_op(op: str, args: list, env: dict):
+    """Comparisons give torch.bool masks, & | ~ combine them, where() selects: as torch does."""
+    if op == "logical_not":
+        return torch.logical_not(args[0]) if isinstance(args[0], torch.Tensor) else float(not args[0])
+    if op in ("logical_and", "logical_or"):
+        if not any(isinstance(a, torch.Tensor) for a in args):
+            return float(OPS[op].numpy(*args))
+        a, b = (a if isinstance(a, torch.Tensor) else torch.tensor(bool(a)) for a in args)
+        return torch.logical_and(a, b) if op == "logical_and" else torch.logical_or(a, b)
+    if op == "where":
+        cond, a, b = args
+        if not any(isinstance(t, torch.Tensor) for t in args):
+            return a if cond else b
+        dtype = env[_DTYPE]
+        device = next(t for t in args if isinstance(t, torch.Tensor)).device
+        cond = cond if isinstance(cond, torch.Tensor) else torch.tensor(bool(cond), device=device)
+        a, b = (_as_float(t, env) if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=dtype, device=device)
+                for t in (a, b))
+        return torch.where(cond, a, b)
+    a, b = (_as_float(t, env) for t in args)
+    if not any(isinstance(t, torch.Tensor) for t in (a, b)):
+        return float(OPS[op].numpy(a, b))
+    return OPS[op].torch(a, b)
 
 
 @dataclass

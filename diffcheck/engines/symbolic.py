@@ -77,6 +77,7 @@ class Rules:
     kink: sp.Expr | None
     kink_slope: sp.Expr | None
     grads_alt: tuple = ()  # the same derivatives written as torch evaluates them (for the error budget)
+    kink_grads: tuple = ()  # d kink / d argument: how far input rounding moves an entry towards a jump
 
 
 @functools.cache
@@ -84,12 +85,13 @@ def local_rules(op_name: str, params: tuple) -> Rules:
     op = OPS[op_name]
     syms = tuple(sp.Symbol(f"a{i}", real=True) for i in range(op.arity))
     kw = dict(params)
-    value = op.sympy(*syms, **kw)
-    grads = tuple(sp.diff(value, s) for s in syms)
+    value = op.sympy(*syms, **kw) if op.sympy else sp.Integer(0)
+    grads = tuple(sp.diff(value, s) for s in syms) if not op.zero_grad else (sp.Integer(0),) * op.arity
     kink = op.kink(*syms, **kw) if op.kink else None
     slope = sp.diff(kink, syms[0]) if kink is not None else None
     alt = tuple(op.grad_alt(*syms, **kw)) if op.grad_alt else ()
-    return Rules(syms, value, grads, kink, slope, alt)
+    kink_grads = tuple(sp.diff(kink, s) for s in syms) if op.jump else ()
+    return Rules(syms, value, grads, kink, slope, alt, kink_grads)
 
 
 @dataclass
@@ -108,6 +110,7 @@ class Slot:
     value: float = 0.0
     instr: Instr | None = None
     active: bool = False  # depends on a variable we differentiate
+    node: object = None  # the IR node of an elementwise step (named in messages)
 
 
 @dataclass
@@ -118,6 +121,7 @@ class Forward:
     errs: list
     derivs: dict = field(default_factory=dict)  # slot -> [(value, err) per arg]
     kinks: dict = field(default_factory=dict)  # slot -> mask of entries on a kink
+    jumps: dict = field(default_factory=dict)  # slot -> (distance of the nearest entry to a jump in u, its index)
     peak: float = 0.0  # largest finite magnitude of any intermediate value
 
     @property
@@ -156,7 +160,7 @@ class Program:
         return len(self.slots) - 1
 
     def _emit(self, op: str, args: tuple[int, ...], shape, **params) -> int:
-        active = any(self.slots[a].active for a in args)
+        active = any(self.slots[a].active for a in args) and not (op in OPS and OPS[op].zero_grad)
         return self._add(Slot("instr", tuple(shape), instr=Instr(op, args, params, tuple(shape)), active=active))
 
     def _const(self, value: float) -> int:
@@ -180,7 +184,9 @@ class Program:
         p = dict(node.params)
         op = OPS[node.op]
         if op.kind == "elementwise":
-            return self._emit(node.op, args, shape, **p)
+            i = self._emit(node.op, args, shape, **p)
+            self.slots[i].node = node
+            return i
         if node.op in ("sum", "mean", "logsumexp"):
             dims = normalize_dims(p["dim"], len(arg_shapes[0]), "")
             name = "lse" if node.op == "logsumexp" else node.op
@@ -195,6 +201,13 @@ class Program:
             lse = self._emit("lse", (x,), reduced_shape(arg_shapes[0], dims, True), dims=dims, keepdim=True)
             centered = self._emit("sub", (x, lse), arg_shapes[0])
             return centered if node.op == "log_softmax" else self._emit("exp", (centered,), arg_shapes[0])
+        if node.op == "clamp":  # torch.clamp: max wins where min > max, exactly as minimum(maximum(x, min), max)
+            out = args[0]
+            for bound, (name, default) in zip(node.args[1:], (("maximum", -np.inf), ("minimum", np.inf))):
+                if not (isinstance(bound, Const) and bound.value == default):
+                    j = args[1] if name == "maximum" else args[2]
+                    out = self._emit(name, (out, j), np.broadcast_shapes(self.slots[out].shape, self.slots[j].shape))
+            return out
         if node.op == "mse_loss":
             diff_shape = np.broadcast_shapes(*arg_shapes)
             diff = self._emit("sub", args, diff_shape)
@@ -215,10 +228,12 @@ class Program:
 
     # ---- forward ----
     def forward(self, inputs: dict[str, np.ndarray], kink_u: float | None = None, with_err: bool = True,
-                derivs: bool = True) -> Forward:
+                derivs: bool = True, detached_from: Forward | None = None) -> Forward:
         """Evaluate every slot. ``kink_u`` (the unit roundoff of the least precise dtype under test) sets how
         close to a kink an entry must be to count as on it; None skips kink detection. ``derivs=False`` computes
-        values only (what finite differences need); the backward pass needs the local derivatives."""
+        values only (what finite differences need); the backward pass needs the local derivatives.
+        ``detached_from``: a forward at the base point whose detach() values are held fixed (finite differences
+        of the function the gradient is taken of: detached values are constants there)."""
         values: list = [None] * len(self.slots)
         errs: list = [0.0] * len(self.slots)
         fwd = Forward(values, errs)
@@ -230,6 +245,8 @@ class Program:
                 elif slot.kind == "const":
                     values[i] = slot.value
                     errs[i] = sympy_eval._number_err(slot.value)
+                elif detached_from is not None and slot.instr.op == "detach":
+                    values[i] = detached_from.values[i]
                 else:
                     values[i], errs[i] = self._step(i, slot.instr, fwd, kink_u, with_err, derivs)
                 if with_err:  # the reference run: how large do intermediates get (a dtype's range)?
@@ -269,6 +286,10 @@ class Program:
         if ins.op in OPS and OPS[ins.op].kind == "elementwise":
             op = OPS[ins.op]
             value = np.broadcast_to(op.numpy(*vals, **ins.params), ins.shape).astype(np.float64)
+            if op.zero_grad:  # masks, floor, detach: exact (or the input's error), nothing flows back
+                if op.jump and kink_u is not None:
+                    fwd.jumps[i] = self._jump_distance(ins, vals, errs)
+                return value, (np.broadcast_to(errs[0], ins.shape) if ins.op == "detach" else 0.0)
             if not (with_err or need_derivs or kink_u is not None):
                 return value, 0.0
             rules = local_rules(ins.op, tuple(sorted(ins.params.items())))
@@ -336,6 +357,39 @@ class Program:
         if ins.op == "transpose":
             return np.transpose(vals[0]), np.transpose(errs[0]) if np.ndim(errs[0]) else errs[0]
         raise NotImplementedError(ins.op)  # pragma: no cover
+
+    def _jump_distance(self, ins: Instr, vals, errs):
+        """How close the nearest entry is to the op's jump, in units of u: |k| over the first-order shift of k
+        that the inputs' rounding can cause. An entry whose inputs are exact is never ambiguous, even on the jump
+        (every dtype computes the same mask there)."""
+        rules = local_rules(ins.op, tuple(sorted(ins.params.items())))
+        env = {s: (v, 0.0) for s, v in zip(rules.symbols, vals)}
+        k, _ = sympy_eval.evaluate(rules.kink, env, with_err=False)
+        shift = np.zeros(ins.shape)
+        for g, e in zip(rules.kink_grads, errs):
+            if np.any(e):
+                shift = shift + np.abs(sympy_eval.evaluate(g, env, with_err=False)[0]) * e
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dist = np.broadcast_to(np.where(shift > 0, np.abs(k) / shift, np.inf), ins.shape)
+        if not dist.size:
+            return np.inf, ()
+        flat = int(np.argmin(dist))
+        return float(dist.reshape(-1)[flat]), np.unravel_index(flat, ins.shape)
+
+    def near_jump(self, fwd: Forward, u: float) -> str | None:
+        """Why a dtype with unit roundoff ``u`` may compute another mask (or floor) than the reference, or None:
+        an entry lies within rounding distance of a jump, so values and gradients may legitimately differ."""
+        for i, (dist, index) in fwd.jumps.items():
+            if dist <= KINK_SAFETY * u:
+                from ..expr.ir import to_text
+
+                node = self.slots[i].node
+                text = to_text(node) if node is not None else self.slots[i].instr.op
+                at = f" at {list(map(int, index))}" if index else ""
+                return (f"'{text[:60]}'{at} is within rounding distance of its jump ({dist / u:.3g} x its rounding "
+                        "bound away): "
+                        "this dtype may take either side, so its value and gradient are not compared")
+        return None
 
     # ---- backward ----
     def vjp(self, fwd: Forward, cotangent, with_err: bool = True, sides: dict | None = None) -> dict[str, tuple]:

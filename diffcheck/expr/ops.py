@@ -21,8 +21,9 @@ NUMBER = (int, float)
 @dataclass(frozen=True)
 class Param:
     name: str
-    kind: str  # "number", "bool", "dims" (None, int or tuple of ints)
+    kind: str  # "number", "bool", "dims" (None, int or tuple of ints), "choice" (a string), "tensor" (an argument)
     default: object
+    choices: tuple[str, ...] = ()  # the strings a "choice" parameter accepts
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class Op:
     doc: str = ""
     formula: bool = False  # implemented by its defining formula: its value budget comes from that formula
     grad_alt: Callable | None = None  # (*symbols, **params) -> derivatives as torch computes them
+    zero_grad: bool = False  # no gradient flows through (masks, floor, detach): the result is never active
+    jump: bool = False  # ``kink`` marks a discontinuity of the value (a mask or floor flips there)
+    mask: bool = False  # the result is a boolean mask (0/1 in the reference, torch.bool under test)
     param_names: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self):
@@ -123,6 +127,128 @@ def _sig(x):
     return 1 / (1 + _sp().exp(-x))
 
 
+def _cmp(name, fn):
+    """A comparison: a 0/1 mask with a jump where a == b; no gradient flows through it."""
+    def sym(a, b):
+        return _sp().Piecewise((1, fn(a, b)), (0, True))
+
+    return Op(name, 2, "elementwise", (), sym, lambda a, b: fn(_np().asarray(a), b).astype(float), fn,
+              kink=lambda a, b: a - b, domain=((-1, 1), (-1, 1)), ulps=0, zero_grad=True, jump=True, mask=True)
+
+
+def _logical(name, arity, np_fn, sym):
+    return Op(name, arity, "elementwise", (), sym, lambda *m: np_fn(*(_np().asarray(a) != 0 for a in m)).astype(float),
+              None, domain=((0, 1),) * arity, ulps=0, zero_grad=True, mask=True)
+
+
+def _mask_ops() -> list[Op]:
+    import operator
+
+    np = _Lazy(_np)
+    return [
+        _cmp("lt", operator.lt), _cmp("le", operator.le), _cmp("gt", operator.gt), _cmp("ge", operator.ge),
+        _cmp("eq", operator.eq), _cmp("ne", operator.ne),
+        _logical("logical_and", 2, np.logical_and, lambda a, b: a * b),
+        _logical("logical_or", 2, np.logical_or, lambda a, b: a + b - a * b),
+        _logical("logical_not", 1, np.logical_not, lambda a: 1 - a),
+        # where(cond, a, b): cond is a mask (exact 0/1), so the derivative is cond towards a and 1 - cond towards b
+        Op("where", 3, "elementwise", (), lambda c, a, b: c * a + (1 - c) * b,
+           lambda c, a, b: _np().where(_np().asarray(c) != 0, a, b), None, domain=((0, 1), (-1, 1), (-1, 1)),
+           ulps=0, doc="torch.where(cond, a, b); cond must be a mask"),
+    ]
+
+
+def _gelu(x, approximate):
+    sp = _sp()
+    if approximate == "tanh":
+        return x / 2 * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + sp.Rational(44715, 1000000) * x**3)))
+    return x / 2 * (1 + sp.erf(x / sp.sqrt(2)))
+
+
+def _np_gelu(x, approximate):
+    np = _np()
+    if approximate == "tanh":
+        return x / 2 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    return x / 2 * (1 + _special().erf(x / math.sqrt(2)))
+
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _rounding(name, sym, np_fn, torch_fn, kink):
+    """floor, ceil, round, trunc, sign: piecewise constant, zero gradient, a jump at each step."""
+    return Op(name, 1, "elementwise", (), sym, np_fn, torch_fn, kink, ((-3, 3),), ulps=0, zero_grad=True,
+              jump=True, doc="zero gradient; jumps where the value steps")
+
+
+class _Lazy:
+    """``_Lazy(_torch).sign`` is a function that imports torch on its first call, not when the table is built."""
+
+    def __init__(self, module):
+        self._module = module
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: getattr(self._module(), name)(*args, **kwargs)
+
+
+def _elementwise_ops() -> list[Op]:
+    sp, np, torch, F = _Lazy(_sp), _Lazy(_np), _Lazy(_torch), _Lazy(_F)
+    pw = sp.Piecewise  # noqa: F841 - a lazy function too
+    steps = lambda x: _sp().sin(_sp().pi * x)  # noqa: E731 - zero at every integer
+    return [
+        _rounding("sign", lambda x: _sp().sign(x), np.sign, torch.sign, lambda x: x),
+        _rounding("floor", lambda x: _sp().floor(x), np.floor, torch.floor, steps),
+        _rounding("ceil", lambda x: _sp().ceiling(x), np.ceil, torch.ceil, steps),
+        _rounding("trunc", lambda x: _sp().floor(_sp().Abs(x)) * _sp().sign(x), np.trunc, torch.trunc, steps),
+        # round half to even, as torch and numpy do: the steps sit at the half-integers
+        _rounding("round", lambda x: _sp().floor(x + _sp().Rational(1, 2)), np.round, torch.round,
+                  lambda x: _sp().cos(_sp().pi * x)),
+        Op("detach", 1, "elementwise", (), lambda x: x, lambda x: x, lambda x: x.detach(), ulps=0, zero_grad=True,
+           domain=((-1, 1),), doc="the value of x; no gradient flows through (x.detach() is the same)"),
+        _unary("square", lambda x: x**2, np.square, torch.square, (-2, 2), ulps=1),
+        _unary("reciprocal", lambda x: 1 / x, np.reciprocal, torch.reciprocal, (0.5, 2), ulps=1),
+        _unary("log2", lambda x: _sp().log(x) / _sp().log(2), np.log2, torch.log2, (0.1, 3)),
+        _unary("log10", lambda x: _sp().log(x) / _sp().log(10), np.log10, torch.log10, (0.1, 3)),
+        _unary("exp2", lambda x: 2**x, np.exp2, torch.exp2, (-3, 3)),
+        Op("logaddexp", 2, "elementwise", (), lambda a, b: _sp().log(_sp().exp(a) + _sp().exp(b)), np.logaddexp,
+           torch.logaddexp, domain=((-3, 3), (-3, 3))),
+        Op("hypot", 2, "elementwise", (), lambda a, b: _sp().sqrt(a**2 + b**2), np.hypot, torch.hypot,
+           domain=((-1, 1), (0.5, 2))),
+        Op("xlogy", 2, "elementwise", (), lambda a, b: a * _sp().log(b), lambda a, b: _special().xlogy(a, b),
+           torch.xlogy, domain=((-1, 1), (0.1, 3))),
+        _unary("hardtanh", lambda x, min_val, max_val: pw((min_val, x <= min_val), (max_val, x >= max_val), (x, True)),
+               lambda x, min_val, max_val: np.clip(x, min_val, max_val),
+               lambda x, min_val, max_val: F.hardtanh(x, min_val, max_val), (-2, 2), ulps=0,
+               kink=lambda x, min_val, max_val: (x - min_val) * (x - max_val),
+               params=(Param("min_val", "number", -1.0), Param("max_val", "number", 1.0))),
+        _unary("relu6", lambda x: pw((0, x <= 0), (6, x >= 6), (x, True)), lambda x: np.clip(x, 0.0, 6.0),
+               F.relu6, (-2, 8), ulps=0, kink=lambda x: x * (x - 6)),
+        _unary("hardsigmoid", lambda x: pw((0, x <= -3), (1, x >= 3), (x / 6 + _sp().Rational(1, 2), True)),
+               lambda x: np.clip(x / 6 + 0.5, 0.0, 1.0), F.hardsigmoid, (-5, 5), ulps=2,
+               kink=lambda x: (x + 3) * (x - 3)),
+        _unary("hardswish", lambda x: pw((0, x < -3), (x * (x + 3) / 6, x <= 3), (x, True)),
+               lambda x: x * np.clip(x + 3, 0.0, 6.0) / 6, F.hardswish, (-5, 5), formula=True,
+               kink=lambda x: (x + 3) * (x - 3)),
+        _unary("mish", lambda x: x * _sp().tanh(_sp().log(1 + _sp().exp(x))), lambda x: x * np.tanh(np.logaddexp(0.0, x)),
+               F.mish, (-4, 4), formula=True),
+        _unary("logsigmoid", lambda x: -_sp().log(1 + _sp().exp(-x)), lambda x: -np.logaddexp(0.0, -x), F.logsigmoid,
+               (-4, 4)),
+        _unary("selu", lambda x: SELU_SCALE * pw((SELU_ALPHA * (_sp().exp(x) - 1), x <= 0), (x, True)),
+               lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0))), F.selu, (-2, 2),
+               kink=lambda x: x, formula=True),
+        _unary("celu", lambda x, alpha: pw((alpha * (_sp().exp(x / alpha) - 1), x <= 0), (x, True)),
+               lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0) / alpha)),
+               lambda x, alpha: F.celu(x, alpha=alpha), (-2, 2), kink=lambda x, alpha: x, formula=True,
+               params=(Param("alpha", "number", 1.0),)),
+        _unary("softsign", lambda x: x / (1 + _sp().Abs(x)), lambda x: x / (1 + np.abs(x)), F.softsign, (-3, 3),
+               formula=True),
+        # clamp(x, min=, max=): numbers or tensors, either optional; lowered to maximum/minimum by the reference
+        Op("clamp", 1, "composite", (Param("min", "tensor", -math.inf), Param("max", "tensor", math.inf)),
+           domain=((-1, 1),), ulps=0, doc="torch.clamp: min and max are numbers or tensors, either optional"),
+    ]
+
+
 def _build() -> dict[str, Op]:
     ops: list[Op] = [
         # arithmetic (written with operators in case files)
@@ -190,9 +316,8 @@ def _build() -> dict[str, Op]:
                params=(Param("beta", "number", 1.0), Param("threshold", "number", 20.0))),
         _unary("silu", lambda x: x * _sig(x), lambda x: x * _special().expit(x), lambda x: _F().silu(x), (-4, 4),
                formula=True, grad_alt=lambda x: (_sig(x) * (1 + x * (1 - _sig(x))),)),
-        _unary("gelu", lambda x: x / 2 * (1 + _sp().erf(x / _sp().sqrt(2))),
-               lambda x: x / 2 * (1 + _special().erf(x / math.sqrt(2))), lambda x: _F().gelu(x), (-3, 3),
-               formula=True),
+        _unary("gelu", _gelu, _np_gelu, lambda x, approximate: _F().gelu(x, approximate=approximate), (-3, 3),
+               formula=True, params=(Param("approximate", "choice", "none", ("none", "tanh")),)),
         Op("atan2", 2, "elementwise", (), lambda y, x: _sp().atan2(y, x), lambda y, x: _np().arctan2(y, x),
            lambda y, x: _torch().atan2(y, x), domain=((-1, 1), (0.5, 2))),
         Op("maximum", 2, "elementwise", (), _maximum, lambda a, b: _np().maximum(a, b),
@@ -213,6 +338,8 @@ def _build() -> dict[str, Op]:
            doc="mean(-(y*log(p) + (1-y)*log(1-p))); torch clamps (1-p)*p at 1e-12 in backward"),
         Op("matmul", 2, "matmul", (), domain=((-1, 1), (-1, 1)), ulps=0),
         Op("transpose", 1, "transpose", (), domain=((-1, 1),), ulps=0),
+        *_mask_ops(),
+        *_elementwise_ops(),
     ]
     return {op.name: op for op in ops}
 
@@ -220,8 +347,11 @@ def _build() -> dict[str, Op]:
 OPS: dict[str, Op] = _build()
 
 # Ops written as operators, not called by name.
-OPERATOR_OPS = {"add", "sub", "mul", "div", "pow", "powc", "neg", "matmul", "transpose"}
+OPERATOR_OPS = {"add", "sub", "mul", "div", "pow", "powc", "neg", "matmul", "transpose", "lt", "le", "gt", "ge",
+                "eq", "ne", "logical_and", "logical_or", "logical_not"}
 # Names a case file may call as functions.
 FUNCTIONS = sorted(name for name in OPS if name not in OPERATOR_OPS)
+# Ops also written as a method without arguments (``x.detach()``).
+METHODS = {"detach"}
 # Named constants allowed in expressions.
 CONSTANTS = {"pi": math.pi}

@@ -1,9 +1,9 @@
 """Whitelisting parser: case-file text -> IR. Nothing is ever evaluated.
 
 ``ast.parse(mode="eval")`` only builds a syntax tree; every node type is then checked against a short list of
-allowed constructs and turned into IR. Anything else -- attributes other than ``.T``, subscripts, lambdas,
-comprehensions, comparisons, strings, dunder names, unknown functions -- is an ExpressionError that says what
-and where.
+allowed constructs and turned into IR. Anything else -- attributes other than ``.T`` and ``.detach()``,
+subscripts, lambdas, comprehensions, chained comparisons, strings except where an op declares a string parameter,
+dunder names, unknown functions -- is an ExpressionError that says what and where.
 """
 
 from __future__ import annotations
@@ -13,16 +13,18 @@ import math
 
 from ..errors import ExpressionError
 from .ir import Call, Const, Node, Var
-from .ops import CONSTANTS, FUNCTIONS, OPS, Param
+from .ops import CONSTANTS, FUNCTIONS, METHODS, OPS, Param
 
 MAX_LENGTH = 10_000
 MAX_DEPTH = 200
 
-_BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow", ast.MatMult: "matmul"}
+_BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow", ast.MatMult: "matmul",
+           ast.BitAnd: "logical_and", ast.BitOr: "logical_or"}
+_COMPARE = {ast.Lt: "lt", ast.LtE: "le", ast.Gt: "gt", ast.GtE: "ge", ast.Eq: "eq", ast.NotEq: "ne"}
 
 _DESCRIBE = {
     ast.Subscript: "subscripts", ast.Lambda: "lambdas", ast.IfExp: "conditional expressions",
-    ast.Compare: "comparisons", ast.BoolOp: "boolean operators", ast.ListComp: "comprehensions",
+    ast.BoolOp: "boolean operators", ast.ListComp: "comprehensions",
     ast.SetComp: "comprehensions", ast.DictComp: "comprehensions", ast.GeneratorExp: "generators",
     ast.JoinedStr: "strings", ast.Dict: "dicts", ast.Set: "sets", ast.List: "lists", ast.Tuple: "tuples",
     ast.Starred: "starred arguments", ast.NamedExpr: "assignment expressions", ast.Await: "await",
@@ -68,7 +70,7 @@ class _Converter:
         if isinstance(node, ast.BinOp):
             op = _BINOPS.get(type(node.op))
             if op is None:
-                self.fail(f"operator {type(node.op).__name__} is not allowed (use + - * / ** @)", node)
+                self.fail(f"operator {type(node.op).__name__} is not allowed (use + - * / ** @, & | on masks)", node)
             return Call(op, (self.convert(node.left, d), self.convert(node.right, d)))
         if isinstance(node, ast.UnaryOp):
             if isinstance(node.op, ast.USub):
@@ -78,7 +80,16 @@ class _Converter:
                 return Call("neg", (operand,))
             if isinstance(node.op, ast.UAdd):
                 return self.convert(node.operand, d)
+            if isinstance(node.op, ast.Invert):
+                return Call("logical_not", (self.convert(node.operand, d),))
             self.fail(f"unary operator {type(node.op).__name__} is not allowed", node)
+        if isinstance(node, ast.Compare):
+            op = _COMPARE.get(type(node.ops[0]))
+            if len(node.ops) != 1:
+                self.fail("chained comparisons are not allowed (write (a < b) & (b < c))", node)
+            if op is None:
+                self.fail(f"comparison {type(node.ops[0]).__name__} is not allowed (use < <= > >= == !=)", node)
+            return Call(op, (self.convert(node.left, d), self.convert(node.comparators[0], d)))
         if isinstance(node, ast.Attribute):
             if node.attr != "T":
                 self.fail(f"attribute '.{node.attr}' is not allowed (only '.T', the transpose)", node)
@@ -115,6 +126,10 @@ class _Converter:
         return Var(ident)
 
     def call(self, node: ast.Call, depth: int) -> Node:
+        if isinstance(node.func, ast.Attribute) and node.func.attr in METHODS:
+            if node.args or node.keywords:
+                self.fail(f"'.{node.func.attr}()' takes no arguments", node)
+            return Call(node.func.attr, (self.convert(node.func.value, depth),))
         if not isinstance(node.func, ast.Name):
             self.fail("only calls of the language's functions by name are allowed", node)
         fname = node.func.id
@@ -136,7 +151,7 @@ class _Converter:
             self.fail(f"{fname}() takes at most {op.arity + len(op.params)} positional arguments", node)
         given: dict[str, object] = {}
         for param, value_node in zip(op.params, extra):
-            given[param.name] = self.param_value(fname, param, value_node)
+            given[param.name] = self.param_value(fname, param, value_node, depth)
         for kw in node.keywords:
             param = next((p for p in op.params if p.name == kw.arg), None)
             if param is None:
@@ -144,11 +159,19 @@ class _Converter:
                 self.fail(f"{fname}() has no keyword '{kw.arg}' (allowed: {allowed})", kw.value)
             if kw.arg in given:
                 self.fail(f"{fname}() got '{kw.arg}' twice", kw.value)
-            given[kw.arg] = self.param_value(fname, param, kw.value)
-        params = tuple((p.name, given.get(p.name, p.default)) for p in op.params)
-        return Call(fname, args, params)
+            given[kw.arg] = self.param_value(fname, param, kw.value, depth)
+        tensors = tuple(given.get(p.name, Const(p.default)) for p in op.params if p.kind == "tensor")
+        params = tuple((p.name, given.get(p.name, p.default)) for p in op.params if p.kind != "tensor")
+        return Call(fname, args + tensors, params)
 
-    def param_value(self, fname: str, param: Param, node: ast.AST):
+    def param_value(self, fname: str, param: Param, node: ast.AST, depth: int = 0):
+        if param.kind == "tensor":
+            return self.convert(node, depth)
+        if param.kind == "choice":
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in param.choices:
+                return node.value
+            allowed = ", ".join(f'"{c}"' for c in param.choices)
+            self.fail(f"{fname}(): '{param.name}' must be one of {allowed}", node)
         if param.kind == "bool":
             if isinstance(node, ast.Constant) and isinstance(node.value, bool):
                 return node.value

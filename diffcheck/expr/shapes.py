@@ -72,6 +72,31 @@ def infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
     return shape
 
 
+def is_mask(node: Node, mask_vars=frozenset()) -> bool:
+    """Whether ``node`` is a boolean mask: a comparison, a combination of masks, or a bool var."""
+    from .ops import OPS
+
+    if isinstance(node, Var):
+        return node.name in mask_vars
+    if not isinstance(node, Call):
+        return False
+    if node.op == "detach":
+        return is_mask(node.args[0], mask_vars)
+    return OPS[node.op].mask
+
+
+_MASK_ARGS = {"logical_and": "&", "logical_or": "|", "logical_not": "~"}
+
+
+def _check_masks(node: Call, what: str, mask_vars) -> None:
+    if node.op in _MASK_ARGS and not all(is_mask(a, mask_vars) for a in node.args):
+        raise ExpressionError(f"{what}'{_MASK_ARGS[node.op]}' combines masks (comparisons such as x > 0), not "
+                              f"numbers; for arithmetic use * + -")
+    if node.op == "where" and not is_mask(node.args[0], mask_vars):
+        raise ExpressionError(f"{what}where()'s condition must be a mask (a comparison such as x > 0); "
+                              "to blend by a number use c * a + (1 - c) * b")
+
+
 def _infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
     if isinstance(node, Const):
         return ()
@@ -81,6 +106,9 @@ def _infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
     shapes = [infer(a, var_shapes) for a in node.args]
     what = f"in '{to_text(node)}': " if len(to_text(node)) < 80 else f"in {node.op}(): "
     op = node.op
+    _check_masks(node, what, frozenset())
+    if op == "detach":
+        return shapes[0]
     if op == "matmul":
         return matmul_shape(shapes[0], shapes[1], what)
     if op == "transpose":

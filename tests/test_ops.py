@@ -1,0 +1,184 @@
+"""The op families of the language, end to end: real case files through the CLI and the API, in every float
+dtype; wrong gradients written as an impl fail, correct ones pass, and jumps are reported, never failed."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from diffcheck.casefile import load_data
+from diffcheck.cli import main
+from diffcheck.runner import Options, run_case
+
+from .conftest import ROOT
+
+ALL_DTYPES = ["float64", "float32", "float16", "bfloat16"]
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(main, ["run", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def one_case(tmp_path, expr, vars_, impl_source=None, dtypes=ALL_DTYPES, **extra):
+    data = {"name": "c", "expr": expr, "devices": ["cpu"], "dtypes": dtypes, "vars": vars_, **extra}
+    if impl_source is not None:
+        (tmp_path / "mine.py").write_text(impl_source)
+        data["impl"] = "mine:f"
+    [case] = load_data(data, str(tmp_path / "case.toml"))
+    return run_case(case, Options(devices=("cpu",)))
+
+
+def failing(result):
+    return [(c.label, c.message) for c in result.checks if c.status == "fail"]
+
+
+# ---- family 1: comparisons, masks, where ----
+@pytest.mark.parametrize("expr, vars_", [
+    ("x * (x > 0)", {"x": {"shape": [3, 4]}}),
+    ("sum(x > 0.25) * x + mean(x <= y)", {"x": {"shape": [2, 3, 4]}, "y": {"shape": [3, 1]}}),
+    ("where((x > 0) & ~(y < 0.5) | (x < -0.75), sin(x), y * 2)", {"x": {"shape": [3, 4]}, "y": {"shape": [4]}}),
+    ("where(x > 0, 1.5, -0.5) * x", {"x": {"shape": []}}),
+])
+def test_masks_and_where_pass_in_every_dtype(tmp_path, expr, vars_):
+    result = one_case(tmp_path, expr, vars_)
+    assert result.status == "pass", failing(result)
+    assert {c.dtype for c in result.checks if c.kind == "grad" and c.status == "pass"} == set(ALL_DTYPES)
+
+
+def test_a_mask_in_arithmetic_counts_as_one_and_sums_count_entries(tmp_path):
+    result = one_case(tmp_path, "sum(x > 0) + mean(x < 0) * 10 + 0 * x", {"x": {"shape": [4], "value": [1.0, -1, 2, 3]}},
+                      expect={"value": 5.5, "grad": {"x": [0.0, 0, 0, 0]}})
+    assert result.status == "pass", failing(result)
+    assert any(c.kind == "expect_value" and c.status == "pass" for c in result.checks)
+
+
+def test_an_entry_within_rounding_of_a_jump_is_skipped_with_the_reason(tmp_path):
+    # sin(x) at x = pi/6 rounds to either side of 0.5 depending on the dtype
+    result = one_case(tmp_path, "sum(where(sin(x) > 0.5, x, -x))",
+                      {"x": {"shape": [3], "value": [0.5235987755982988, 0.52359878, 1.0]}})
+    assert result.status == "pass", failing(result)
+    skips = [c for c in result.checks if c.kind == "grad" and c.status == "skip"]
+    assert {c.dtype for c in skips} == set(ALL_DTYPES)
+    assert all("'sin(x) > 0.5' at [0] is within rounding distance of its jump" in c.message for c in skips)
+
+
+def test_finite_differences_never_cross_a_jump(tmp_path):
+    result = one_case(tmp_path, "where(x >= y, x, 2 * y)", {"x": {"shape": [3], "value": [1.0, 2.0, 0.0]},
+                                                            "y": {"shape": [3], "value": [1.0, 1.0, 0.0]}})
+    assert result.status == "pass", failing(result)
+    fd = [c for c in result.checks if c.kind == "fd" and c.status == "warn"]
+    assert fd and all("not differenced" in c.message for c in fd)
+
+
+WRONG_WHERE = '''
+import torch
+
+class W(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.where(x > 0, x * x, -x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.where(x > 0, 2 * x, {other})
+
+f = W.apply
+'''
+
+
+@pytest.mark.parametrize("other, status", [("-torch.ones_like(x)", "pass"), ("torch.zeros_like(x)", "fail")])
+def test_a_where_backward_missing_a_branch_fails_and_its_twin_passes(tmp_path, other, status):
+    result = one_case(tmp_path, "where(x > 0, x * x, -x)", {"x": {"shape": [6]}},
+                      WRONG_WHERE.format(other=other), dtypes=["float64", "float32"])
+    assert result.status == status, failing(result)
+
+
+@pytest.mark.parametrize("expr, needle", [
+    ("(x > 0) + (x > 0)", None),  # bool + bool is an or in torch: counted as numbers here, both 0/1
+    ("x & (x > 0)", "'&' combines masks"),
+    ("~x", "'~' combines masks"),
+    ("where(x, x, 0)", "condition must be a mask"),
+])
+def test_mask_typing_errors_name_the_op(tmp_path, expr, needle):
+    text = f'name = "m"\nexpr = "{expr}"\ndevices = ["cpu"]\nvars.x = {{ shape = [3] }}\n'
+    path = tmp_path / "m.toml"
+    path.write_text(text)
+    code, out = run_cli(path, "--json", tmp_path / "r.json")
+    if needle is None:
+        assert code == 0, out
+        return
+    assert code == 2, out
+    assert needle in out and "m.toml: case 'm'" in out
+    assert json.loads((tmp_path / "r.json").read_text())["cases"][0]["status"] == "error"
+
+
+def test_the_shipped_op_corpus_has_cases_for_every_family():
+    assert len((ROOT / "cases" / "ops" / "masks.toml").read_text().split("[[case]]")) > 12
+
+
+# ---- family 2: elementwise ops, clamp, rounding, detach ----
+@pytest.mark.parametrize("expr, domain", [
+    ("square(x) + reciprocal(x) + log2(x) + log10(x) + exp2(x)", [0.5, 2.0]),
+    ("hardtanh(x) + relu6(3 * x) + hardswish(4 * x) + mish(x) + logsigmoid(x) + selu(x) + celu(x, alpha=0.5)"
+     " + softsign(x)", [-2.0, 2.0]),
+    ('gelu(x, approximate="tanh") - gelu(x)', [-3.0, 3.0]),
+    ("clamp(x, min=-0.5, max=0.5) + clamp(x, max=0.25) + clamp(x, 0)", [-1.0, 1.0]),
+    ("x * floor(3 * x) + x * sign(x) + x * round(2.5 * x) + trunc(x) + ceil(x)", [-2.0, 2.0]),
+])
+def test_elementwise_ops_pass_in_every_dtype(tmp_path, expr, domain):
+    result = one_case(tmp_path, expr, {"x": {"shape": [3, 4], "domain": domain}})
+    assert result.status == "pass", failing(result)
+
+
+def test_clamp_with_tensor_bounds_broadcasts_and_differentiates_the_bounds(tmp_path):
+    result = one_case(tmp_path, "clamp(x, min=lo, max=0.75)", {"x": {"shape": [3, 1]}, "lo": {"shape": [4],
+                                                                                           "domain": [-1, 0.5]}})
+    assert result.status == "pass", failing(result)
+    assert {c.var for c in result.checks if c.kind == "grad" and c.status in ("pass", "warn")} == {"x", "lo"}
+
+
+def test_detach_blocks_the_gradient_and_finite_differences_hold_it_fixed(tmp_path):
+    result = one_case(tmp_path, "sum(x * detach(exp(x)) + x.detach() ** 2)",
+                      {"x": {"shape": [3], "value": [0.0, 1.0, -1.0]}},
+                      expect={"grad": {"x": [1.0, 2.718281828459045, 0.36787944117144233]}})
+    assert result.status == "pass", failing(result)
+    assert any(c.kind == "fd" and c.status == "pass" for c in result.checks)
+
+
+WRONG_HARDTANH = '''
+import torch
+
+class H(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(-1, 1)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * {mask}
+
+f = H.apply
+'''
+
+
+@pytest.mark.parametrize("mask, status", [("((x > -1) & (x < 1))", "pass"), ("(x < 1)", "fail")])
+def test_a_hardtanh_backward_leaking_below_the_bound_fails_and_its_twin_passes(tmp_path, mask, status):
+    result = one_case(tmp_path, "hardtanh(x)", {"x": {"shape": [8], "domain": [-2, 2]}},
+                      WRONG_HARDTANH.format(mask=mask), dtypes=["float64", "float32"])
+    assert result.status == status, failing(result)
+
+
+def test_torchs_float32_accurate_hardsigmoid_gradient_is_reported_in_float64(tmp_path):
+    result = one_case(tmp_path, "hardsigmoid(x)", {"x": {"shape": [4], "domain": [-2, 2]}}, dtypes=["float64"])
+    assert result.status == "fail"
+    assert any(c.kind == "grad" and c.status == "fail" for c in result.checks)
+
+
+def test_the_shipped_elementwise_corpus_covers_zero_to_four_dims():
+    text = (ROOT / "cases" / "ops" / "elementwise.toml").read_text()
+    assert "shape = [2, 1, 3, 2]" in text and "shape = []" in text and text.count("[[case]]") > 150
