@@ -109,6 +109,10 @@ def expressions(names=("x", "y"), max_leaves: int = 6) -> st.SearchStrategy[Node
     return tree.filter(lambda n: any(isinstance(m, Var) for m in _walk(n)))
 
 
+def _first_var(node) -> str:
+    return next(n.name for n in _walk(node) if isinstance(n, Var))
+
+
 def _walk(node):
     yield node
     if isinstance(node, Call):
@@ -128,9 +132,9 @@ def structured(draw, node: Node, var_shapes: dict, depth: int = 2):
 
     for _ in range(draw(st.integers(0, depth))):
         ndim = len(infer(node, var_shapes))
-        choices = ["sum", "mean", "logsumexp", "unary"]
+        choices = ["sum", "mean", "logsumexp", "unary", "amax", "amin", "var", "std", "norm", "prod"]
         if ndim >= 1:
-            choices += ["softmax", "log_softmax", "mse_loss"]
+            choices += ["softmax", "log_softmax", "mse_loss", "cumsum", "cumprod", "sort"]
         if ndim in (1, 2):  # .T reverses every dim: x @ x.T fits for 1-D and 2-D only
             choices.append("matmul")
         if ndim >= 2:
@@ -144,6 +148,27 @@ def structured(draw, node: Node, var_shapes: dict, depth: int = 2):
             dims = draw(st.sampled_from([None, dim])) if ndim else None
             inner = squash(node, (-3.0, 3.0)) if kind == "logsumexp" else node
             node = Call(kind, (inner,), (("dim", dims), ("keepdim", draw(st.booleans()))))
+        elif kind in ("amax", "amin", "prod"):
+            dims = draw(st.sampled_from([None, dim])) if ndim else None
+            inner = squash(node, (0.5, 1.5)) if kind == "prod" else node
+            node = Call(kind, (inner,), (("dim", dims), ("keepdim", draw(st.booleans()))))
+        elif kind in ("var", "std", "norm"):
+            dims = draw(st.sampled_from([None, dim])) if ndim else None
+            if kind == "norm":
+                p = ("p", draw(st.sampled_from([2.0, 1.0, 3.0])))
+                node = Call(kind, (node,), (p, ("dim", dims), ("keepdim", draw(st.booleans()))))
+            else:  # a positive offset keeps std away from its singular point at zero spread
+                spread = Call("add", (node, Call("mul", (Const(0.25), Var(_first_var(node))))))
+                shape = infer(node, var_shapes)
+                count = math.prod(shape) if dims is None else shape[dims]
+                correction = ("correction", draw(st.sampled_from([0.0, 1.0])) if count > 1 else 0.0)
+                node = Call(kind, (spread if kind == "std" else node,),
+                            (("dim", dims), correction, ("keepdim", draw(st.booleans()))))
+        elif kind in ("cumsum", "cumprod"):
+            inner = squash(node, (0.5, 1.5)) if kind == "cumprod" else node
+            node = Call(kind, (inner,), (("dim", dim),))
+        elif kind == "sort":
+            node = Call("sort", (node,), (("dim", dim), ("descending", draw(st.booleans()))))
         elif kind in ("softmax", "log_softmax"):
             node = Call(kind, (squash(node, (-3.0, 3.0)),), (("dim", dim),))
         elif kind == "mse_loss":

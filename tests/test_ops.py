@@ -182,3 +182,52 @@ def test_torchs_float32_accurate_hardsigmoid_gradient_is_reported_in_float64(tmp
 def test_the_shipped_elementwise_corpus_covers_zero_to_four_dims():
     text = (ROOT / "cases" / "ops" / "elementwise.toml").read_text()
     assert "shape = [2, 1, 3, 2]" in text and "shape = []" in text and text.count("[[case]]") > 150
+
+
+# ---- family 3: torch reductions and scans ----
+@pytest.mark.parametrize("expr, vars_", [
+    ("amax(x, dim=1) + amin(x, dim=(0, 1), keepdim=True)", {"x": {"shape": [2, 3, 4]}}),
+    ("prod(x, dim=1, keepdim=True) + cumprod(x, 0)", {"x": {"shape": [3, 4], "domain": [0.5, 1.5]}}),
+    ("cumsum(x, dim=0) * w", {"x": {"shape": [3, 4]}, "w": {"shape": [4]}}),
+    ("var(x, dim=1) + std(x, correction=0) + norm(x, dim=1) + norm(x, p=1) + logsumexp(x, dim=1)",
+     {"x": {"shape": [3, 4]}}),
+    ("sort(x, dim=0, descending=True) * w", {"x": {"shape": [3, 4]}, "w": {"shape": [3, 1]}}),
+])
+def test_reductions_pass_in_every_dtype(tmp_path, expr, vars_):
+    result = one_case(tmp_path, expr, vars_)
+    assert result.status == "pass", failing(result)
+
+
+@pytest.mark.parametrize("expr, values", [
+    ("amax(x) * 3", [1.0, 3.0, 3.0, -2.0]),
+    ("sort(x) * w", [1.0, 3.0, 3.0, -2.0]),
+])
+def test_ties_of_amax_and_sort_are_warnings_not_failures(tmp_path, expr, values):
+    vars_ = {"x": {"shape": [4], "value": values}}
+    if "w" in expr:
+        vars_["w"] = {"shape": [4], "value": [1.0, 2.0, 3.0, 4.0]}
+    result = one_case(tmp_path, expr, vars_)
+    assert result.status == "pass", failing(result)
+    assert any(c.kind == "grad" and c.status == "warn" and "non-differentiable" in c.message for c in result.checks)
+
+
+def test_a_tie_broken_wrongly_is_still_caught_where_there_is_no_tie(tmp_path):
+    src = ("import torch\n"
+           "def f(x):\n"
+           "    return torch.sort(x).values.detach() + 0 * x\n")
+    result = one_case(tmp_path, "sort(x)", {"x": {"shape": [5]}}, src, dtypes=["float64"])
+    assert result.status == "fail"
+
+
+@pytest.mark.parametrize("expr, needle", [
+    ("cumsum(x)", "cumsum() takes one integer dim"),
+    ("sort(x, dim=(0, 1))", "sort() takes one integer dim"),
+    ("prod(x, dim=(0, 1))", "prod() takes one integer dim or none"),
+    ("norm(x, p=-1)", "norm() supports p > 0"),
+    ("amax(x, dim=3)", "dim 3 is out of range"),
+])
+def test_reduction_errors_name_the_op(tmp_path, expr, needle):
+    path = tmp_path / "r.toml"
+    path.write_text(f'name = "r"\nexpr = "{expr}"\ndevices = ["cpu"]\nvars.x = {{ shape = [3, 4] }}\n')
+    code, out = run_cli(path)
+    assert code == 2 and needle in out, out

@@ -24,6 +24,11 @@ REFERENCES = {
     "softplus_beta_missing": ("softplus(x, beta=2.0)", {"x": ([5], [-3, 3])}),
     "atan2_partials_swapped": ("atan2(y, x)", {"y": ([4], [-1, 1]), "x": ([4], [0.5, 2])}),
     "gelu_tanh_approximation_in_backward": ("gelu(x)", {"x": ([6], [-3, 3])}),
+    "cumsum_backward_not_reversed": ("cumsum(x, dim=0)", {"x": ([6], [-1, 1])}),
+    "sort_backward_not_permuted": ("sort(x)", {"x": ([3, 5], [-1, 1])}),
+    "hardtanh_grad_leaks_past_bounds": ("hardtanh(x)", {"x": ([8], [-2, 2])}),
+    "floor_straight_through": ("floor(x)", {"x": ([5], [-2, 2])}),
+    "where_grad_to_both_branches": ("where(x > 0, x * x, 3 * x)", {"x": ([6], [-1, 1])}),
 }
 
 

@@ -56,6 +56,11 @@ def _one_entry_off(g, x, w, out):
     return g @ w.T, gw
 
 
+def _sort_grad(g, x, out):
+    idx = torch.sort(x, dim=-1).indices
+    return torch.zeros_like(x).scatter(-1, idx, g)
+
+
 def _r2(y, x):
     return x * x + y * y
 
@@ -102,6 +107,16 @@ BUGS = [
     ("atan2_partials_swapped", torch.atan2,
      lambda g, y, x, o: (-g * y / _r2(y, x), g * x / _r2(y, x)),
      lambda g, y, x, o: (g * x / _r2(y, x), -g * y / _r2(y, x))),
+    ("cumsum_backward_not_reversed", lambda x: torch.cumsum(x, 0),
+     lambda g, x, o: torch.cumsum(g, 0), lambda g, x, o: torch.cumsum(g.flip(0), 0).flip(0)),
+    ("sort_backward_not_permuted", lambda x: torch.sort(x, dim=-1).values,
+     lambda g, x, o: g, _sort_grad),
+    ("hardtanh_grad_leaks_past_bounds", lambda x: F.hardtanh(x),
+     lambda g, x, o: g * (x < 1), lambda g, x, o: g * ((x > -1) & (x < 1))),
+    ("floor_straight_through", torch.floor,
+     lambda g, x, o: g, lambda g, x, o: torch.zeros_like(g)),
+    ("where_grad_to_both_branches", lambda x: torch.where(x > 0, x * x, 3 * x),
+     lambda g, x, o: g * (2 * x + 3), lambda g, x, o: g * torch.where(x > 0, 2 * x, torch.full_like(x, 3.0))),
     ("gelu_tanh_approximation_in_backward", lambda x: F.gelu(x),
      _gelu_tanh_grad, _gelu_exact_grad),
 ]

@@ -182,6 +182,39 @@ ELEMENTWISE_SPECIAL = [
 ]
 
 
+# family 3: name, expr, vars (specs as in MASKS); every float dtype
+REDUCTIONS_TORCH = [
+    ("amax_all_3x4", "amax(x)", {"x": [3, 4]}), ("amax_dim1_2x3x4", "amax(x, dim=1)", {"x": [2, 3, 4]}),
+    ("amin_dims_keepdim_4d", "amin(x, dim=(0, 2), keepdim=True)", {"x": [2, 3, 2, 2]}),
+    ("amax_scalar", "amax(x)", {"x": []}), ("amin_5", "amin(x, dim=0)", {"x": [5]}),
+    ("amax_ties_share_equally", "amax(x, dim=1) * 2", {"x": ([2, 3], [[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]])}),
+    ("amin_tie_after_rounding", "amin(x - y, dim=0)", {"x": ([2], [0.1, 0.3]), "y": ([2], [0.1, 0.3])}),
+    ("prod_all", "prod(x)", {"x": {"shape": [3, 4], "domain": [0.5, 1.5]}}),
+    ("prod_dim_keepdim_3d", "prod(x, dim=-1, keepdim=True)", {"x": {"shape": [2, 3, 4], "domain": [-1.5, -0.5]}}),
+    ("cumsum_1d", "cumsum(x, dim=0)", {"x": [5]}), ("cumsum_dim1_3d", "cumsum(x, dim=1) * w", {"x": [2, 3, 4],
+                                                                                              "w": [3, 4]}),
+    ("cumsum_4d_last", "sum(cumsum(x, -1) ** 2)", {"x": [2, 2, 3, 2]}),
+    ("cumprod_1d", "cumprod(x, dim=0)", {"x": {"shape": [5], "domain": [0.5, 1.5]}}),
+    ("cumprod_signs_3x4", "cumprod(x, dim=1)", {"x": {"shape": [3, 4], "domain": [-1.5, -0.5]}}),
+    ("var_all", "var(x)", {"x": [3, 4]}), ("var_dim_correction0", "var(x, dim=1, correction=0)", {"x": [2, 3, 4]}),
+    ("std_dims_keepdim", "x / std(x, dim=(0, 1), keepdim=True)", {"x": [2, 3, 4]}),
+    ("std_4d", "std(x, dim=-1)", {"x": [2, 2, 3, 3]}),
+    ("var_constant_row", "var(x, dim=1)", {"x": ([2, 3], [[1.0, 1.0, 1.0], [0.0, 1.0, 2.0]])}),
+    ("norm_all", "norm(x)", {"x": [3, 4]}), ("norm_dim_keepdim", "x / norm(x, dim=-1, keepdim=True)",
+                                                {"x": [2, 3, 4]}),
+    ("norm_p1", "norm(x, p=1, dim=0)", {"x": [3, 4]}), ("norm_p3_4d", "norm(x, 3.0)", {"x": [2, 1, 3, 2]}),
+    ("norm_tiny_and_huge", "norm(x)", {"x": ([3], [1e-200, 3e-200, 4e-200])}),
+    ("logsumexp_4d", "logsumexp(x, dim=(1, 3))", {"x": [2, 3, 2, 2]}),
+    ("sort_last", "sort(x) * w", {"x": [3, 4], "w": [4]}),
+    ("sort_descending_dim0", "sort(x, dim=0, descending=True) * w", {"x": [3, 4], "w": [3, 1]}),
+    ("sort_1d_exp", "exp(sort(x, 0))", {"x": [6]}),
+    ("sort_ties", "sort(x) * w", {"x": ([4], [1.0, 3.0, 3.0, -2.0]), "w": ([4], [1.0, 2.0, 3.0, 4.0])}),
+    ("sort_4d", "sum(sort(x, dim=2) * w)", {"x": [2, 2, 3, 2], "w": [3, 2]}),
+    ("cummax_like_layer_stats", "mean((x - amax(x, dim=1, keepdim=True)) / (std(x, dim=1, keepdim=True) + 1))",
+     {"x": [4, 5]}),
+]
+
+
 def spec(s) -> dict:
     if isinstance(s, dict):
         return s
@@ -298,6 +331,11 @@ def main() -> None:
            for n, e, vs, *x in ELEMENTWISE_SPECIAL]
     total += write("elementwise.toml", "Elementwise ops: torch's activations, rounding (zero gradient, jumps), clamp, "
                    "detach; 0-D to 4-D, broadcasting, bounds, special values.", ew)
+    total += write("reductions_torch.toml", "torch reductions and scans: amax amin prod cumsum cumprod var std norm "
+                   "sort; dims, keepdim, 0-D to 4-D, ties, special values.",
+                   [case(n, e, {k: spec(v) for k, v in vs.items()}, extra={"dtypes": ["float64", "float32",
+                                                                                       "float16", "bfloat16"]})
+                    for n, e, vs in REDUCTIONS_TORCH])
     print(f"wrote {total} cases to {HERE}")
 
 

@@ -67,6 +67,20 @@ def _eval(node: Node, env: dict):
         if x.ndim == 0:
             return x
         return getattr(torch, op)(x, dim=dim, keepdim=p["keepdim"])
+    if op in ("amax", "amin", "prod", "var", "std", "norm"):
+        x = args[0]
+        dim = tuple(range(x.ndim)) if p["dim"] is None else p["dim"]
+        if op == "prod":
+            return torch.prod(x) if p["dim"] is None else torch.prod(x, dim=dim, keepdim=p["keepdim"])
+        if op == "norm":
+            return torch.linalg.vector_norm(x, ord=p["p"], dim=dim, keepdim=p["keepdim"])
+        if op in ("var", "std"):
+            return getattr(torch, op)(x, dim=dim, correction=p["correction"], keepdim=p["keepdim"])
+        return x if x.ndim == 0 else getattr(torch, op)(x, dim=dim, keepdim=p["keepdim"])
+    if op in ("cumsum", "cumprod"):
+        return getattr(torch, op)(args[0], dim=p["dim"])
+    if op == "sort":
+        return torch.sort(args[0], dim=p["dim"], descending=p["descending"]).values
     if op in ("softmax", "log_softmax"):
         return getattr(torch, op)(args[0], dim=p["dim"])
     if op == "clamp":

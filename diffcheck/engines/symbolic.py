@@ -122,6 +122,7 @@ class Forward:
     derivs: dict = field(default_factory=dict)  # slot -> [(value, err) per arg]
     kinks: dict = field(default_factory=dict)  # slot -> mask of entries on a kink
     jumps: dict = field(default_factory=dict)  # slot -> (distance of the nearest entry to a jump in u, its index)
+    aux: dict = field(default_factory=dict)  # slot -> what a structured step's backward needs (argmax, order)
     peak: float = 0.0  # largest finite magnitude of any intermediate value
 
     @property
@@ -191,6 +192,16 @@ class Program:
             dims = normalize_dims(p["dim"], len(arg_shapes[0]), "")
             name = "lse" if node.op == "logsumexp" else node.op
             return self._emit(name, args, shape, dims=dims, keepdim=p["keepdim"])
+        if node.op in ("amax", "amin", "prod"):
+            dims = normalize_dims(p["dim"], len(arg_shapes[0]), "")
+            return self._emit(node.op, args, shape, dims=dims, keepdim=p["keepdim"])
+        if node.op in ("cumsum", "cumprod", "sort"):
+            (axis,) = normalize_dims(p["dim"], len(arg_shapes[0]), "") or (None,)
+            if axis is None:  # a 0-D input: the op is the identity
+                return self._emit("add", (args[0], self._const(0.0)), shape)
+            return self._emit(node.op, args, shape, axis=axis, descending=p.get("descending", False))
+        if node.op in ("var", "std", "norm"):
+            return self._lower_spread(node.op, args[0], arg_shapes[0], shape, p)
         if node.op == "matmul":
             return self._emit("matmul", args, shape)
         if node.op == "transpose":
@@ -225,6 +236,25 @@ class Program:
             mean = self._emit("mean", (total,), (), dims=tuple(range(len(s))), keepdim=False)
             return self._emit("neg", (mean,), ())
         raise NotImplementedError(node.op)  # pragma: no cover - every op in OPS is handled above
+
+    def _lower_spread(self, op: str, x: int, x_shape, shape, p) -> int:
+        """var/std as torch defines them (sum of squared deviations over n - correction), norm as
+        sum(abs(x)**p)**(1/p) (p = 2 without the abs)."""
+        dims = normalize_dims(p["dim"], len(x_shape), "")
+        keep_shape = reduced_shape(x_shape, dims, True)
+        if op == "norm":
+            base = x if p["p"] == 2 else self._emit("abs", (x,), x_shape)
+            powered = self._emit("powc", (base,), x_shape, exponent=float(p["p"]))
+            total = self._emit("sum", (powered,), shape, dims=dims, keepdim=p["keepdim"])
+            if p["p"] == 2:
+                return self._emit("sqrt", (total,), shape)
+            return self._emit("powc", (total,), shape, exponent=1.0 / float(p["p"]))
+        mean = self._emit("mean", (x,), keep_shape, dims=dims, keepdim=True)
+        centered = self._emit("sub", (x, mean), x_shape)
+        square = self._emit("pow", (centered, self._const(2.0)), x_shape)
+        total = self._emit("sum", (square,), shape, dims=dims, keepdim=p["keepdim"])
+        var = self._emit("div", (total, self._const(_count(x_shape, dims) - p["correction"])), shape)
+        return var if op == "var" else self._emit("sqrt", (var,), shape)
 
     # ---- forward ----
     def forward(self, inputs: dict[str, np.ndarray], kink_u: float | None = None, with_err: bool = True,
@@ -272,7 +302,10 @@ class Program:
     def kink_signature(self, fwd: Forward) -> list[np.ndarray]:
         """Which side of its kink every kinked entry is on: finite differences must not cross a kink."""
         sig = []
-        for _i, slot in enumerate(self.slots):
+        for i, slot in enumerate(self.slots):
+            if slot.kind == "instr" and slot.instr.op in ("amax", "amin", "sort"):  # which entry is the max/order
+                sig.append(fwd.aux[i]["order"])
+                continue
             if slot.kind == "instr" and OPS.get(slot.instr.op) is not None and OPS[slot.instr.op].kink:
                 rules = local_rules(slot.instr.op, tuple(sorted(slot.instr.params.items())))
                 env = {s: (fwd.values[a], 0.0) for s, a in zip(rules.symbols, slot.instr.args)}
@@ -342,6 +375,8 @@ class Program:
             if not keep:
                 v, err = np.squeeze(v, axis=dims), np.squeeze(err, axis=dims)
             return v, err
+        if ins.op in _STRUCTURED:
+            return _STRUCTURED[ins.op][0](self, i, ins, vals, errs, fwd, kink_u)
         if ins.op == "matmul":
             (a, b), (ea, eb) = vals, errs
             value = np.matmul(a, b)
@@ -479,6 +514,9 @@ class Program:
             qe = q * rss(np.broadcast_to(fwd.errs[ins.args[0]], x.shape), ve, x, v, sympy_eval.FUNCTION_ULPS)
             yield ins.args[0], (contrib, rss(np.abs(q) * gae, np.abs(ga) * qe, contrib))
             return
+        if ins.op in _STRUCTURED:
+            yield ins.args[0], _STRUCTURED[ins.op][1](self, i, ins, vals[0], fwd, g, ge, with_err, side)
+            return
         if ins.op == "matmul":
             yield from _matmul_back(ins, vals, [fwd.errs[a] for a in ins.args], shapes, g, ge, with_err)
             return
@@ -584,3 +622,185 @@ def _matmul_back(ins: Instr, vals, errs, shapes, g, ge, with_err):
     gb, gb_err = _unbroadcast(gb, gb_err, b2.shape, with_err)
     yield ins.args[0], (ga.reshape(sa), np.reshape(ea_, sa) if with_err else 0.0)
     yield ins.args[1], (gb.reshape(sb), np.reshape(gb_err, sb) if with_err else 0.0)
+
+
+# ---- reductions and scans with exact adjoints: amax/amin (ties share equally, as torch), prod, cumsum, cumprod,
+# sort (a permutation; tied values may go either way). Each is (forward, backward) over one input. ----
+def _near_ties(v, x, e, ev, kink_u):
+    """Entries within rounding distance of ``v`` (broadcast), or exactly equal to it."""
+    if kink_u is None:
+        return x == v
+    return (np.abs(v - x) <= KINK_SAFETY * kink_u * (np.abs(e) + np.abs(ev)) + 1e-300) | (x == v)
+
+
+def _amax_fwd(prog, i, ins, vals, errs, fwd, kink_u):
+    x = np.asarray(vals[0], dtype=float)
+    e = np.broadcast_to(errs[0], x.shape)
+    dims, keep = ins.params["dims"], ins.params["keepdim"]
+    sgn = 1.0 if ins.op == "amax" else -1.0
+    if not dims:
+        fwd.aux[i] = {"d": np.ones(x.shape), "near": np.zeros(x.shape, bool), "order": np.zeros(x.shape)}
+        return x, e
+    v = sgn * np.max(sgn * x, axis=dims, keepdims=True)
+    exact = x == v
+    d = exact / np.sum(exact, axis=dims, keepdims=True)
+    ev = np.max(np.where(exact, e, 0.0), axis=dims, keepdims=True)
+    near = _near_ties(v, x, e, ev, kink_u)
+    near = near & (np.sum(near, axis=dims, keepdims=True) > 1)  # a tie needs two
+    err = np.max(np.where(near | exact, e, 0.0), axis=dims, keepdims=True)
+    fwd.aux[i] = {"d": d, "near": near, "order": exact}
+    if near.any() and prog.slots[i].active:
+        fwd.kinks[i] = near
+    if not keep:
+        v, err = np.squeeze(v, axis=dims), np.squeeze(err, axis=dims)
+    return v, err
+
+
+def _amax_back(prog, i, ins, x, fwd, g, ge, with_err, side):
+    dims, keep = ins.params["dims"], ins.params["keepdim"]
+    aux = fwd.aux[i]
+    ga, gae = _expand(g, np.shape(x), dims, keep), _expand(ge, np.shape(x), dims, keep)
+    d = aux["d"]
+    if side:  # a lower precision may pick any of the tied entries: each gets nothing or everything
+        d = np.where(aux["near"], 1.0 if side > 0 else 0.0, d)
+    contrib = ga * d
+    if not with_err:
+        return contrib, 0.0
+    reach = np.where(aux["near"], 1.0, d)
+    return contrib, gae * reach + np.abs(contrib)
+
+
+def _prod_fwd(prog, i, ins, vals, errs, fwd, kink_u):
+    x = np.asarray(vals[0], dtype=float)
+    e = np.broadcast_to(errs[0], x.shape)
+    dims, keep = ins.params["dims"], ins.params["keepdim"]
+    v = np.prod(x, axis=dims, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.sum(e / np.abs(x), axis=dims, keepdims=True) + (_count(x.shape, dims) - 1)
+    err = np.abs(v) * rel
+    fwd.aux[i] = {"v": v, "rel": rel}
+    if not keep:
+        v, err = np.squeeze(v, axis=dims), np.squeeze(err, axis=dims)
+    return v, err
+
+
+def _prod_back(prog, i, ins, x, fwd, g, ge, with_err, side):
+    """torch's rule without zeros: grad * prod / x (an input with a zero makes the reference non-finite: skipped)."""
+    dims, keep = ins.params["dims"], ins.params["keepdim"]
+    aux = fwd.aux[i]
+    ga, gae = _expand(g, np.shape(x), dims, keep), _expand(ge, np.shape(x), dims, keep)
+    ratio = aux["v"] / x
+    contrib = ga * ratio
+    if not with_err:
+        return contrib, 0.0
+    e = np.broadcast_to(fwd.errs[ins.args[0]], np.shape(x))
+    return contrib, np.abs(contrib) * (aux["rel"] + e / np.abs(x) + 2) + gae * np.abs(ratio)
+
+
+def _scan_err(terms, errs, axis, reverse=False):
+    """Rounding of every prefix sum (or suffix sum) along ``axis``, as ``accumulation`` charges a k-term sum."""
+    flip = (lambda a: np.flip(a, axis)) if reverse else (lambda a: a)
+    t, e = flip(np.asarray(terms, float)), flip(np.broadcast_to(errs, np.shape(terms)))
+    total = np.cumsum(t, axis=axis)
+    k = np.arange(1, t.shape[axis] + 1).reshape([-1 if d == axis % t.ndim else 1 for d in range(t.ndim)])
+    acc = np.where(k > 1, np.sqrt(k) * np.hypot(np.sqrt(np.cumsum(t * t, axis=axis)), total), 0.0)
+    return flip(total), flip(rss(np.sqrt(np.cumsum(e * e, axis=axis)), acc))
+
+
+def _cumsum_fwd(prog, i, ins, vals, errs, fwd, kink_u):
+    return _scan_err(vals[0], errs[0], ins.params["axis"])
+
+
+def _cumsum_back(prog, i, ins, x, fwd, g, ge, with_err, side):
+    """The adjoint of a prefix sum is the suffix sum of the upstream gradient."""
+    g = np.broadcast_to(g, np.shape(x))
+    total, err = _scan_err(g, ge if with_err else 0.0, ins.params["axis"], reverse=True)
+    return total, (err if with_err else 0.0)
+
+
+def _cumprod_fwd(prog, i, ins, vals, errs, fwd, kink_u):
+    x = np.asarray(vals[0], dtype=float)
+    axis = ins.params["axis"]
+    e = np.broadcast_to(errs[0], x.shape)
+    v = np.cumprod(x, axis=axis)
+    k = np.arange(1, x.shape[axis] + 1).reshape([-1 if d == axis else 1 for d in range(x.ndim)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.cumsum(e / np.abs(x), axis=axis) + (k - 1)
+    fwd.aux[i] = {"v": v, "rel": rel}
+    return v, np.abs(v) * rel
+
+
+def _cumprod_back(prog, i, ins, x, fwd, g, ge, with_err, side):
+    """torch's rule without zeros: suffix sums of grad * output, over x."""
+    axis, aux = ins.params["axis"], fwd.aux[i]
+    g = np.broadcast_to(g, np.shape(x))
+    terms = g * aux["v"]
+    term_err = (np.abs(terms) * (aux["rel"] + 1) + np.broadcast_to(ge, np.shape(x)) * np.abs(aux["v"])) \
+        if with_err else 0.0
+    total, err = _scan_err(terms, term_err, axis, reverse=True)
+    contrib = total / x
+    if not with_err:
+        return contrib, 0.0
+    e = np.broadcast_to(fwd.errs[ins.args[0]], np.shape(x))
+    return contrib, err / np.abs(x) + np.abs(contrib) * (e / np.abs(x) + 1)
+
+
+def _sort_fwd(prog, i, ins, vals, errs, fwd, kink_u):
+    x = np.asarray(vals[0], dtype=float)
+    axis = ins.params["axis"]
+    e = np.broadcast_to(errs[0], x.shape)
+    idx = np.argsort(-x if ins.params["descending"] else x, axis=axis, kind="stable")
+    v, ev = np.take_along_axis(x, idx, axis), np.take_along_axis(e, idx, axis)
+    # tie groups along the sorted axis: a new group starts where neighbours are further apart than rounding
+    gap = np.abs(np.diff(v, axis=axis))
+    tol = KINK_SAFETY * (kink_u or 0.0) * (np.take(ev, range(1, v.shape[axis]), axis) +
+                                           np.take(ev, range(v.shape[axis] - 1), axis))
+    tied = (gap <= tol + 1e-300) | (gap == 0)
+    starts = np.concatenate([np.ones_like(np.take(tied, [0], axis)), ~tied], axis=axis) if v.shape[axis] > 1 \
+        else np.ones(v.shape, bool)
+    group = np.cumsum(starts, axis=axis)
+    fwd.aux[i] = {"idx": idx, "group": group, "order": idx}
+    near = np.zeros(x.shape, bool)
+    if v.shape[axis] > 1:
+        in_tie = np.concatenate([np.zeros_like(np.take(tied, [0], axis)), tied], axis=axis) | \
+            np.concatenate([tied, np.zeros_like(np.take(tied, [0], axis))], axis=axis)
+        np.put_along_axis(near, idx, in_tie, axis)
+    if near.any() and prog.slots[i].active:
+        fwd.kinks[i] = near
+    return v, ev
+
+
+def _group_extreme(g, group, axis, side):
+    """Within each tie group along ``axis``, every entry replaced by the group's min (side < 0) or max."""
+    gm, grp = np.moveaxis(np.array(g, dtype=float), axis, -1), np.moveaxis(group, axis, -1)
+    out = gm.copy()
+    for row in np.ndindex(gm.shape[:-1]):
+        for k in np.unique(grp[row]):
+            sel = grp[row] == k
+            if sel.sum() > 1:
+                out[row][sel] = gm[row][sel].max() if side > 0 else gm[row][sel].min()
+    return np.moveaxis(out, -1, axis)
+
+
+def _sort_back(prog, i, ins, x, fwd, g, ge, with_err, side):
+    """Sorting is a permutation: each input gets the gradient of the position it was sorted to. Tied inputs may
+    be sorted either way, so each may get any of its tie group's gradients."""
+    axis, aux = ins.params["axis"], fwd.aux[i]
+    g = np.broadcast_to(g, np.shape(x))
+    if side:
+        g = _group_extreme(g, aux["group"], axis, side)
+    out = np.zeros(np.shape(x))
+    np.put_along_axis(out, aux["idx"], g, axis)
+    if not with_err:
+        return out, 0.0
+    ge = np.broadcast_to(ge, np.shape(x))
+    if i in fwd.kinks:  # a tied entry may receive any of its group's gradients and their errors
+        ge = np.maximum(ge, _group_extreme(ge, aux["group"], axis, 1))
+    err = np.zeros(np.shape(x))
+    np.put_along_axis(err, aux["idx"], ge, axis)
+    return out, err
+
+
+_STRUCTURED = {"amax": (_amax_fwd, _amax_back), "amin": (_amax_fwd, _amax_back), "prod": (_prod_fwd, _prod_back),
+               "cumsum": (_cumsum_fwd, _cumsum_back), "cumprod": (_cumprod_fwd, _cumprod_back),
+               "sort": (_sort_fwd, _sort_back)}

@@ -249,6 +249,27 @@ def _elementwise_ops() -> list[Op]:
     ]
 
 
+def _reductions() -> list[Op]:
+    dims = (Param("dim", "dims", None), Param("keepdim", "bool", False))
+    return [
+        Op("amax", 1, "reduce", dims, domain=((-1, 1),), ulps=0, doc="torch.amax: ties share the gradient equally"),
+        Op("amin", 1, "reduce", dims, domain=((-1, 1),), ulps=0, doc="torch.amin"),
+        Op("prod", 1, "reduce", dims, domain=((0.5, 1.5),), ulps=1, doc="torch.prod over all entries or one dim"),
+        Op("var", 1, "composite", (Param("dim", "dims", None), Param("correction", "number", 1.0),
+                                   Param("keepdim", "bool", False)), domain=((-1, 1),),
+           doc="torch.var: sum((x - mean)**2) / (n - correction)"),
+        Op("std", 1, "composite", (Param("dim", "dims", None), Param("correction", "number", 1.0),
+                                   Param("keepdim", "bool", False)), domain=((-1, 1),), doc="sqrt(var)"),
+        Op("norm", 1, "composite", (Param("p", "number", 2.0), *dims), domain=((-1, 1),),
+           doc="torch.linalg.vector_norm(x, ord=p): sum(abs(x)**p)**(1/p), p > 0"),
+        Op("cumsum", 1, "scan", (Param("dim", "dims", None),), domain=((-1, 1),), ulps=0, doc="torch.cumsum"),
+        Op("cumprod", 1, "scan", (Param("dim", "dims", None),), domain=((0.5, 1.5),), ulps=1,
+           doc="torch.cumprod"),
+        Op("sort", 1, "scan", (Param("dim", "dims", -1), Param("descending", "bool", False)), domain=((-1, 1),),
+           ulps=0, doc="torch.sort(...).values: the sorted values; ties share nothing, any order is right"),
+    ]
+
+
 def _build() -> dict[str, Op]:
     ops: list[Op] = [
         # arithmetic (written with operators in case files)
@@ -340,6 +361,7 @@ def _build() -> dict[str, Op]:
         Op("transpose", 1, "transpose", (), domain=((-1, 1),), ulps=0),
         *_mask_ops(),
         *_elementwise_ops(),
+        *_reductions(),
     ]
     return {op.name: op for op in ops}
 

@@ -113,7 +113,17 @@ def _infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
         return matmul_shape(shapes[0], shapes[1], what)
     if op == "transpose":
         return tuple(reversed(shapes[0]))
-    if op in ("sum", "mean", "logsumexp"):
+    if op in ("cumsum", "cumprod", "sort"):
+        if not isinstance(node.param("dim"), int):
+            raise ExpressionError(f"{what}{op}() takes one integer dim (as torch.{op}), got {node.param('dim')!r}")
+        normalize_dims(node.param("dim"), len(shapes[0]), what)
+        return shapes[0]
+    if op == "prod" and isinstance(node.param("dim"), tuple):
+        raise ExpressionError(f"{what}prod() takes one integer dim or none (as torch.prod), got {node.param('dim')!r}")
+    if op == "norm" and not node.param("p") > 0:
+        raise ExpressionError(f"{what}norm() supports p > 0 (torch.linalg.vector_norm), got p={node.param('p')}; "
+                              "for the largest magnitude use amax(abs(x))")
+    if op in ("sum", "mean", "logsumexp", "amax", "amin", "prod", "var", "std", "norm"):
         dims = normalize_dims(node.param("dim"), len(shapes[0]), what)
         return reduced_shape(shapes[0], dims, node.param("keepdim"))
     if op in ("softmax", "log_softmax"):
