@@ -138,7 +138,9 @@ def structured(draw, node: Node, var_shapes: dict, depth: int = 2):
         if ndim in (1, 2):  # .T reverses every dim: x @ x.T fits for 1-D and 2-D only
             choices.append("matmul")
         if ndim >= 2:
-            choices.append("transpose")
+            choices += ["transpose", "mT", "tril"]
+        if ndim >= 1:
+            choices += ["reshape", "flip", "index", "cat", "stack", "unsqueeze"]
         kind = draw(st.sampled_from(choices))
         dim = draw(st.integers(-ndim, ndim - 1)) if ndim else None
         if kind == "unary":
@@ -169,6 +171,21 @@ def structured(draw, node: Node, var_shapes: dict, depth: int = 2):
             node = Call(kind, (inner,), (("dim", dim),))
         elif kind == "sort":
             node = Call("sort", (node,), (("dim", dim), ("descending", draw(st.booleans()))))
+        elif kind == "mT":
+            node = Call("mT", (node,))
+        elif kind == "tril":
+            node = Call(draw(st.sampled_from(["tril", "triu"])), (node,), (("diagonal", draw(st.integers(-1, 1))),))
+        elif kind == "reshape":
+            node = Call("reshape", (node,), (("shape", (-1,)),))
+        elif kind == "flip":
+            node = Call("flip", (node,), (("dims", (dim,)),))
+        elif kind == "index":
+            item = draw(st.sampled_from([0, -1, ("slice", None, None, 2), ("slice", 1, None, None)]))
+            node = Call("index", (node,), (("index", ("...", item)),))
+        elif kind in ("cat", "stack"):
+            node = Call(kind, (node, Call("tanh", (node,))), (("dim", dim),))
+        elif kind == "unsqueeze":
+            node = Call("squeeze", (Call("unsqueeze", (node,), (("dim", dim),)),), (("dim", dim),))
         elif kind in ("softmax", "log_softmax"):
             node = Call(kind, (squash(node, (-3.0, 3.0)),), (("dim", dim),))
         elif kind == "mse_loss":

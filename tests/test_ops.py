@@ -231,3 +231,58 @@ def test_reduction_errors_name_the_op(tmp_path, expr, needle):
     path.write_text(f'name = "r"\nexpr = "{expr}"\ndevices = ["cpu"]\nvars.x = {{ shape = [3, 4] }}\n')
     code, out = run_cli(path)
     assert code == 2 and needle in out, out
+
+
+# ---- family 4: shape ops and subscripts ----
+@pytest.mark.parametrize("expr, vars_", [
+    ("reshape(x, [2, 6]) * w + flatten(x) @ flatten(x, 0, 1)", {"x": {"shape": [3, 4]}, "w": {"shape": [6]}}),
+    ("sum(permute(x, [2, 0, 1]) * w) + sum(transpose(x, 0, 1) ** 2) + sum(x.mT @ x)",
+     {"x": {"shape": [2, 3, 4]}, "w": {"shape": [3]}}),
+    ("unsqueeze(x, 1) * squeeze(y) + squeeze(y, 0) - expand(z, [3, -1, 4])",
+     {"x": {"shape": [3, 4]}, "y": {"shape": [1, 4]}, "z": {"shape": [1, 4]}}),
+    ("sum(cat([x, y * 2], dim=0) ** 2) + stack([x, y], -1)", {"x": {"shape": [2, 4]}, "y": {"shape": [2, 4]}}),
+    ("flip(x, [0, 2]) + tril(x) + triu(x, diagonal=1) * 3", {"x": {"shape": [2, 3, 3]}}),
+    ("x[0] * sum(x[:, 1:3]) + sum(x[..., ::2][1]) + x[None, -1, :][0]", {"x": {"shape": [3, 4]}}),
+])
+def test_shape_ops_pass_in_every_dtype(tmp_path, expr, vars_):
+    result = one_case(tmp_path, expr, vars_)
+    assert result.status == "pass", failing(result)
+
+
+EXPAND = '''
+import torch
+
+class E(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.expand(3, 4).clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return {grad}
+
+f = E.apply
+'''
+
+
+@pytest.mark.parametrize("grad, status", [("g.sum(0, keepdim=True)", "pass"), ("g[:1]", "fail")])
+def test_an_expand_backward_that_overwrites_instead_of_summing_fails(tmp_path, grad, status):
+    result = one_case(tmp_path, "expand(x, [3, 4])", {"x": {"shape": [1, 4]}}, EXPAND.format(grad=grad),
+                      dtypes=["float64", "float32"])
+    assert result.status == status, failing(result)
+
+
+@pytest.mark.parametrize("expr, needle", [
+    ("reshape(x, [5, 2])", "shape [5, 2] is invalid for an input of shape [3, 4]"),
+    ("permute(x, [0, 0])", "in 'permute(x, dims=(0, 0))': dim (0, 0) names a dimension twice"),
+    ("cat([x, x.T], dim=0)", "cat() needs equal sizes except in dim 0"),
+    ("x[3]", "index()"),
+    ("x[0, 0, 0]", "index()"),
+    ("tril(x[0])", "tril() needs at least 2 dims"),
+    ("unsqueeze(x, 5)", "unsqueeze(): dim 5 is out of range"),
+])
+def test_shape_errors_name_the_op(tmp_path, expr, needle):
+    path = tmp_path / "s.toml"
+    path.write_text(f'name = "s"\nexpr = "{expr}"\ndevices = ["cpu"]\nvars.x = {{ shape = [3, 4] }}\n')
+    code, out = run_cli(path)
+    assert code == 2 and needle in out, out

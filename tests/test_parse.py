@@ -34,6 +34,12 @@ ACCEPTED = [
     ("clamp(x, max=w)", Call("clamp", (Var("x"), Const(float("-inf")), Var("w")))),
     ("clamp(x, 0, 1)", Call("clamp", (Var("x"), Const(0.0), Const(1.0)))),
     ("x.detach()", Call("detach", (Var("x"),))),
+    ("x[0, 1:3, ..., None, ::2]", Call("index", (Var("x"),), (("index", (0, ("slice", 1, 3, None), "...", None,
+                                                                           ("slice", None, None, 2))),))),
+    ("transpose(x, 0, 1)", Call("swapdims", (Var("x"),), (("dim0", 0), ("dim1", 1)))),
+    ("x.mT", Call("mT", (Var("x"),))),
+    ("cat([x, w], dim=1)", Call("cat", (Var("x"), Var("w")), (("dim", 1),))),
+    ("reshape(x, [2, -1])", Call("reshape", (Var("x"),), (("shape", (2, -1)),))),
     ("where(x > 0, x, -1)", Call("where", (Call("gt", (Var("x"), Const(0.0))), Var("x"), Const(-1.0)))),
 ]
 
@@ -48,7 +54,20 @@ HOSTILE = [
     ("().__class__.__bases__", "attribute '.__bases__'"),
     ("getattr(x, 'grad')", "unknown function 'getattr'"),
     ("x[0].__dict__", "attribute '.__dict__'"),
-    ("x[0]", "subscripts"),
+    ("x[w]", "indexing by a tensor is not supported"),
+    ("x[__import__]", "indexing by a tensor is not supported"),
+    ("x['a']", "subscripts take integer literals"),
+    ("x[::-1]", "slice steps must be positive"),
+    ("x[0:1.5]", "subscripts take integer literals"),
+    ("x.__class__[0]", "attribute '.__class__'"),
+    ("x[0].__dict__[1]", "attribute '.__dict__'"),
+    ("exp([x])", "lists are not allowed"),
+    ("x + [1, 2]", "lists are not allowed"),
+    ("reshape(x, [2, w])", "subscripts take integer literals"),
+    ("cat(x, dim=0)", "takes a list of tensors first"),
+    ("reshape(x)", "reshape() needs 'shape'"),
+    ("max(x)", "'max' is not supported: use amax"),
+    ("view(x, [2])", "use reshape"),
     ("globals()", "unknown function 'globals'"),
     ("eval('1')", "unknown function 'eval'"),
     ("lambda: x", "lambdas"),
@@ -94,7 +113,7 @@ HOSTILE = [
 @pytest.mark.parametrize("text, needle", HOSTILE)
 def test_rejects_everything_else_with_a_clear_error(text, needle):
     with pytest.raises(ExpressionError) as info:
-        parse(text, {"x"})
+        parse(text, {"x", "w"})
     assert needle in str(info.value)
 
 

@@ -215,6 +215,40 @@ REDUCTIONS_TORCH = [
 ]
 
 
+SHAPE_CASES = [
+    ("reshape_2d", "reshape(x, [2, 6]) * w", {"x": [3, 4], "w": [6]}),
+    ("reshape_minus_one_4d", "sum(reshape(x, [-1, 3]) ** 2)", {"x": [2, 1, 3, 2]}),
+    ("reshape_scalar", "reshape(x, [1, 1]) * 2", {"x": []}),
+    ("flatten_all", "flatten(x) * w", {"x": [2, 3, 4], "w": [24]}),
+    ("flatten_middle", "flatten(x, start_dim=1, end_dim=2) @ w", {"x": [2, 3, 4], "w": [12, 2]}),
+    ("permute_3d", "permute(x, [2, 0, 1]) * w", {"x": [2, 3, 4], "w": [3]}),
+    ("permute_4d", "sum(permute(x, (3, 1, 0, 2)) * w)", {"x": [2, 1, 3, 2], "w": [2, 3]}),
+    ("transpose_dims", "transpose(x, 0, 2) * w", {"x": [2, 3, 4], "w": [2]}),
+    ("mT_batched_matmul", "x.mT @ x", {"x": [2, 3, 4]}),
+    ("unsqueeze_broadcast", "unsqueeze(x, 1) - unsqueeze(x, 0)", {"x": [4]}),
+    ("unsqueeze_negative", "unsqueeze(x, -1) * y", {"x": [3], "y": [3, 2]}),
+    ("squeeze_all_and_one", "squeeze(x) + squeeze(y, 0)", {"x": [1, 4, 1], "y": [1, 4]}),
+    ("squeeze_non_one_is_noop", "squeeze(x, 0) * 2", {"x": [3, 4]}),
+    ("expand_repeats_accumulate", "expand(x, [3, -1, 4]) * w", {"x": [1, 2, 1], "w": [3, 2, 4]}),
+    ("expand_new_leading", "sum(expand(x, [5, 4]) ** 2)", {"x": [4]}),
+    ("cat_dim0", "cat([x, 2 * y, x], dim=0) * w", {"x": [2, 3], "y": [1, 3], "w": [3]}),
+    ("cat_last_3d", "sum(cat([x, exp(y)], dim=-1) ** 2)", {"x": [2, 3, 1], "y": [2, 3, 2]}),
+    ("stack_dim1", "stack([x, y, x * y], dim=1) * w", {"x": [2, 3], "y": [2, 3], "w": [3, 1]}),
+    ("flip_dims", "flip(x, [0, 2]) * w", {"x": [2, 3, 4], "w": [4]}),
+    ("tril_triu", "tril(x) + 2 * triu(x, diagonal=1) + triu(x, -1) * w", {"x": [2, 3, 3], "w": [3]}),
+    ("tril_rectangular", "tril(x, diagonal=-1)", {"x": [3, 5]}),
+    ("index_int", "x[1] * w", {"x": [3, 4], "w": [4]}),
+    ("index_slices", "x[:, 1:3] * x[:, ::2]", {"x": [3, 4]}),
+    ("index_negative_and_none", "x[-1, None] + x[None, :, -2].mT", {"x": [4, 4]}),
+    ("index_ellipsis_4d", "sum(x[..., 0] * x[0, ...][..., 1])", {"x": [2, 2, 3, 2]}),
+    ("index_repeated_reads_accumulate", "x[0] * x[0] + x[0:1, :] * x", {"x": [3, 4]}),
+    ("index_scalar_entry", "x[1, 2] * x", {"x": [3, 4]}),
+    ("shapes_in_a_network", "sum(softmax(reshape(x, [2, 3, 4]).mT @ w, dim=-1)[..., 0])",
+     {"x": [24], "w": [3, 2]}),
+    ("batched_matmul_broadcast", "sum((a @ b) ** 2)", {"a": [2, 1, 3, 4], "b": [5, 4, 2]}),
+]
+
+
 def spec(s) -> dict:
     if isinstance(s, dict):
         return s
@@ -336,6 +370,11 @@ def main() -> None:
                    [case(n, e, {k: spec(v) for k, v in vs.items()}, extra={"dtypes": ["float64", "float32",
                                                                                        "float16", "bfloat16"]})
                     for n, e, vs in REDUCTIONS_TORCH])
+    total += write("shapes.toml", "Shape ops: reshape flatten permute transpose .mT unsqueeze squeeze expand cat stack "
+                   "flip tril triu and subscripts; 0-D to 4-D, repeated entries accumulate.",
+                   [case(n, e, {k: spec(v) for k, v in vs.items()}, extra={"dtypes": ["float64", "float32",
+                                                                                       "float16", "bfloat16"]})
+                    for n, e, vs in SHAPE_CASES])
     print(f"wrote {total} cases to {HERE}")
 
 

@@ -85,6 +85,8 @@ def _eval(node: Node, env: dict):
         return getattr(torch, op)(args[0], dim=p["dim"])
     if op == "clamp":
         return _clamp(args, env)
+    if op in _SHAPE:
+        return _SHAPE[op]([a if isinstance(a, torch.Tensor) else torch.tensor(a, dtype=env[_DTYPE]) for a in args], p)
     if op == "mse_loss":
         a, b = torch.broadcast_tensors(*args)
         return torch.nn.functional.mse_loss(a, b)
@@ -99,6 +101,26 @@ def _eval(node: Node, env: dict):
     return OPS[op].torch(*args, **p)
 
 
+def _index(x, items):
+    return x[tuple(slice(*i[1:]) if isinstance(i, tuple) else (Ellipsis if i == "..." else i) for i in items)]
+
+
+_SHAPE = {  # torch's own shape ops, with torch's argument names
+    "reshape": lambda a, p: torch.reshape(a[0], p["shape"]),
+    "flatten": lambda a, p: torch.flatten(a[0], p["start_dim"], p["end_dim"]),
+    "permute": lambda a, p: a[0].permute(*p["dims"]),
+    "swapdims": lambda a, p: torch.transpose(a[0], p["dim0"], p["dim1"]),
+    "mT": lambda a, p: a[0].mT,
+    "unsqueeze": lambda a, p: torch.unsqueeze(a[0], p["dim"]),
+    "squeeze": lambda a, p: torch.squeeze(a[0]) if p["dim"] is None else torch.squeeze(a[0], p["dim"]),
+    "expand": lambda a, p: a[0].expand(*p["size"]),
+    "flip": lambda a, p: torch.flip(a[0], p["dims"]),
+    "tril": lambda a, p: torch.tril(a[0], p["diagonal"]),
+    "triu": lambda a, p: torch.triu(a[0], p["diagonal"]),
+    "cat": lambda a, p: torch.cat(a, dim=p["dim"]),
+    "stack": lambda a, p: torch.stack(a, dim=p["dim"]),
+    "index": lambda a, p: _index(a[0], p["index"]),
+}
 TENSOR_ONLY = {"maximum", "minimum", "atan2", "logaddexp", "hypot", "xlogy"}
 
 

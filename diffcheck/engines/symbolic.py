@@ -22,7 +22,7 @@ import sympy as sp
 
 from ..expr.ir import Call, Const, Node, Var
 from ..expr.ops import OPS
-from ..expr.shapes import infer, matmul_shape, normalize_dims, reduced_shape
+from ..expr.shapes import SHAPE_OPS, apply_shape_op, infer, matmul_shape, normalize_dims, reduced_shape
 from . import sympy_eval
 
 KINK_SAFETY = 16.0  # entries this many rounding bounds from a kink are treated as sitting on it
@@ -202,6 +202,11 @@ class Program:
             return self._emit(node.op, args, shape, axis=axis, descending=p.get("descending", False))
         if node.op in ("var", "std", "norm"):
             return self._lower_spread(node.op, args[0], arg_shapes[0], shape, p)
+        if node.op in SHAPE_OPS:  # one index map into the inputs' entries (-1: a zero, as tril writes)
+            offsets = np.cumsum([0] + [int(np.prod(s)) for s in arg_shapes])
+            ids = [np.arange(offsets[k], offsets[k + 1]).reshape(s) + 1 for k, s in enumerate(arg_shapes)]
+            index_map = np.array(apply_shape_op(node.op, ids, p), dtype=np.int64) - 1
+            return self._emit("gather_map", args, shape, map=index_map)
         if node.op == "matmul":
             return self._emit("matmul", args, shape)
         if node.op == "transpose":
@@ -375,6 +380,14 @@ class Program:
             if not keep:
                 v, err = np.squeeze(v, axis=dims), np.squeeze(err, axis=dims)
             return v, err
+        if ins.op == "gather_map":
+            shapes = [self.slots[a].shape for a in ins.args]
+            m = ins.params["map"]
+            flat = np.concatenate([np.broadcast_to(v, sh).reshape(-1) for v, sh in zip(vals, shapes)] + [[0.0]])
+            if not with_err:
+                return flat[m], 0.0
+            ferr = np.concatenate([np.broadcast_to(e, sh).reshape(-1) for e, sh in zip(errs, shapes)] + [[0.0]])
+            return flat[m], ferr[m]  # index -1 picks the appended 0: an exact zero
         if ins.op in _STRUCTURED:
             return _STRUCTURED[ins.op][0](self, i, ins, vals, errs, fwd, kink_u)
         if ins.op == "matmul":
@@ -513,6 +526,9 @@ class Program:
             contrib = ga * q
             qe = q * rss(np.broadcast_to(fwd.errs[ins.args[0]], x.shape), ve, x, v, sympy_eval.FUNCTION_ULPS)
             yield ins.args[0], (contrib, rss(np.abs(q) * gae, np.abs(ga) * qe, contrib))
+            return
+        if ins.op == "gather_map":
+            yield from _gather_map_back(ins, shapes, g, ge, with_err)
             return
         if ins.op in _STRUCTURED:
             yield ins.args[0], _STRUCTURED[ins.op][1](self, i, ins, vals[0], fwd, g, ge, with_err, side)
@@ -804,3 +820,29 @@ def _sort_back(prog, i, ins, x, fwd, g, ge, with_err, side):
 _STRUCTURED = {"amax": (_amax_fwd, _amax_back), "amin": (_amax_fwd, _amax_back), "prod": (_prod_fwd, _prod_back),
                "cumsum": (_cumsum_fwd, _cumsum_back), "cumprod": (_cumprod_fwd, _cumprod_back),
                "sort": (_sort_fwd, _sort_back)}
+
+
+def _gather_map_back(ins: Instr, shapes, g, ge, with_err):
+    """Scatter-add the adjoint back through an index map: entries used twice (expand) accumulate; a k-fold sum
+    is charged its rounding as ``accumulation`` does."""
+    m = ins.params["map"].reshape(-1)
+    keep = m >= 0
+    total = int(sum(int(np.prod(s)) for s in shapes))
+    g = np.broadcast_to(g, ins.shape).reshape(-1)
+    out = np.zeros(total)
+    np.add.at(out, m[keep], g[keep])
+    err = 0.0
+    if with_err:
+        ge = np.broadcast_to(ge, ins.shape).reshape(-1)
+        err = np.zeros(total)
+        np.add.at(err, m[keep], ge[keep])
+        count = np.bincount(m[keep], minlength=total)
+        if count.max(initial=0) > 1:
+            absg = np.zeros(total)
+            np.add.at(absg, m[keep], np.abs(g[keep]))
+            err = err + np.where(count > 1, np.sqrt(count) * absg, 0.0)
+    start = 0
+    for arg, s in zip(ins.args, shapes):
+        n = int(np.prod(s))
+        yield arg, (out[start:start + n].reshape(s), err[start:start + n].reshape(s) if with_err else 0.0)
+        start += n

@@ -81,9 +81,16 @@ def _text(node: Node, outer: int) -> str:
         return f"({text})" if outer > 3 else text
     if node.op == "transpose":
         return f"{_text(node.args[0], 5)}.T"
+    if node.op == "mT":
+        return f"{_text(node.args[0], 5)}.mT"
+    if node.op == "index":
+        return f"{_text(node.args[0], 5)}[{', '.join(_index_text(i) for i in node.param('index'))}]"
     from .ops import OPS
 
     op = OPS[node.op]
+    if op.tensor_list:
+        tensors = "[" + ", ".join(_text(a, 0) for a in node.args) + "]"
+        return f"{node.op}({tensors}, {', '.join(f'{k}={_param_text(v)}' for k, v in node.params)})"
     tensor_params = [p for p in op.params if p.kind == "tensor"]
     args = [_text(a, 0) for a in node.args[: len(node.args) - len(tensor_params)]]
     for p, a in zip(tensor_params, node.args[len(node.args) - len(tensor_params):]):
@@ -91,6 +98,17 @@ def _text(node: Node, outer: int) -> str:
             args.append(f"{p.name}={_text(a, 0)}")
     args += [f"{k}={_param_text(v)}" for k, v in node.params]
     return f"{node.op}({', '.join(args)})"
+
+
+def _index_text(item) -> str:
+    if item is None:
+        return "None"
+    if item == "...":
+        return "..."
+    if isinstance(item, tuple):  # ("slice", start, stop, step)
+        start, stop, step = ("" if v is None else str(v) for v in item[1:])
+        return f"{start}:{stop}" + (f":{step}" if step else "")
+    return str(item)
 
 
 def _param_text(value) -> str:

@@ -44,6 +44,7 @@ class Op:
     zero_grad: bool = False  # no gradient flows through (masks, floor, detach): the result is never active
     jump: bool = False  # ``kink`` marks a discontinuity of the value (a mask or floor flips there)
     mask: bool = False  # the result is a boolean mask (0/1 in the reference, torch.bool under test)
+    tensor_list: bool = False  # the first argument is a list of tensors (cat, stack)
     param_names: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self):
@@ -270,6 +271,29 @@ def _reductions() -> list[Op]:
     ]
 
 
+def _shape_ops() -> list[Op]:
+    """Ops that only move, repeat or zero entries: one index map each, with an exact (accumulating) adjoint."""
+    def op(name, *params, doc="", tensor_list=False):
+        return Op(name, 1, "shape", params, domain=((-1, 1),), ulps=0, doc=doc, tensor_list=tensor_list)
+
+    return [
+        op("reshape", Param("shape", "ints", None), doc="torch.reshape(x, [sizes]); one size may be -1"),
+        op("flatten", Param("start_dim", "int", 0), Param("end_dim", "int", -1)),
+        op("permute", Param("dims", "ints", None)),
+        op("swapdims", Param("dim0", "int", 0), Param("dim1", "int", 1), doc="torch.transpose(x, dim0, dim1)"),
+        op("mT", doc="x.mT: the last two dims swapped"),
+        op("unsqueeze", Param("dim", "int", None)),
+        op("squeeze", Param("dim", "dims", None), doc="size-1 dims only, as torch"),
+        op("expand", Param("size", "ints", None), doc="torch's x.expand(sizes); -1 keeps a size"),
+        op("flip", Param("dims", "ints", None)),
+        op("tril", Param("diagonal", "int", 0)),
+        op("triu", Param("diagonal", "int", 0)),
+        op("cat", Param("dim", "int", 0), tensor_list=True, doc="torch.cat([a, b, ...], dim=0)"),
+        op("stack", Param("dim", "int", 0), tensor_list=True, doc="torch.stack([a, b, ...], dim=0)"),
+        op("index", Param("index", "index", ()), doc="x[...]: integers, slices with positive steps, ... and None"),
+    ]
+
+
 def _build() -> dict[str, Op]:
     ops: list[Op] = [
         # arithmetic (written with operators in case files)
@@ -362,6 +386,7 @@ def _build() -> dict[str, Op]:
         *_mask_ops(),
         *_elementwise_ops(),
         *_reductions(),
+        *_shape_ops(),
     ]
     return {op.name: op for op in ops}
 
@@ -370,9 +395,11 @@ OPS: dict[str, Op] = _build()
 
 # Ops written as operators, not called by name.
 OPERATOR_OPS = {"add", "sub", "mul", "div", "pow", "powc", "neg", "matmul", "transpose", "lt", "le", "gt", "ge",
-                "eq", "ne", "logical_and", "logical_or", "logical_not"}
+                "eq", "ne", "logical_and", "logical_or", "logical_not", "mT", "index"}
+# Function names that mean another op: torch.transpose(x, dim0, dim1) is swapdims (``.T`` is "transpose").
+ALIASES = {"transpose": "swapdims"}
 # Names a case file may call as functions.
-FUNCTIONS = sorted(name for name in OPS if name not in OPERATOR_OPS)
+FUNCTIONS = sorted([name for name in OPS if name not in OPERATOR_OPS] + list(ALIASES))
 # Ops also written as a method without arguments (``x.detach()``).
 METHODS = {"detach"}
 # Named constants allowed in expressions.

@@ -13,7 +13,7 @@ import math
 
 from ..errors import ExpressionError
 from .ir import Call, Const, Node, Var
-from .ops import CONSTANTS, FUNCTIONS, METHODS, OPS, Param
+from .ops import ALIASES, CONSTANTS, FUNCTIONS, METHODS, OPS, Param
 
 MAX_LENGTH = 10_000
 MAX_DEPTH = 200
@@ -23,7 +23,7 @@ _BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.
 _COMPARE = {ast.Lt: "lt", ast.LtE: "le", ast.Gt: "gt", ast.GtE: "ge", ast.Eq: "eq", ast.NotEq: "ne"}
 
 _DESCRIBE = {
-    ast.Subscript: "subscripts", ast.Lambda: "lambdas", ast.IfExp: "conditional expressions",
+    ast.Lambda: "lambdas", ast.IfExp: "conditional expressions",
     ast.BoolOp: "boolean operators", ast.ListComp: "comprehensions",
     ast.SetComp: "comprehensions", ast.DictComp: "comprehensions", ast.GeneratorExp: "generators",
     ast.JoinedStr: "strings", ast.Dict: "dicts", ast.Set: "sets", ast.List: "lists", ast.Tuple: "tuples",
@@ -48,6 +48,18 @@ def parse(text: str, names: set[str] | frozenset[str] | None = None) -> Node:
     except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
         raise ExpressionError(f"cannot parse the expression: {type(exc).__name__}: {exc}", text) from None
     return _Converter(text, names).convert(tree.body, 0)
+
+
+# Functions people reach for that the language does not have, with what to write instead.
+UNSUPPORTED = {
+    "max": "use amax(x, dim=...) for the values, or maximum(a, b) elementwise",
+    "min": "use amin(x, dim=...) for the values, or minimum(a, b) elementwise",
+    "view": "use reshape(x, [sizes])",
+    "argmax": "indices have no gradient; use amax for the value",
+    "argsort": "indices have no gradient; use sort(x) for the values",
+    "clip": "use clamp(x, min=, max=)",
+    "abs_": "in-place ops are not part of the language; use abs(x)",
+}
 
 
 class _Converter:
@@ -91,9 +103,13 @@ class _Converter:
                 self.fail(f"comparison {type(node.ops[0]).__name__} is not allowed (use < <= > >= == !=)", node)
             return Call(op, (self.convert(node.left, d), self.convert(node.comparators[0], d)))
         if isinstance(node, ast.Attribute):
-            if node.attr != "T":
-                self.fail(f"attribute '.{node.attr}' is not allowed (only '.T', the transpose)", node)
-            return Call("transpose", (self.convert(node.value, d),))
+            if node.attr not in ("T", "mT"):
+                self.fail(f"attribute '.{node.attr}' is not allowed (only '.T', '.mT' and '.detach()')", node)
+            return Call("transpose" if node.attr == "T" else "mT", (self.convert(node.value, d),))
+        if isinstance(node, ast.Subscript):
+            items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            index = tuple(self.index_item(item) for item in items)
+            return Call("index", (self.convert(node.value, d),), (("index", index),))
         if isinstance(node, ast.Call):
             return self.call(node, d)
         what = _DESCRIBE.get(type(node), f"'{type(node).__name__}' constructs")
@@ -133,10 +149,23 @@ class _Converter:
         if not isinstance(node.func, ast.Name):
             self.fail("only calls of the language's functions by name are allowed", node)
         fname = node.func.id
+        if fname in UNSUPPORTED:
+            self.fail(f"'{fname}' is not supported: {UNSUPPORTED[fname]}", node)
         if fname not in FUNCTIONS:
             self.fail(f"unknown function '{fname}' (known: {', '.join(FUNCTIONS)})", node)
+        fname = ALIASES.get(fname, fname)
         op = OPS[fname]
         positional = list(node.args)
+        if op.tensor_list:  # cat([a, b], dim=0): the one place a list of tensors is taken
+            if not positional or not isinstance(positional[0], (ast.List, ast.Tuple)) or not positional[0].elts:
+                self.fail(f"{fname}() takes a list of tensors first, as torch.{fname}([a, b], dim=0)", node)
+            tensors = positional[0].elts
+            node = ast.Call(func=node.func, args=[tensors[0], *positional[1:]], keywords=node.keywords)
+            ast.copy_location(node, positional[0])
+            positional = list(node.args)
+            rest = tuple(self.convert(t, depth) for t in tensors[1:])
+        else:
+            rest = ()
         for arg in positional:
             if isinstance(arg, ast.Starred):
                 self.fail("starred arguments are not allowed", arg)
@@ -162,11 +191,43 @@ class _Converter:
             given[kw.arg] = self.param_value(fname, param, kw.value, depth)
         tensors = tuple(given.get(p.name, Const(p.default)) for p in op.params if p.kind == "tensor")
         params = tuple((p.name, given.get(p.name, p.default)) for p in op.params if p.kind != "tensor")
-        return Call(fname, args + tensors, params)
+        for prm in op.params:
+            if prm.default is None and prm.kind in ("ints", "int") and given.get(prm.name) is None:
+                self.fail(f"{fname}() needs '{prm.name}'", node)
+        return Call(fname, args + rest + tensors, params)
+
+    def index_item(self, node: ast.AST):
+        """One subscript item: an integer, a slice of integers with a positive step, ``...`` or None."""
+        if isinstance(node, ast.Constant) and node.value is Ellipsis:
+            return "..."
+        if isinstance(node, ast.Constant) and node.value is None:
+            return None
+        if isinstance(node, ast.Slice):
+            parts = tuple(None if part is None else self.index_int(part) for part in (node.lower, node.upper,
+                                                                                        node.step))
+            if parts[2] is not None and parts[2] <= 0:
+                self.fail("slice steps must be positive, as in torch (use flip(x, [dim]) to reverse)", node)
+            return ("slice", *parts)
+        return self.index_int(node)
+
+    def index_int(self, node: ast.AST) -> int:
+        sign, inner = 1, node
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            sign, inner = -1, node.operand
+        if isinstance(inner, ast.Constant) and type(inner.value) is int and abs(inner.value) < 2**31:
+            return sign * inner.value
+        self.fail("subscripts take integer literals, slices (a:b:c), ... and None; indexing by a tensor is not "
+                  "supported (use where() with a mask)", node)
 
     def param_value(self, fname: str, param: Param, node: ast.AST, depth: int = 0):
         if param.kind == "tensor":
             return self.convert(node, depth)
+        if param.kind == "int":
+            return self.int_value(fname, param, node)
+        if param.kind == "ints":  # a shape or a dim list: the one other place a list literal is taken
+            if isinstance(node, (ast.Tuple, ast.List)):
+                return tuple(self.index_int(e) for e in node.elts)
+            return (self.index_int(node),)
         if param.kind == "choice":
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in param.choices:
                 return node.value

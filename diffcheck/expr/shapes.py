@@ -72,6 +72,128 @@ def infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
     return shape
 
 
+SHAPE_OPS = {"reshape", "flatten", "permute", "swapdims", "mT", "unsqueeze", "squeeze", "expand", "flip", "tril",
+             "triu", "cat", "stack", "index"}
+
+
+def reshape_target(shape: Shape, sizes, what: str = "") -> Shape:
+    total = 1
+    for d in shape:
+        total *= d
+    if sum(1 for s in sizes if s == -1) > 1 or any(s < -1 or s == 0 for s in sizes):
+        raise ExpressionError(f"{what}reshape() takes positive sizes and at most one -1, got {list(sizes)}")
+    known = 1
+    for s in sizes:
+        known *= s if s != -1 else 1
+    out = tuple(total // known if s == -1 else s for s in sizes)
+    size = 1
+    for s in out:
+        size *= s
+    if size != total:
+        raise ExpressionError(f"{what}shape {list(sizes)} is invalid for an input of shape {list(shape)} "
+                              f"({total} entries)")
+    return out
+
+
+def apply_shape_op(op: str, xs: list, p: dict, what: str = ""):
+    """A shape op on numpy arrays with torch's semantics (also used to build the reference's index maps)."""
+    import numpy as np
+
+    x = xs[0]
+    try:
+        if op == "reshape":
+            return np.reshape(x, reshape_target(x.shape, p["shape"], what))
+        if op == "flatten":
+            if x.ndim == 0:
+                return np.reshape(x, (1,))
+            start, end = (normalize_dims(p[k], x.ndim, what)[0] for k in ("start_dim", "end_dim"))
+            if start > end:
+                raise ExpressionError(f"{what}flatten(): start_dim comes after end_dim")
+            return np.reshape(x, x.shape[:start] + (-1,) + x.shape[end + 1:])
+        if op == "permute":
+            dims = normalize_dims(p["dims"], x.ndim, what) if len(p["dims"]) == x.ndim else None
+            if dims is None or sorted(dims) != list(range(x.ndim)):
+                raise ExpressionError(f"{what}permute() needs a permutation of all {x.ndim} dims, got {list(p['dims'])}")
+            return np.transpose(x, [d % x.ndim for d in p["dims"]])
+        if op in ("swapdims", "mT"):
+            if op == "mT" and x.ndim < 2:
+                raise ExpressionError(f"{what}.mT needs at least 2 dims, got a {x.ndim}-D input")
+            d0, d1 = (-2, -1) if op == "mT" else (p["dim0"], p["dim1"])
+            normalize_dims((d0,), x.ndim, what), normalize_dims((d1,), x.ndim, what)
+            return np.swapaxes(x, d0, d1) if x.ndim else x
+        if op == "unsqueeze":
+            if not -x.ndim - 1 <= p["dim"] <= x.ndim:
+                raise ExpressionError(f"{what}unsqueeze(): dim {p['dim']} is out of range for a {x.ndim}-D input")
+            return np.expand_dims(x, p["dim"])
+        if op == "squeeze":
+            dims = normalize_dims(p["dim"], x.ndim, what)
+            return np.squeeze(x, axis=tuple(d for d in dims if x.shape[d] == 1))
+        if op == "expand":
+            sizes = list(p["size"])
+            lead = len(sizes) - x.ndim
+            if lead < 0:
+                raise ExpressionError(f"{what}expand() needs at least {x.ndim} sizes, got {sizes}")
+            target = [x.shape[i - lead] if s == -1 and i >= lead else s for i, s in enumerate(sizes)]
+            if any(s < 1 for s in target):
+                raise ExpressionError(f"{what}expand(): sizes must be positive (or -1 to keep one), got {sizes}")
+            return np.broadcast_to(x, target)
+        if op == "flip":
+            return np.flip(x, axis=normalize_dims(p["dims"], x.ndim, what)) if x.ndim else x
+        if op in ("tril", "triu"):
+            if x.ndim < 2:
+                raise ExpressionError(f"{what}{op}() needs at least 2 dims, got a {x.ndim}-D input")
+            return getattr(np, op)(x, p["diagonal"])
+        if op in ("cat", "stack"):
+            return getattr(np, "concatenate" if op == "cat" else "stack")(xs, axis=p["dim"])
+        if op == "index":
+            return x[tuple(slice(*i[1:]) if isinstance(i, tuple) else (Ellipsis if i == "..." else i)
+                           for i in p["index"])]
+    except (ValueError, IndexError, TypeError, np.exceptions.AxisError) as exc:
+        raise ExpressionError(f"{what}{op}(): {exc}") from None
+    raise AssertionError(op)  # pragma: no cover
+
+
+def _shape_op_shape(op: str, shapes: list, p: dict, what: str) -> Shape:
+    """The result shape, computed on zero-strided stand-ins (no memory) or by counting where a copy would be made."""
+    import numpy as np
+
+    if op == "reshape":
+        return reshape_target(shapes[0], p["shape"], what)
+    if op in ("cat", "stack"):
+        if len({len(s) for s in shapes}) != 1:
+            raise ExpressionError(f"{what}{op}() needs tensors of one rank, got shapes {[list(s) for s in shapes]}")
+        nd = len(shapes[0]) + (op == "stack")
+        if not -nd <= p["dim"] < nd or nd == 0:
+            raise ExpressionError(f"{what}{op}(): dim {p['dim']} is out of range")
+        d = p["dim"] % nd
+        if op == "stack":
+            if len(set(shapes)) != 1:
+                raise ExpressionError(f"{what}stack() needs tensors of one shape, got {[list(s) for s in shapes]}")
+            return shapes[0][:d] + (len(shapes),) + shapes[0][d:]
+        rest = {s[:d] + s[d + 1:] for s in shapes}
+        if len(rest) != 1:
+            raise ExpressionError(f"{what}cat() needs equal sizes except in dim {p['dim']}, got "
+                                  f"{[list(s) for s in shapes]}")
+        return shapes[0][:d] + (sum(s[d] for s in shapes),) + shapes[0][d + 1:]
+    dummy = np.lib.stride_tricks.as_strided(np.zeros(1), shapes[0], [0] * len(shapes[0]))
+    if op in ("tril", "triu"):
+        if len(shapes[0]) < 2:
+            raise ExpressionError(f"{what}{op}() needs at least 2 dims, got a {len(shapes[0])}-D input")
+        return shapes[0]
+    if op == "flatten":
+        shape = shapes[0]
+        if not shape:
+            return (1,)
+        start, end = (normalize_dims(p[k], len(shape), what)[0] for k in ("start_dim", "end_dim"))
+        if start > end:
+            raise ExpressionError(f"{what}flatten(): start_dim comes after end_dim")
+        n = 1
+        for s in shape[start:end + 1]:
+            n *= s
+        return shape[:start] + (n,) + shape[end + 1:]
+    return tuple(apply_shape_op(op, [dummy], p, what).shape)
+
+
 def is_mask(node: Node, mask_vars=frozenset()) -> bool:
     """Whether ``node`` is a boolean mask: a comparison, a combination of masks, or a bool var."""
     from .ops import OPS
@@ -109,6 +231,8 @@ def _infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
     _check_masks(node, what, frozenset())
     if op == "detach":
         return shapes[0]
+    if op in SHAPE_OPS:
+        return _shape_op_shape(op, shapes, dict(node.params), what)
     if op == "matmul":
         return matmul_shape(shapes[0], shapes[1], what)
     if op == "transpose":
