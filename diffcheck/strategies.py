@@ -140,7 +140,7 @@ def structured(draw, node: Node, var_shapes: dict, depth: int = 2):
         if ndim >= 2:
             choices += ["transpose", "mT", "tril"]
         if ndim >= 1:
-            choices += ["reshape", "flip", "index", "cat", "stack", "unsqueeze"]
+            choices += ["reshape", "flip", "index", "cat", "stack", "unsqueeze", "einsum"]
         kind = draw(st.sampled_from(choices))
         dim = draw(st.integers(-ndim, ndim - 1)) if ndim else None
         if kind == "unary":
@@ -171,6 +171,9 @@ def structured(draw, node: Node, var_shapes: dict, depth: int = 2):
             node = Call(kind, (inner,), (("dim", dim),))
         elif kind == "sort":
             node = Call("sort", (node,), (("dim", dim), ("descending", draw(st.booleans()))))
+        elif kind == "einsum":
+            letters = "abcd"[:ndim]
+            node = Call("einsum", (node, Call("tanh", (node,))), (("equation", f"{letters},{letters}->{letters[1:]}"),))
         elif kind == "mT":
             node = Call("mT", (node,))
         elif kind == "tril":

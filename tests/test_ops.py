@@ -286,3 +286,47 @@ def test_shape_errors_name_the_op(tmp_path, expr, needle):
     path.write_text(f'name = "s"\nexpr = "{expr}"\ndevices = ["cpu"]\nvars.x = {{ shape = [3, 4] }}\n')
     code, out = run_cli(path)
     assert code == 2 and needle in out, out
+
+
+# ---- family 5: einsum and batched matmul ----
+@pytest.mark.parametrize("expr, vars_", [
+    ('einsum("bij,bjk->bik", a, b)', {"a": {"shape": [2, 3, 4]}, "b": {"shape": [2, 4, 5]}}),
+    ('einsum("ijk,j->i", a, b) + einsum("ij,jk", c, d)[:, 0]',
+     {"a": {"shape": [2, 3, 4]}, "b": {"shape": [3]}, "c": {"shape": [2, 3]}, "d": {"shape": [3, 2]}}),
+    ("a @ b", {"a": {"shape": [2, 1, 3, 4]}, "b": {"shape": [1, 5, 4, 2]}}),
+])
+def test_einsum_and_batched_matmul_pass_in_every_dtype(tmp_path, expr, vars_):
+    result = one_case(tmp_path, expr, vars_)
+    assert result.status == "pass", failing(result)
+
+
+BMM = '''
+import torch
+
+class B(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return torch.einsum("bij,bjk->bik", a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        return g @ b.mT, {gb}
+
+f = B.apply
+'''
+
+
+@pytest.mark.parametrize("gb, status", [("a.mT @ g", "pass"), ("(a.mT @ g)[:1].expand_as(b)", "fail")])
+def test_a_batched_matmul_backward_using_one_batch_fails(tmp_path, gb, status):
+    result = one_case(tmp_path, 'einsum("bij,bjk->bik", a, b)', {"a": {"shape": [2, 3, 4]}, "b": {"shape": [2, 4, 5]}},
+                      BMM.format(gb=gb), dtypes=["float64", "float32"])
+    assert result.status == status, failing(result)
+
+
+def test_einsum_shape_errors_name_the_op(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text('name = "e"\nexpr = \'einsum("ij,jk->ik", x, x)\'\ndevices = ["cpu"]\nvars.x = { shape = [3, 4] }\n')
+    code, out = run_cli(path)
+    assert code == 2 and "einsum(): index 'j' has sizes 4 and 3" in out, out

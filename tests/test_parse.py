@@ -40,6 +40,7 @@ ACCEPTED = [
     ("x.mT", Call("mT", (Var("x"),))),
     ("cat([x, w], dim=1)", Call("cat", (Var("x"), Var("w")), (("dim", 1),))),
     ("reshape(x, [2, -1])", Call("reshape", (Var("x"),), (("shape", (2, -1)),))),
+    ('einsum("ij,jk", x, w)', Call("einsum", (Var("x"), Var("w")), (("equation", "ij,jk->ik"),))),
     ("where(x > 0, x, -1)", Call("where", (Call("gt", (Var("x"), Const(0.0))), Var("x"), Const(-1.0)))),
 ]
 
@@ -67,6 +68,12 @@ HOSTILE = [
     ("cat(x, dim=0)", "takes a list of tensors first"),
     ("reshape(x)", "reshape() needs 'shape'"),
     ("max(x)", "'max' is not supported: use amax"),
+    ('einsum("ii->i", x)', "repeats an index"),
+    ('einsum("...ij->ij", x)', "'...' is not supported"),
+    ('einsum("ij;jk", x, w)', "only letters"),
+    ('einsum("ij,jk->ik", x)', "names 2 operands, got 1"),
+    ("einsum(x, w)", "first argument must be the equation string"),
+    ('einsum("ij->\u0456j", x)', "only letters"),
     ("view(x, [2])", "use reshape"),
     ("globals()", "unknown function 'globals'"),
     ("eval('1')", "unknown function 'eval'"),

@@ -249,6 +249,22 @@ SHAPE_CASES = [
 ]
 
 
+EINSUM_CASES = [
+    ("einsum_bmm", 'einsum("bij,bjk->bik", a, b)', {"a": [2, 3, 4], "b": [2, 4, 5]}),
+    ("einsum_outer", 'einsum("i,j->ij", a, b)', {"a": [3], "b": [4]}),
+    ("einsum_sum_axis_and_full", 'einsum("ij->j", c) + einsum("ij,ij->", c, c)', {"c": [3, 4]}),
+    ("einsum_implicit_output", 'einsum("ij,jk", a, b)', {"a": [2, 3], "b": [3, 2]}),
+    ("einsum_index_only_in_one_operand", 'einsum("ijk,j->i", a, b)', {"a": [2, 3, 4], "b": [3]}),
+    ("einsum_three_operands", 'einsum("ij,jk,kl->il", a, b, c)', {"a": [2, 3], "b": [3, 4], "c": [4, 2]}),
+    ("einsum_attention_4d", 'sum(einsum("bhqk,bhkd->bhqd", softmax(einsum("bhqd,bhkd->bhqk", q, k), dim=-1), v))',
+     {"q": [2, 2, 3, 4], "k": [2, 2, 5, 4], "v": [2, 2, 5, 4]}),
+    ("einsum_scalar_operand", 'einsum(",i->i", s, a)', {"s": [], "a": [4]}),
+    ("matmul_batch_broadcast_4d", "a @ b", {"a": [2, 1, 3, 4], "b": [1, 5, 4, 2]}),
+    ("matmul_batch_vector", "a @ b", {"a": [2, 3, 4], "b": [4]}),
+    ("matmul_vector_batch", "a @ b", {"a": [4], "b": [2, 4, 3]}),
+]
+
+
 def spec(s) -> dict:
     if isinstance(s, dict):
         return s
@@ -375,6 +391,11 @@ def main() -> None:
                    [case(n, e, {k: spec(v) for k, v in vs.items()}, extra={"dtypes": ["float64", "float32",
                                                                                        "float16", "bfloat16"]})
                     for n, e, vs in SHAPE_CASES])
+    total += write("einsum.toml", "einsum (explicit and implicit outputs, several operands) and matmul with batch "
+                   "dims broadcast as torch does.",
+                   [case(n, e, {k: spec(v) for k, v in vs.items()}, extra={"dtypes": ["float64", "float32",
+                                                                                       "float16", "bfloat16"]})
+                    for n, e, vs in EINSUM_CASES])
     print(f"wrote {total} cases to {HERE}")
 
 

@@ -85,6 +85,9 @@ def _eval(node: Node, env: dict):
         return getattr(torch, op)(args[0], dim=p["dim"])
     if op == "clamp":
         return _clamp(args, env)
+    if op == "einsum":
+        return torch.einsum(p["equation"], *[a if isinstance(a, torch.Tensor) else torch.tensor(a, dtype=env[_DTYPE])
+                                              for a in args])
     if op in _SHAPE:
         return _SHAPE[op]([a if isinstance(a, torch.Tensor) else torch.tensor(a, dtype=env[_DTYPE]) for a in args], p)
     if op == "mse_loss":

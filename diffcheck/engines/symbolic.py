@@ -207,6 +207,8 @@ class Program:
             ids = [np.arange(offsets[k], offsets[k + 1]).reshape(s) + 1 for k, s in enumerate(arg_shapes)]
             index_map = np.array(apply_shape_op(node.op, ids, p), dtype=np.int64) - 1
             return self._emit("gather_map", args, shape, map=index_map)
+        if node.op == "einsum":
+            return self._emit("einsum", args, shape, equation=p["equation"])
         if node.op == "matmul":
             return self._emit("matmul", args, shape)
         if node.op == "transpose":
@@ -380,6 +382,8 @@ class Program:
             if not keep:
                 v, err = np.squeeze(v, axis=dims), np.squeeze(err, axis=dims)
             return v, err
+        if ins.op == "einsum":
+            return _einsum_err(ins.params["equation"], [np.asarray(v, float) for v in vals], errs, with_err)
         if ins.op == "gather_map":
             shapes = [self.slots[a].shape for a in ins.args]
             m = ins.params["map"]
@@ -529,6 +533,10 @@ class Program:
             return
         if ins.op == "gather_map":
             yield from _gather_map_back(ins, shapes, g, ge, with_err)
+            return
+        if ins.op == "einsum":
+            yield from _einsum_back(ins, [np.asarray(v, float) for v in vals], [fwd.errs[a] for a in ins.args],
+                                    shapes, g, ge, with_err)
             return
         if ins.op in _STRUCTURED:
             yield ins.args[0], _STRUCTURED[ins.op][1](self, i, ins, vals[0], fwd, g, ge, with_err, side)
@@ -846,3 +854,43 @@ def _gather_map_back(ins: Instr, shapes, g, ge, with_err):
         n = int(np.prod(s))
         yield arg, (out[start:start + n].reshape(s), err[start:start + n].reshape(s) if with_err else 0.0)
         start += n
+
+
+def _einsum_err(equation: str, arrays: list, errs: list, with_err: bool, out_shape=None):
+    """np.einsum with the matmul-style budget: each output entry is a sum of k products of n factors, charged
+    ``accumulation(k + n - 1)`` over the terms' 2-norm, plus each operand's error through the others."""
+    lhs, rhs = equation.split("->")
+    value = np.einsum(equation, *arrays)
+    if not with_err:
+        return value, 0.0
+    subs = lhs.split(",")
+    sizes = {ch: n for sub, a in zip(subs, arrays) for ch, n in zip(sub, np.shape(a))}
+    k = int(np.prod([sizes[ch] for ch in sizes if ch not in rhs])) if any(ch not in rhs for ch in sizes) else 1
+    scales = [float(np.max(np.abs(a), initial=0.0)) or 1.0 for a in arrays]
+    sq = [np.square(a / s) for a, s in zip(arrays, scales)]
+    norm = np.sqrt(np.einsum(equation, *sq)) * float(np.prod(scales))
+    err = accumulation(k + len(arrays) - 1, norm, value) if k + len(arrays) > 2 else np.abs(value) * 0.0
+    for j, e in enumerate(errs):
+        if np.any(e):
+            es = np.broadcast_to(e, np.shape(arrays[j]))
+            parts = [np.square(es) if i == j else np.square(a) for i, a in enumerate(arrays)]
+            err = rss(err, np.sqrt(np.einsum(equation, *parts)))
+    return value, err
+
+
+def _einsum_back(ins: Instr, arrays, errs, shapes, g, ge, with_err):
+    """The adjoint of operand j is an einsum of the upstream gradient with the other operands; an index only
+    operand j has (summed away) comes back through a ones vector of its size."""
+    lhs, rhs = ins.params["equation"].split("->")
+    subs = lhs.split(",")
+    sizes = {ch: n for sub, a in zip(subs, arrays) for ch, n in zip(sub, np.shape(a))}
+    g = np.broadcast_to(np.asarray(g, float), ins.shape)
+    ge = np.broadcast_to(ge, ins.shape) if with_err else 0.0
+    for j, sub in enumerate(subs):
+        others = [(s, a, e) for i, (s, a, e) in enumerate(zip(subs, arrays, errs)) if i != j]
+        seen = set(rhs) | {ch for s, _, _ in others for ch in s}
+        extra = [(ch, np.ones(sizes[ch]), 0.0) for ch in sub if ch not in seen]
+        ops = [(rhs, g, ge)] + others + extra
+        eq = ",".join(s for s, _, _ in ops) + "->" + sub
+        value, err = _einsum_err(eq, [a for _, a, _ in ops], [e for _, _, e in ops], with_err)
+        yield ins.args[j], (np.reshape(value, shapes[j]), np.reshape(err, shapes[j]) if with_err else 0.0)

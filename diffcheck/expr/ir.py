@@ -88,6 +88,8 @@ def _text(node: Node, outer: int) -> str:
     from .ops import OPS
 
     op = OPS[node.op]
+    if node.op == "einsum":
+        return f'einsum("{node.param("equation")}", ' + ", ".join(_text(a, 0) for a in node.args) + ")"
     if op.tensor_list:
         tensors = "[" + ", ".join(_text(a, 0) for a in node.args) + "]"
         return f"{node.op}({tensors}, {', '.join(f'{k}={_param_text(v)}' for k, v in node.params)})"

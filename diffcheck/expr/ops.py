@@ -387,6 +387,8 @@ def _build() -> dict[str, Op]:
         *_elementwise_ops(),
         *_reductions(),
         *_shape_ops(),
+        Op("einsum", 1, "einsum", (Param("equation", "equation", ""),), domain=((-1, 1),), ulps=0,
+           doc='torch.einsum("bij,bjk->bik", a, b): letters, commas and ->; no ... and no repeated index'),
     ]
     return {op.name: op for op in ops}
 

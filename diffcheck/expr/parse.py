@@ -156,6 +156,8 @@ class _Converter:
         fname = ALIASES.get(fname, fname)
         op = OPS[fname]
         positional = list(node.args)
+        if fname == "einsum":
+            return self.einsum(node, depth)
         if op.tensor_list:  # cat([a, b], dim=0): the one place a list of tensors is taken
             if not positional or not isinstance(positional[0], (ast.List, ast.Tuple)) or not positional[0].elts:
                 self.fail(f"{fname}() takes a list of tensors first, as torch.{fname}([a, b], dim=0)", node)
@@ -195,6 +197,32 @@ class _Converter:
             if prm.default is None and prm.kind in ("ints", "int") and given.get(prm.name) is None:
                 self.fail(f"{fname}() needs '{prm.name}'", node)
         return Call(fname, args + rest + tensors, params)
+
+    def einsum(self, node: ast.Call, depth: int) -> Node:
+        """einsum("ij,jk->ik", a, b): the equation is the one string this op takes, checked character by character."""
+        if node.keywords or len(node.args) < 2:
+            self.fail('einsum() takes an equation and tensors: einsum("ij,jk->ik", a, b)', node)
+        eq = node.args[0]
+        if not (isinstance(eq, ast.Constant) and isinstance(eq.value, str)):
+            self.fail("einsum()'s first argument must be the equation string", eq)
+        text = eq.value.replace(" ", "")
+        if "..." in text:
+            self.fail("einsum(): '...' is not supported; name every dimension with a letter", eq)
+        lhs, arrow, rhs = text.partition("->")
+        if not lhs or any(not (ch.isascii() and ch.isalpha()) for ch in lhs.replace(",", "") + rhs) or \
+                "->" in rhs:
+            self.fail("einsum(): the equation may hold only letters, ',' and one '->'", eq)
+        for sub in lhs.split(",") + ([rhs] if arrow else []):
+            if len(set(sub)) != len(sub):
+                self.fail(f"einsum(): '{sub}' repeats an index (diagonals are not supported)", eq)
+        if not arrow:  # torch's implicit output: the letters used once, in alphabetical order
+            rhs = "".join(sorted(ch for ch in set(lhs.replace(",", "")) if lhs.count(ch) == 1))
+        if not set(rhs) <= set(lhs.replace(",", "")):
+            self.fail("einsum(): an output index does not appear in any input", eq)
+        tensors = tuple(self.convert(a, depth) for a in node.args[1:])
+        if len(lhs.split(",")) != len(tensors):
+            self.fail(f"einsum(): the equation names {len(lhs.split(','))} operands, got {len(tensors)}", node)
+        return Call("einsum", tensors, (("equation", f"{lhs}->{rhs}"),))
 
     def index_item(self, node: ast.AST):
         """One subscript item: an integer, a slice of integers with a positive step, ``...`` or None."""

@@ -194,6 +194,18 @@ def _shape_op_shape(op: str, shapes: list, p: dict, what: str) -> Shape:
     return tuple(apply_shape_op(op, [dummy], p, what).shape)
 
 
+def einsum_shape(equation: str, shapes: list, what: str = "") -> Shape:
+    lhs, rhs = equation.split("->")
+    sizes: dict[str, int] = {}
+    for sub, shape in zip(lhs.split(","), shapes):
+        if len(sub) != len(shape):
+            raise ExpressionError(f"{what}einsum(): '{sub}' names {len(sub)} dims, the operand has shape {list(shape)}")
+        for ch, n in zip(sub, shape):
+            if sizes.setdefault(ch, n) != n:
+                raise ExpressionError(f"{what}einsum(): index '{ch}' has sizes {sizes[ch]} and {n}")
+    return tuple(sizes[ch] for ch in rhs)
+
+
 def is_mask(node: Node, mask_vars=frozenset()) -> bool:
     """Whether ``node`` is a boolean mask: a comparison, a combination of masks, or a bool var."""
     from .ops import OPS
@@ -233,6 +245,8 @@ def _infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
         return shapes[0]
     if op in SHAPE_OPS:
         return _shape_op_shape(op, shapes, dict(node.params), what)
+    if op == "einsum":
+        return einsum_shape(node.param("equation"), shapes, what)
     if op == "matmul":
         return matmul_shape(shapes[0], shapes[1], what)
     if op == "transpose":
