@@ -93,6 +93,9 @@ class CaseChecks:
         for name, spec in self.case.vars.items():
             if spec.value is not None:
                 base[name] = spec.value
+            elif spec.dtype is not None:  # int64: lo <= t < hi as torch.randint; bool: a fair coin per entry
+                lo, hi = spec.domain
+                base[name] = self.rng.integers(int(lo), int(hi), spec.shape).astype(np.float64)
             else:
                 lo, hi = spec.domain
                 base[name] = round_to(self.rng.uniform(lo, hi, spec.shape), self.low)
@@ -119,7 +122,7 @@ class CaseChecks:
     def point(self, dtype: str) -> dict[str, np.ndarray]:
         from .engines.autograd import round_to
 
-        return {n: round_to(v, dtype) for n, v in self.base.items()}
+        return {n: v if self.case.vars[n].dtype else round_to(v, dtype) for n, v in self.base.items()}
 
     def reference(self, dtype: str):
         """Forward pass and one gradient per cotangent at ``dtype``'s point (cached per distinct point)."""
@@ -249,7 +252,7 @@ class CaseChecks:
 
     # ---- a user's implementation: its backward against its own forward, forward mode against reverse ----
     def check_impl_self_consistency(self, fn, fwd, grads) -> None:
-        from .engines.autograd import run, to_numpy, to_tensor
+        from .engines.autograd import input_tensor, run, to_numpy
 
         point = self.point("float64")
         names = list(self.case.vars)
@@ -258,10 +261,12 @@ class CaseChecks:
             import torch
 
             with torch.no_grad():
-                return to_numpy(fn(**{n: to_tensor(inputs[n], "float64", "cpu") for n in names}))
+                return to_numpy(fn(**{n: input_tensor(inputs[n], "float64", "cpu", False, self.case.vars[n].dtype)
+                                      for n in names}))
 
         try:
-            res = run(fn, point, self.case.grad_vars, "float64", "cpu", self.cotangents)
+            res = run(fn, point, self.case.grad_vars, "float64", "cpu", self.cotangents,
+                      var_dtypes={n: v.dtype for n, v in self.case.vars.items() if v.dtype})
         except Exception as exc:  # user code: a crash is a finding, not a diffcheck error
             self.add(Check("self_fd", "impl", "finite differences of the impl", dtype="float64", device="cpu",
                            status="fail", message=f"the impl raised {type(exc).__name__}: {exc}"[:300]))
@@ -289,7 +294,7 @@ class CaseChecks:
         v = {n: finite.random_direction(point[n], self.rng) for n in names}
         check = Check("jvp", "impl", "symbolic (forward mode vs reverse mode)", dtype="float64", device="cpu")
         try:
-            jv = jvp(fn, point, names, v, "float64", "cpu")
+            jv = jvp(fn, point, names, v, "float64", "cpu", {n: s.dtype for n, s in self.case.vars.items() if s.dtype})
         except Exception as exc:  # forward mode is optional for a custom Function
             check.status = "skip"
             check.message = f"forward mode not supported by the impl: {type(exc).__name__}: {str(exc)[:160]}"
@@ -385,7 +390,8 @@ class CaseChecks:
             # torch's own ops on CPU: once per device is enough for the zero-cotangent and determinism checks;
             # a user's implementation, and CUDA (atomics), get them in every dtype
             semantic = bool(case.impl) or device != "cpu" or dtype == self.dtypes[0]
-            res = run(fn, self.point(dtype), case.grad_vars, dtype, device, self.cotangents, semantic)
+            res = run(fn, self.point(dtype), case.grad_vars, dtype, device, self.cotangents, semantic,
+                      {n: v.dtype for n, v in case.vars.items() if v.dtype})
         except (RuntimeError, NotImplementedError, TypeError) as exc:
             message = str(exc).strip().splitlines()[0][:200]
             status = "skip" if "not implemented for" in message else "fail"

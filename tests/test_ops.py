@@ -330,3 +330,65 @@ def test_einsum_shape_errors_name_the_op(tmp_path):
     path.write_text('name = "e"\nexpr = \'einsum("ij,jk->ik", x, x)\'\ndevices = ["cpu"]\nvars.x = { shape = [3, 4] }\n')
     code, out = run_cli(path)
     assert code == 2 and "einsum(): index 'j' has sizes 4 and 3" in out, out
+
+
+# ---- family 6: integer and boolean inputs, indexing, losses ----
+@pytest.mark.parametrize("expr, vars_", [
+    ("sum(embedding(t, w) * v)", {"t": {"shape": [8], "dtype": "int64", "domain": [0, 5]}, "w": {"shape": [5, 3]},
+                                  "v": {"shape": [3]}}),
+    ("x[t] * 2 + index_select(x, 0, t) + gather(y, 1, g)[0]",
+     {"t": {"shape": [4], "dtype": "int64", "domain": [0, 3]}, "g": {"shape": [2, 4], "dtype": "int64",
+                                                                    "domain": [0, 3]},
+      "x": {"shape": [3, 4]}, "y": {"shape": [2, 3]}}),
+    ('cross_entropy(z, t) + cross_entropy(z, t, label_smoothing=0.1, reduction="sum") + '
+     "nll_loss(log_softmax(z, dim=1), t)", {"z": {"shape": [6, 4], "domain": [-3, 3]},
+                                            "t": {"shape": [6], "dtype": "int64", "domain": [0, 4]}}),
+    ("where(m, x, -x) + x * m + x * (m & (x > 0))", {"m": {"shape": [3, 4], "dtype": "bool"}, "x": {"shape": [3, 4]}}),
+    ('l1_loss(a, b) + smooth_l1_loss(a, b, beta=0.5) + huber_loss(a, b, delta=0.3, reduction="sum") + '
+     'mse_loss(a, b, reduction="sum") + binary_cross_entropy_with_logits(a, sigmoid(b)) + '
+     "sum(cosine_similarity(a, b)) + sum(normalize(a, dim=0))",
+     {"a": {"shape": [3, 4], "domain": [-2, 2]}, "b": {"shape": [3, 4]}}),
+])
+def test_indexing_and_losses_pass_in_every_dtype(tmp_path, expr, vars_):
+    result = one_case(tmp_path, expr, vars_)
+    assert result.status == "pass", failing(result)
+
+
+DTYPE_SPY = '''
+import torch
+
+def f(x, t, m):
+    assert t.dtype == torch.int64 and m.dtype == torch.bool, (t.dtype, m.dtype)
+    return x[t] * m
+'''
+
+
+def test_int_and_bool_vars_keep_their_dtype_in_every_float_dtype(tmp_path):
+    result = one_case(tmp_path, "x[t] * m", {"x": {"shape": [3]}, "t": {"shape": [4], "dtype": "int64",
+                                                                        "domain": [0, 3]},
+                                             "m": {"shape": [4], "dtype": "bool"}}, DTYPE_SPY)
+    assert result.status == "pass", failing(result)
+    assert {c.dtype for c in result.checks if c.kind == "grad" and c.status == "pass"} >= set(ALL_DTYPES)
+
+
+@pytest.mark.parametrize("var, expr, needle", [
+    ('{ shape = [8], dtype = "int64", domain = [0, 6] }', "sum(embedding(t, w))",
+     "embedding(): int64 var 't' takes values in [0, 5], outside [0, 4] of the dim it indexes (size 5)"),
+    ('{ shape = [2], dtype = "int64", value = [0, 7] }', "sum(w[t])", "x[idx]: int64 var 't' takes values in [0, 7]"),
+    ('{ shape = [2], dtype = "int64", domain = [0, 3], requires_grad = true }', "sum(w[t])",
+     "integer and boolean vars are never differentiated"),
+    ('{ shape = [2], dtype = "int64" }', "sum(w[t])", "needs domain = [lo, hi]"),
+    ('{ shape = [2], dtype = "int64", domain = [0, 3] }', "sum(w[t] * exp(t))", "not feed exp()"),
+    ('{ shape = [2], dtype = "int64", domain = [0.5, 3] }', "sum(w[t])", "must be integers lo < hi"),
+    ('{ shape = [5, 3] }', "sum(gather(w, 0, t))", "the indices must be an int64 var"),
+])
+def test_index_errors_name_the_var_and_the_op_before_any_engine_runs(tmp_path, var, expr, needle):
+    path = tmp_path / "i.toml"
+    path.write_text(f'name = "i"\nexpr = "{expr}"\ndevices = ["cpu"]\nvars.t = {var}\nvars.w = {{ shape = [5, 3] }}\n')
+    code, out = run_cli(path)
+    assert code == 2 and needle in out and "case 'i'" in out, out
+
+
+def test_prod_over_everything_ignores_keepdim_as_torch_does(tmp_path):
+    result = one_case(tmp_path, "prod(x, dim=None, keepdim=True)", {"x": {"shape": [2, 3], "domain": [0.5, 1.5]}})
+    assert result.status == "pass", failing(result)

@@ -29,6 +29,11 @@ REFERENCES = {
     "hardtanh_grad_leaks_past_bounds": ("hardtanh(x)", {"x": ([8], [-2, 2])}),
     "floor_straight_through": ("floor(x)", {"x": ([5], [-2, 2])}),
     "where_grad_to_both_branches": ("where(x > 0, x * x, 3 * x)", {"x": ([6], [-1, 1])}),
+    "layer_norm_backward_missing_mean_term": (
+        "(x - mean(x, dim=-1, keepdim=True)) / sqrt(var(x, dim=-1, correction=0, keepdim=True) + 1e-05)",
+        {"x": ([4, 6], [-1, 1])}),
+    "gather_backward_overwrites_repeated_indices": ("gather(x, 0, idx)", {"x": ([3, 4], [-1, 1]),
+                                                                          "idx": ([5, 4], [0, 3], "int64")}),
 }
 
 
@@ -39,8 +44,9 @@ def main():
     for name, (expr, vars_) in REFERENCES.items():
         for kind in ("bug", "ok"):
             lines += ["[[case]]", f'name = "{kind}_{name}"', f'expr = "{expr}"', f'impl = "kernels:{kind}_{name}"']
-            for v, (shape, domain) in vars_.items():
-                lines.append(f"vars.{v} = {{ shape = {shape}, domain = {[float(d) for d in domain]} }}")
+            for v, (shape, domain, *dtype) in vars_.items():
+                typed = f', dtype = "{dtype[0]}"' if dtype else ""
+                lines.append(f"vars.{v} = {{ shape = {shape}, domain = {[float(d) for d in domain]}{typed} }}")
             lines.append("")
     lines += ["[[case]]", 'name = "ok_module_linear"', 'expr = "x @ weight + bias"', 'impl = "kernels:Linear"',
               "impl_args = { n_in = 3, n_out = 2 }", "vars.x = { shape = [4, 3] }", "vars.weight = { shape = [3, 2] }",

@@ -61,6 +61,25 @@ def _sort_grad(g, x, out):
     return torch.zeros_like(x).scatter(-1, idx, g)
 
 
+def _layer_norm(x):
+    mu = x.mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(x.var(-1, correction=0, keepdim=True) + 1e-5)
+
+
+def _layer_norm_grad(g, x, out, with_mean=True):
+    rstd = 1 / torch.sqrt(x.var(-1, correction=0, keepdim=True) + 1e-5)
+    n = x.shape[-1]
+    gx = g - (out * (g * out).sum(-1, keepdim=True)) / n
+    if with_mean:
+        gx = gx - g.sum(-1, keepdim=True) / n
+    return gx * rstd
+
+
+def _gather_grad(g, x, idx, out, accumulate=True):
+    gx = torch.zeros_like(x)
+    return (gx.scatter_add(0, idx, g) if accumulate else gx.scatter(0, idx, g)), None
+
+
 def _r2(y, x):
     return x * x + y * y
 
@@ -117,6 +136,10 @@ BUGS = [
      lambda g, x, o: g, lambda g, x, o: torch.zeros_like(g)),
     ("where_grad_to_both_branches", lambda x: torch.where(x > 0, x * x, 3 * x),
      lambda g, x, o: g * (2 * x + 3), lambda g, x, o: g * torch.where(x > 0, 2 * x, torch.full_like(x, 3.0))),
+    ("layer_norm_backward_missing_mean_term", _layer_norm,
+     lambda g, x, o: _layer_norm_grad(g, x, o, with_mean=False), _layer_norm_grad),
+    ("gather_backward_overwrites_repeated_indices", lambda x, idx: torch.gather(x, 0, idx),
+     lambda g, x, idx, o: _gather_grad(g, x, idx, o, accumulate=False), _gather_grad),
     ("gelu_tanh_approximation_in_backward", lambda x: F.gelu(x),
      _gelu_tanh_grad, _gelu_exact_grad),
 ]

@@ -265,6 +265,53 @@ EINSUM_CASES = [
 ]
 
 
+INT = "int64"
+INDEX_CASES = [  # integer and boolean inputs, indexing, losses
+    ("embedding_rows", "sum(embedding(t, w) * v)", {"t": {"shape": [8], "dtype": INT, "domain": [0, 5]},
+                                                     "w": [5, 3], "v": [3]}),
+    ("embedding_repeated_indices_accumulate", "embedding(t, w)",
+     {"t": {"shape": [2, 3], "dtype": INT, "value": [[1, 1, 1], [0, 4, 1]]}, "w": [5, 2]}),
+    ("subscript_by_int_var", "x[t] * 2", {"t": {"shape": [4], "dtype": INT, "domain": [0, 3]}, "x": [3, 4]}),
+    ("subscript_by_int_var_1d", "x[t]", {"t": {"shape": [6], "dtype": INT, "value": [0, 2, 2, 1, 0, 0]}, "x": [3]}),
+    ("index_select_dim1", "index_select(x, 1, t) * w", {"t": {"shape": [5], "dtype": INT, "domain": [0, 4]},
+                                                        "x": [3, 4], "w": [5]}),
+    ("gather_dim1", "gather(x, 1, g)", {"g": {"shape": [2, 4], "dtype": INT, "domain": [0, 3]}, "x": [2, 3]}),
+    ("gather_dim0_repeats", "sum(gather(x, 0, g) ** 2)",
+     {"g": {"shape": [3, 2], "dtype": INT, "value": [[0, 0], [0, 1], [0, 1]]}, "x": [2, 2]}),
+    ("cross_entropy_classes", "cross_entropy(z, t)", {"z": {"shape": [6, 4], "domain": [-3, 3]},
+                                                      "t": {"shape": [6], "dtype": INT, "domain": [0, 4]}}),
+    ("cross_entropy_smoothing_sum", 'cross_entropy(z, t, label_smoothing=0.1, reduction="sum")',
+     {"z": {"shape": [5, 3], "domain": [-3, 3]}, "t": {"shape": [5], "dtype": INT, "domain": [0, 3]}}),
+    ("cross_entropy_none_1d", 'cross_entropy(z, t, reduction="none")',
+     {"z": {"shape": [4], "domain": [-3, 3]}, "t": {"shape": [], "dtype": INT, "value": 2}}),
+    ("cross_entropy_probabilities", "cross_entropy(z, softmax(q, dim=-1), label_smoothing=0.2)",
+     {"z": {"shape": [3, 4], "domain": [-3, 3]}, "q": {"shape": [3, 4], "requires_grad": False}}),
+    ("cross_entropy_mlp", "cross_entropy(tanh(x @ w1) @ w2, t)",
+     {"x": [8, 5], "w1": [5, 6], "w2": [6, 3], "t": {"shape": [8], "dtype": INT, "domain": [0, 3]}}),
+    ("nll_loss_mean", "nll_loss(log_softmax(z, dim=1), t)", {"z": [6, 4], "t": {"shape": [6], "dtype": INT,
+                                                                                 "domain": [0, 4]}}),
+    ("bool_mask_var", "where(m, x, -x) + x * m + x * (m & (x > 0))", {"m": {"shape": [3, 4], "dtype": "bool"},
+                                                                      "x": [3, 4]}),
+    ("bool_mask_value", "sum(x * ~m)", {"m": {"shape": [3], "dtype": "bool", "value": [True, False, True]},
+                                        "x": [3]}),
+    ("mse_loss_reductions", 'mse_loss(a, b, reduction="sum") + sum(mse_loss(a, b, reduction="none"))',
+     {"a": [3, 4], "b": [4]}),
+    ("l1_smooth_huber", 'l1_loss(a, b) + smooth_l1_loss(a, b, beta=0.5) + huber_loss(a, b, delta=0.3, reduction="sum")',
+     {"a": {"shape": [3, 4], "domain": [-2, 2]}, "b": [3, 4]}),
+    ("smooth_l1_at_beta", "smooth_l1_loss(a, b)", {"a": ([3], [1.0, 0.0, -2.0]), "b": ([3], [0.0, 0.0, -1.0])}),
+    ("bce_with_logits", 'binary_cross_entropy_with_logits(x, y) + binary_cross_entropy(sigmoid(x), y, reduction="sum")',
+     {"x": {"shape": [3, 4], "domain": [-3, 3]}, "y": {"shape": [3, 4], "domain": [0, 1]}}),
+    ("bce_with_logits_far", 'binary_cross_entropy_with_logits(x, y, reduction="none")',
+     {"x": ([3], [40.0, -40.0, 0.0]), "y": ([3], [0.0, 1.0, 0.5])}),
+    ("kl_div_batchmean_log_target", 'kl_div(log_softmax(x, dim=1), softmax(y, dim=1), reduction="batchmean") + '
+     'kl_div(log_softmax(x, dim=1), log_softmax(y, dim=1), log_target=True, reduction="sum")', {"x": [3, 4],
+                                                                                                "y": [3, 4]}),
+    ("cosine_similarity_normalize", "cosine_similarity(a, b) * w + sum(normalize(a, dim=-1), dim=1)",
+     {"a": [3, 4], "b": [3, 4], "w": [3]}),
+    ("cosine_similarity_3d_broadcast", "cosine_similarity(a, b, dim=-1)", {"a": [2, 3, 4], "b": [3, 4]}),
+]
+
+
 def spec(s) -> dict:
     if isinstance(s, dict):
         return s
@@ -396,6 +443,11 @@ def main() -> None:
                    [case(n, e, {k: spec(v) for k, v in vs.items()}, extra={"dtypes": ["float64", "float32",
                                                                                        "float16", "bfloat16"]})
                     for n, e, vs in EINSUM_CASES])
+    total += write("indexing_losses.toml", "int64 and bool inputs, embedding, x[idx], index_select, gather (repeated "
+                   "indices accumulate), cross_entropy with class indices, nll_loss, and losses with reduction=.",
+                   [case(n, e, {k: spec(v) for k, v in vs.items()}, extra={"dtypes": ["float64", "float32",
+                                                                                       "float16", "bfloat16"]})
+                    for n, e, vs in INDEX_CASES])
     print(f"wrote {total} cases to {HERE}")
 
 

@@ -85,16 +85,33 @@ def _eval(node: Node, env: dict):
         return getattr(torch, op)(args[0], dim=p["dim"])
     if op == "clamp":
         return _clamp(args, env)
+    if op == "embedding":
+        return torch.nn.functional.embedding(args[0], args[1])
+    if op == "index_var":
+        return args[0][args[1]]
+    if op in ("index_select", "gather"):
+        return getattr(torch, op)(args[0], p["dim"], args[1])
+    if op == "cross_entropy":
+        return torch.nn.functional.cross_entropy(args[0], args[1], label_smoothing=p["label_smoothing"],
+                                                 reduction=p["reduction"])
+    if op == "nll_loss":
+        return torch.nn.functional.nll_loss(args[0], args[1], reduction=p["reduction"])
     if op == "einsum":
         return torch.einsum(p["equation"], *[a if isinstance(a, torch.Tensor) else torch.tensor(a, dtype=env[_DTYPE])
                                               for a in args])
     if op in _SHAPE:
         return _SHAPE[op]([a if isinstance(a, torch.Tensor) else torch.tensor(a, dtype=env[_DTYPE]) for a in args], p)
-    if op == "mse_loss":
-        a, b = torch.broadcast_tensors(*args)
-        return torch.nn.functional.mse_loss(a, b)
-    if op == "binary_cross_entropy":
-        return torch.nn.functional.binary_cross_entropy(args[0], args[1])
+    F = torch.nn.functional
+    if op in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div"):
+        a, b = torch.broadcast_tensors(*[t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=env[_DTYPE])
+                                         for t in args])
+        return getattr(F, op)(a, b, **p)
+    if op in ("binary_cross_entropy", "binary_cross_entropy_with_logits"):
+        return getattr(F, op)(args[0], args[1], reduction=p["reduction"])
+    if op == "cosine_similarity":
+        return F.cosine_similarity(args[0], args[1], dim=p["dim"], eps=p["eps"])
+    if op == "normalize":
+        return F.normalize(args[0], p=p["p"], dim=p["dim"], eps=p["eps"])
     if all(not isinstance(a, torch.Tensor) for a in args):  # constant sub-expression: keep it a Python float
         return float(OPS[op].numpy(*[np.float64(a) for a in args], **p))
     if op in TENSOR_ONLY:  # torch.maximum(3.0, x) is a TypeError: give constants x's dtype and device
@@ -190,6 +207,15 @@ def _no_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
+def input_tensor(x, dtype: str, device: str, requires_grad: bool, var_dtype: str | None) -> torch.Tensor:
+    """A case var as torch sees it: int64 and bool vars keep their dtype whatever the case's float dtype."""
+    if var_dtype == "int64":
+        return torch.as_tensor(np.asarray(x, dtype=np.int64), device=device)
+    if var_dtype == "bool":
+        return torch.as_tensor(np.asarray(x) != 0, device=device)
+    return to_tensor(x, dtype, device, requires_grad)
+
+
 def to_tensor(x, dtype: str, device: str, requires_grad: bool = False) -> torch.Tensor:
     t = torch.as_tensor(np.array(x, dtype=np.float64)).to(device=device, dtype=TORCH_DTYPES[dtype])
     return t.requires_grad_(requires_grad)
@@ -207,11 +233,12 @@ def _cotangent(c, out: torch.Tensor, dtype: str, device: str) -> torch.Tensor:
 
 
 def run(fn: Callable, inputs: dict, grad_vars, dtype: str, device: str, cotangents: list,
-        semantic: bool = True) -> AutogradResult:
+        semantic: bool = True, var_dtypes: dict | None = None) -> AutogradResult:
     """Forward once, then one VJP per cotangent on the same graph; with ``semantic``, also a zero cotangent and a
     repeated VJP (gradcheck's checks that backward uses its upstream gradient and is deterministic)."""
     with _no_tf32():
-        tensors = {n: to_tensor(v, dtype, device, n in grad_vars) for n, v in inputs.items()}
+        tensors = {n: input_tensor(v, dtype, device, n in grad_vars, (var_dtypes or {}).get(n))
+                   for n, v in inputs.items()}
         out = fn(**tensors)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the function returned {type(out).__name__}, not a tensor")
@@ -266,10 +293,12 @@ def _semantic(out, leaves, grad_vars, vjps, cotangents, dtype, device) -> list[s
     return problems
 
 
-def jvp(fn: Callable, inputs: dict, grad_vars, tangents: dict, dtype: str, device: str) -> np.ndarray:
+def jvp(fn: Callable, inputs: dict, grad_vars, tangents: dict, dtype: str, device: str,
+        var_dtypes: dict | None = None) -> np.ndarray:
     """Forward-mode derivative J v with ``torch.func.jvp`` (raises where the function does not support it)."""
     names = list(inputs)
-    fixed = {n: to_tensor(v, dtype, device) for n, v in inputs.items() if n not in grad_vars}
+    fixed = {n: input_tensor(v, dtype, device, False, (var_dtypes or {}).get(n)) for n, v in inputs.items()
+             if n not in grad_vars}
     primals = tuple(to_tensor(inputs[n], dtype, device) for n in grad_vars)
     dirs = tuple(to_tensor(tangents[n], dtype, device) for n in grad_vars)
 

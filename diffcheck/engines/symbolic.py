@@ -170,6 +170,9 @@ class Program:
     def _lower(self, node: Node, shapes) -> int:
         if isinstance(node, Const):
             return self._const(node.value)
+        if isinstance(node, Call) and node.op in _LOSS_REWRITES:
+            rewritten = _LOSS_REWRITES[node.op](*node.args, **dict(node.params), shape=infer(node.args[0], shapes))
+            return self._lower(rewritten, shapes)
         if isinstance(node, Var):
             if node.name not in self.var_slots:
                 self.var_slots[node.name] = self._add(
@@ -194,7 +197,8 @@ class Program:
             return self._emit(name, args, shape, dims=dims, keepdim=p["keepdim"])
         if node.op in ("amax", "amin", "prod"):
             dims = normalize_dims(p["dim"], len(arg_shapes[0]), "")
-            return self._emit(node.op, args, shape, dims=dims, keepdim=p["keepdim"])
+            keep = p["keepdim"] and not (node.op == "prod" and p["dim"] is None)
+            return self._emit(node.op, args, shape, dims=dims, keepdim=keep)
         if node.op in ("cumsum", "cumprod", "sort"):
             (axis,) = normalize_dims(p["dim"], len(arg_shapes[0]), "") or (None,)
             if axis is None:  # a 0-D input: the op is the identity
@@ -209,6 +213,12 @@ class Program:
             return self._emit("gather_map", args, shape, map=index_map)
         if node.op == "einsum":
             return self._emit("einsum", args, shape, equation=p["equation"])
+        if node.op in ("embedding", "index_var", "index_select", "gather"):
+            x, idx = (args[1], args[0]) if node.op == "embedding" else args
+            dim = 0 if node.op in ("embedding", "index_var") else p["dim"] % max(len(self.slots[x].shape), 1)
+            return self._emit("take", (x, idx), shape, how=node.op, dim=dim)
+        if node.op in ("cross_entropy", "nll_loss"):
+            return self._lower_class_loss(node.op, args, arg_shapes, p)
         if node.op == "matmul":
             return self._emit("matmul", args, shape)
         if node.op == "transpose":
@@ -230,7 +240,7 @@ class Program:
             diff_shape = np.broadcast_shapes(*arg_shapes)
             diff = self._emit("sub", args, diff_shape)
             square = self._emit("pow", (diff, self._const(2.0)), diff_shape)
-            return self._emit("mean", (square,), (), dims=tuple(range(len(diff_shape))), keepdim=False)
+            return self._reduce(square, diff_shape, p["reduction"])
         if node.op == "binary_cross_entropy":
             p_, y = args
             s = arg_shapes[0]
@@ -240,8 +250,7 @@ class Program:
             one_minus_y = self._emit("sub", (self._const(1.0), y), s)
             total = self._emit("add", (self._emit("mul", (y, log_p), s),
                                        self._emit("mul", (one_minus_y, log_q), s)), s)
-            mean = self._emit("mean", (total,), (), dims=tuple(range(len(s))), keepdim=False)
-            return self._emit("neg", (mean,), ())
+            return self._emit("neg", (self._reduce(total, s, p["reduction"]),), shape)
         raise NotImplementedError(node.op)  # pragma: no cover - every op in OPS is handled above
 
     def _lower_spread(self, op: str, x: int, x_shape, shape, p) -> int:
@@ -262,6 +271,43 @@ class Program:
         total = self._emit("sum", (square,), shape, dims=dims, keepdim=p["keepdim"])
         var = self._emit("div", (total, self._const(_count(x_shape, dims) - p["correction"])), shape)
         return var if op == "var" else self._emit("sqrt", (var,), shape)
+
+    def _reduce(self, loss: int, shape, reduction: str) -> int:
+        if reduction == "none":
+            return loss
+        return self._emit("mean" if reduction == "mean" else "sum", (loss,), (), dims=tuple(range(len(shape))),
+                          keepdim=False)
+
+    def _lower_class_loss(self, op: str, args, arg_shapes, p) -> int:
+        """cross_entropy as torch: log_softmax over the class dim, minus the target's entry (or the probabilities'
+        weighted sum), label smoothing mixing in the mean over classes; then the reduction."""
+        x, t = args
+        xs, ts = arg_shapes
+        cdim = len(xs) - 1
+        logp = x
+        if op == "cross_entropy":
+            lse = self._emit("lse", (x,), reduced_shape(xs, (cdim,), True), dims=(cdim,), keepdim=True)
+            logp = self._emit("sub", (x, lse), xs)
+        n_shape = xs[:-1]
+        eps = p.get("label_smoothing", 0.0)
+        if ts == xs:  # class probabilities
+            if eps:
+                scaled = self._emit("mul", (t, self._const(1.0 - eps)), xs)
+                t = self._emit("add", (scaled, self._const(eps / xs[-1])), xs)
+            picked = self._emit("sum", (self._emit("mul", (t, logp), xs),), n_shape, dims=(cdim,), keepdim=False)
+            loss = self._emit("neg", (picked,), n_shape)
+        else:
+            picked = self._emit("take", (logp, t), n_shape, how="class", dim=cdim)
+            loss = self._emit("neg", (picked,), n_shape)
+            if eps:
+                smooth = self._emit("neg", (self._emit("mean", (logp,), n_shape, dims=(cdim,), keepdim=False),),
+                                    n_shape)
+                loss = self._emit("add", (self._emit("mul", (loss, self._const(1.0 - eps)), n_shape),
+                                          self._emit("mul", (smooth, self._const(eps)), n_shape)), n_shape)
+        if p["reduction"] == "none":
+            return loss
+        name = "mean" if p["reduction"] == "mean" else "sum"
+        return self._emit(name, (loss,), (), dims=tuple(range(len(n_shape))), keepdim=False)
 
     # ---- forward ----
     def forward(self, inputs: dict[str, np.ndarray], kink_u: float | None = None, with_err: bool = True,
@@ -382,6 +428,12 @@ class Program:
             if not keep:
                 v, err = np.squeeze(v, axis=dims), np.squeeze(err, axis=dims)
             return v, err
+        if ins.op == "take":
+            x = np.asarray(vals[0], dtype=float)
+            m = _take_map(ins.params["how"], ins.params["dim"], x.shape, np.asarray(vals[1]).astype(np.int64))
+            fwd.aux[i] = {"map": m}
+            e = np.broadcast_to(errs[0], x.shape).reshape(-1) if with_err else None
+            return x.reshape(-1)[m], (e[m] if with_err else 0.0)
         if ins.op == "einsum":
             return _einsum_err(ins.params["equation"], [np.asarray(v, float) for v in vals], errs, with_err)
         if ins.op == "gather_map":
@@ -533,6 +585,10 @@ class Program:
             return
         if ins.op == "gather_map":
             yield from _gather_map_back(ins, shapes, g, ge, with_err)
+            return
+        if ins.op == "take":
+            back = Instr("gather_map", ins.args[:1], {"map": fwd.aux[i]["map"]}, ins.shape)
+            yield from _gather_map_back(back, shapes[:1], g, ge, with_err)
             return
         if ins.op == "einsum":
             yield from _einsum_back(ins, [np.asarray(v, float) for v in vals], [fwd.errs[a] for a in ins.args],
@@ -894,3 +950,60 @@ def _einsum_back(ins: Instr, arrays, errs, shapes, g, ge, with_err):
         eq = ",".join(s for s, _, _ in ops) + "->" + sub
         value, err = _einsum_err(eq, [a for _, a, _ in ops], [e for _, _, e in ops], with_err)
         yield ins.args[j], (np.reshape(value, shapes[j]), np.reshape(err, shapes[j]) if with_err else 0.0)
+
+
+def _take_map(how: str, dim: int, x_shape, idx):
+    """Flat indices into x of what embedding / x[idx] / index_select / gather / a class pick read."""
+    ids = np.arange(int(np.prod(x_shape))).reshape(x_shape)
+    if how in ("embedding", "index_var"):
+        return ids[idx]
+    if how == "index_select":
+        return np.take(ids, idx, axis=dim)
+    if how == "gather":
+        grid = list(np.indices(idx.shape))
+        grid[dim] = idx
+        return ids[tuple(grid)]
+    # "class": x[..., t] for each leading position (cross_entropy, nll_loss)
+    grid = list(np.indices(idx.shape)) + [idx]
+    return ids[tuple(grid)]
+
+
+# ---- losses written as IR over primitive ops (torch's formulas), then lowered like any expression ----
+def _c(name, *args, **params):
+    return Call(name, tuple(args), tuple(params.items()))
+
+
+def _reduced(loss, reduction: str, shape=()):
+    if reduction == "none":
+        return loss
+    if reduction == "batchmean":  # kl_div: sum over all entries / size of dim 0 (torch's recommended form)
+        return _c("div", _c("sum", loss, dim=None, keepdim=False), Const(float(shape[0] if shape else 1)))
+    return _c("mean" if reduction == "mean" else "sum", loss, dim=None, keepdim=False)
+
+
+def _kl_div(x, t, reduction, log_target, shape):
+    pointwise = _c("mul", _c("exp", t), _c("sub", t, x)) if log_target else \
+        _c("sub", _c("xlogy", t, t), _c("mul", t, x))
+    return _reduced(pointwise, reduction, shape)
+
+
+def _norm_keep(x, p, dim):
+    return _c("norm", x, p=float(p), dim=dim, keepdim=True)
+
+
+_LOSS_REWRITES = {
+    "l1_loss": lambda a, b, reduction, shape: _reduced(_c("abs", _c("sub", a, b)), reduction),
+    "smooth_l1_loss": lambda a, b, reduction, beta, shape: _reduced(_c("smooth_l1_piece", _c("sub", a, b), beta=beta),
+                                                             reduction) if beta > 0 else
+    _reduced(_c("abs", _c("sub", a, b)), reduction),
+    "huber_loss": lambda a, b, reduction, delta, shape: _reduced(_c("huber_piece", _c("sub", a, b), delta=delta), reduction),
+    "binary_cross_entropy_with_logits": lambda x, y, reduction, shape: _reduced(
+        _c("sub", _c("logaddexp", Const(0.0), x), _c("mul", x, y)), reduction),
+    "kl_div": _kl_div,
+    "cosine_similarity": lambda a, b, dim, eps, shape: _c("sum", _c("mul", _c("div", a, _c("maximum", _norm_keep(a, 2, dim),
+                                                                                     Const(eps))),
+                                                              _c("div", b, _c("maximum", _norm_keep(b, 2, dim),
+                                                                              Const(eps)))),
+                                                   dim=dim, keepdim=False),
+    "normalize": lambda x, p, dim, eps, shape: _c("div", x, _c("maximum", _norm_keep(x, p, dim), Const(eps))),
+}

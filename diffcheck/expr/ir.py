@@ -81,6 +81,8 @@ def _text(node: Node, outer: int) -> str:
         return f"({text})" if outer > 3 else text
     if node.op == "transpose":
         return f"{_text(node.args[0], 5)}.T"
+    if node.op == "index_var":
+        return f"{_text(node.args[0], 5)}[{_text(node.args[1], 0)}]"
     if node.op == "mT":
         return f"{_text(node.args[0], 5)}.mT"
     if node.op == "index":

@@ -294,6 +294,48 @@ def _shape_ops() -> list[Op]:
     ]
 
 
+REDUCTION = Param("reduction", "choice", "mean", ("mean", "sum", "none"))
+
+
+def _losses() -> list[Op]:
+    two = ((-1, 1), (-1, 1))
+    return [
+        Op("binary_cross_entropy_with_logits", 2, "composite", (REDUCTION,), domain=((-3, 3), (0, 1)),
+           doc="logaddexp(0, x) - x*y, as F.binary_cross_entropy_with_logits"),
+        Op("l1_loss", 2, "composite", (REDUCTION,), domain=two),
+        Op("smooth_l1_loss", 2, "composite", (REDUCTION, Param("beta", "number", 1.0)), domain=two),
+        Op("huber_loss", 2, "composite", (REDUCTION, Param("delta", "number", 1.0)), domain=two),
+        Op("kl_div", 2, "composite", (Param("reduction", "choice", "mean", ("mean", "sum", "none", "batchmean")),
+                                      Param("log_target", "bool", False)), domain=((-3, 0), (0.05, 1))),
+        Op("cosine_similarity", 2, "composite", (Param("dim", "int", 1), Param("eps", "number", 1e-8)), domain=two),
+        Op("normalize", 1, "composite", (Param("p", "number", 2.0), Param("dim", "int", 1),
+                                         Param("eps", "number", 1e-12)), domain=((-1, 1),)),
+        # pieces of the losses above (not callable by name)
+        _unary("smooth_l1_piece", lambda d, beta: _sp().Piecewise((d**2 / (2 * beta), _sp().Abs(d) < beta),
+                                                                  (_sp().Abs(d) - beta / 2, True)),
+               lambda d, beta: _np().where(_np().abs(d) < beta, 0.5 * d * d / beta, _np().abs(d) - 0.5 * beta),
+               None, kink=lambda d, beta: (d - beta) * (d + beta), params=(Param("beta", "number", 1.0),)),
+        _unary("huber_piece", lambda d, delta: _sp().Piecewise((d**2 / 2, _sp().Abs(d) <= delta),
+                                                               (delta * (_sp().Abs(d) - delta / 2), True)),
+               lambda d, delta: _np().where(_np().abs(d) <= delta, 0.5 * d * d, delta * (_np().abs(d) - 0.5 * delta)),
+               None, kink=lambda d, delta: (d - delta) * (d + delta), params=(Param("delta", "number", 1.0),)),
+    ]
+
+
+def _index_ops() -> list[Op]:
+    """Ops that read entries at int64 indices: the adjoint scatter-adds, so repeated indices accumulate."""
+    index = Param("index", "tensor", None)
+    return [
+        Op("embedding", 2, "take", (), domain=((0, 1), (-1, 1)), ulps=0, doc="F.embedding(idx, weight): rows"),
+        Op("index_var", 2, "take", (), domain=((-1, 1), (0, 1)), ulps=0, doc="x[idx]: entries along dim 0"),
+        Op("index_select", 1, "take", (Param("dim", "int", None), index), domain=((-1, 1),), ulps=0),
+        Op("gather", 1, "take", (Param("dim", "int", None), index), domain=((-1, 1),), ulps=0),
+        Op("cross_entropy", 2, "composite", (Param("label_smoothing", "number", 0.0), REDUCTION),
+           domain=((-3, 3), (0, 1)), doc="F.cross_entropy: class indices (int64) or class probabilities"),
+        Op("nll_loss", 2, "composite", (REDUCTION,), domain=((-3, 0), (0, 1)), doc="F.nll_loss: class indices"),
+    ]
+
+
 def _build() -> dict[str, Op]:
     ops: list[Op] = [
         # arithmetic (written with operators in case files)
@@ -378,8 +420,8 @@ def _build() -> dict[str, Op]:
            domain=((-3, 3),), doc="log(sum(exp(x))) over all entries, or over dim"),
         Op("softmax", 1, "composite", (Param("dim", "dims", -1),), domain=((-3, 3),)),
         Op("log_softmax", 1, "composite", (Param("dim", "dims", -1),), domain=((-3, 3),)),
-        Op("mse_loss", 2, "composite", (), domain=((-1, 1), (-1, 1)), doc="mean((a - b)**2)"),
-        Op("binary_cross_entropy", 2, "composite", (), domain=((0.05, 0.95), (0, 1)),
+        Op("mse_loss", 2, "composite", (REDUCTION,), domain=((-1, 1), (-1, 1)), doc="mean((a - b)**2)"),
+        Op("binary_cross_entropy", 2, "composite", (REDUCTION,), domain=((0.05, 0.95), (0, 1)),
            doc="mean(-(y*log(p) + (1-y)*log(1-p))); torch clamps (1-p)*p at 1e-12 in backward"),
         Op("matmul", 2, "matmul", (), domain=((-1, 1), (-1, 1)), ulps=0),
         Op("transpose", 1, "transpose", (), domain=((-1, 1),), ulps=0),
@@ -387,6 +429,8 @@ def _build() -> dict[str, Op]:
         *_elementwise_ops(),
         *_reductions(),
         *_shape_ops(),
+        *_index_ops(),
+        *_losses(),
         Op("einsum", 1, "einsum", (Param("equation", "equation", ""),), domain=((-1, 1),), ulps=0,
            doc='torch.einsum("bij,bjk->bik", a, b): letters, commas and ->; no ... and no repeated index'),
     ]
@@ -397,7 +441,8 @@ OPS: dict[str, Op] = _build()
 
 # Ops written as operators, not called by name.
 OPERATOR_OPS = {"add", "sub", "mul", "div", "pow", "powc", "neg", "matmul", "transpose", "lt", "le", "gt", "ge",
-                "eq", "ne", "logical_and", "logical_or", "logical_not", "mT", "index"}
+                "eq", "ne", "logical_and", "logical_or", "logical_not", "mT", "index", "index_var", "smooth_l1_piece",
+                "huber_piece"}
 # Function names that mean another op: torch.transpose(x, dim0, dim1) is swapdims (``.T`` is "transpose").
 ALIASES = {"transpose": "swapdims"}
 # Names a case file may call as functions.

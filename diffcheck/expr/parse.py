@@ -106,6 +106,8 @@ class _Converter:
             if node.attr not in ("T", "mT"):
                 self.fail(f"attribute '.{node.attr}' is not allowed (only '.T', '.mT' and '.detach()')", node)
             return Call("transpose" if node.attr == "T" else "mT", (self.convert(node.value, d),))
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Name):  # x[idx], idx an int64 var
+            return Call("index_var", (self.convert(node.value, d), self.name(node.slice)))
         if isinstance(node, ast.Subscript):
             items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
             index = tuple(self.index_item(item) for item in items)
@@ -194,7 +196,7 @@ class _Converter:
         tensors = tuple(given.get(p.name, Const(p.default)) for p in op.params if p.kind == "tensor")
         params = tuple((p.name, given.get(p.name, p.default)) for p in op.params if p.kind != "tensor")
         for prm in op.params:
-            if prm.default is None and prm.kind in ("ints", "int") and given.get(prm.name) is None:
+            if prm.default is None and prm.kind in ("ints", "int", "tensor") and given.get(prm.name) is None:
                 self.fail(f"{fname}() needs '{prm.name}'", node)
         return Call(fname, args + rest + tensors, params)
 

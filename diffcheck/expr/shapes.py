@@ -72,6 +72,22 @@ def infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
     return shape
 
 
+class VarShapes(dict):
+    """Var name -> shape, plus which vars are bool masks and which are integers (with the range of their values):
+    what the case file declared, so that masks and indices can be checked before any engine runs."""
+
+    def __init__(self, specs: dict):
+        super().__init__({n: tuple(s.shape) for n, s in specs.items()})
+        self.masks = frozenset(n for n, s in specs.items() if getattr(s, "dtype", None) == "bool")
+        self.ints = {}
+        for n, s in specs.items():
+            if getattr(s, "dtype", None) == "int64":
+                if s.value is not None and s.value.size:
+                    self.ints[n] = (int(s.value.min()), int(s.value.max()) + 1)
+                else:
+                    self.ints[n] = (int(s.domain[0]), int(s.domain[1]))
+
+
 SHAPE_OPS = {"reshape", "flatten", "permute", "swapdims", "mT", "unsqueeze", "squeeze", "expand", "flip", "tril",
              "triu", "cat", "stack", "index"}
 
@@ -231,6 +247,44 @@ def _check_masks(node: Call, what: str, mask_vars) -> None:
                               "to blend by a number use c * a + (1 - c) * b")
 
 
+INDEX_ARGS = {"embedding": (0, 1, 0), "index_var": (1, 0, 0), "index_select": (1, 0, "dim"), "gather": (1, 0, "dim"),
+              "cross_entropy": (1, 0, 1), "nll_loss": (1, 0, 1)}  # op -> (index arg, indexed arg, its dim)
+
+
+def _check_indices(node: Call, shapes, var_shapes: VarShapes) -> None:
+    """Integer args must be int64 vars whose every value indexes inside the dim they index; float args of an
+    index position are an error too."""
+    if node.op not in INDEX_ARGS:
+        if node.op != "where":
+            for a in node.args:
+                if isinstance(a, Var) and a.name in var_shapes.ints and node.op not in ("lt", "le", "gt", "ge", "eq",
+                                                                                      "ne", "mul", "add", "sub"):
+                    raise ExpressionError(f"int64 var '{a.name}' can only index (embedding, index_select, gather, "
+                                          f"x[{a.name}], cross_entropy, nll_loss targets), not feed {node.op}()")
+        return
+    k, j, dim = INDEX_ARGS[node.op]
+    idx = node.args[k]
+    if node.op in ("cross_entropy",) and not (isinstance(idx, Var) and idx.name in var_shapes.ints):
+        if shapes[1] != shapes[0]:
+            raise ExpressionError("cross_entropy(): class indices must be an int64 var (declare dtype = \"int64\"); "
+                                  "class probabilities have the input's shape")
+        return  # class probabilities: a float target
+    if not (isinstance(idx, Var) and idx.name in var_shapes.ints):
+        raise ExpressionError(f"{node.op}(): the indices must be an int64 var (declare dtype = \"int64\")")
+    shape = shapes[j]
+    d = node.param(dim) if isinstance(dim, str) else dim
+    if node.op in ("cross_entropy", "nll_loss") and len(shape) == 1:
+        d = 0
+    if not shape or not -len(shape) <= d < len(shape):
+        raise ExpressionError(f"{node.op}(): dim {d} is out of range for a {len(shape)}-D input")
+    lo, hi = var_shapes.ints[idx.name]
+    n = shape[d]
+    if lo < 0 or hi > n:
+        where = "x[idx]" if node.op == "index_var" else f"{node.op}()"
+        raise ExpressionError(f"{where}: int64 var '{idx.name}' takes values in [{lo}, {hi - 1}], outside "
+                              f"[0, {n - 1}] of the dim it indexes (size {n})")
+
+
 def _infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
     if isinstance(node, Const):
         return ()
@@ -240,13 +294,44 @@ def _infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
     shapes = [infer(a, var_shapes) for a in node.args]
     what = f"in '{to_text(node)}': " if len(to_text(node)) < 80 else f"in {node.op}(): "
     op = node.op
-    _check_masks(node, what, frozenset())
+    if isinstance(var_shapes, VarShapes):  # the case file's declarations: check masks and index ranges
+        _check_masks(node, what, var_shapes.masks)
+        _check_indices(node, shapes, var_shapes)
     if op == "detach":
         return shapes[0]
     if op in SHAPE_OPS:
         return _shape_op_shape(op, shapes, dict(node.params), what)
     if op == "einsum":
         return einsum_shape(node.param("equation"), shapes, what)
+    if op in ("embedding", "index_var"):
+        idx, x = (shapes[0], shapes[1]) if op == "embedding" else (shapes[1], shapes[0])
+        if op == "embedding" and len(x) != 2:
+            raise ExpressionError(f"{what}embedding() needs a 2-D weight, got shape {list(x)}")
+        if not x:
+            raise ExpressionError(f"{what}cannot index a 0-D tensor")
+        return idx + x[1:]
+    if op == "index_select":
+        if len(shapes[1]) != 1:
+            raise ExpressionError(f"{what}index_select() needs a 1-D index, got shape {list(shapes[1])}")
+        (d,) = normalize_dims(node.param("dim"), len(shapes[0]), what) or (0,)
+        return shapes[0][:d] + shapes[1] + shapes[0][d + 1:]
+    if op == "gather":
+        x, idx = shapes
+        (d,) = normalize_dims(node.param("dim"), len(x), what) or (0,)
+        if len(idx) != len(x) or any(i > n for k, (i, n) in enumerate(zip(idx, x)) if k != d):
+            raise ExpressionError(f"{what}gather() needs an index of the input's rank, no larger outside dim {d}; "
+                                  f"got shapes {list(x)} and {list(idx)}")
+        return idx
+    if op in ("cross_entropy", "nll_loss"):
+        x, t = shapes
+        if len(x) not in (1, 2):
+            raise ExpressionError(f"{what}{op}() takes (C,) or (N, C) inputs here, got shape {list(x)}")
+        if t != x[:-1] and t != x:
+            raise ExpressionError(f"{what}{op}(): target shape {list(t)} fits neither class indices "
+                                  f"{list(x[:-1])} nor class probabilities {list(x)}")
+        if op == "nll_loss" and t == x:
+            raise ExpressionError(f"{what}nll_loss() takes class indices (an int64 var of shape {list(x[:-1])})")
+        return x[:-1] if node.param("reduction") == "none" else ()
     if op == "matmul":
         return matmul_shape(shapes[0], shapes[1], what)
     if op == "transpose":
@@ -261,6 +346,8 @@ def _infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
     if op == "norm" and not node.param("p") > 0:
         raise ExpressionError(f"{what}norm() supports p > 0 (torch.linalg.vector_norm), got p={node.param('p')}; "
                               "for the largest magnitude use amax(abs(x))")
+    if op == "prod" and node.param("dim") is None:  # torch.prod(x) has no keepdim: always 0-D
+        return ()
     if op in ("sum", "mean", "logsumexp", "amax", "amin", "prod", "var", "std", "norm"):
         dims = normalize_dims(node.param("dim"), len(shapes[0]), what)
         return reduced_shape(shapes[0], dims, node.param("keepdim"))
@@ -269,14 +356,20 @@ def _infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
             raise ExpressionError(f"{what}{op}() takes one integer dim, got {node.param('dim')!r}")
         normalize_dims(node.param("dim"), len(shapes[0]), what)
         return shapes[0]
-    if op == "mse_loss":
-        broadcast(shapes[0], shapes[1], what)
-        return ()
-    if op == "binary_cross_entropy":
+    if op in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div"):
+        out = broadcast(shapes[0], shapes[1], what)
+        return out if node.param("reduction") == "none" else ()
+    if op in ("binary_cross_entropy", "binary_cross_entropy_with_logits"):
         if shapes[0] != shapes[1]:
             raise ExpressionError(f"{what}input and target must have the same shape, got "
                                   f"{list(shapes[0])} and {list(shapes[1])}")
-        return ()
+        return shapes[0] if node.param("reduction") == "none" else ()
+    if op in ("cosine_similarity", "normalize"):
+        out = broadcast(shapes[0], shapes[1], what) if op == "cosine_similarity" else shapes[0]
+        (d,) = normalize_dims(node.param("dim"), len(out), what) or (None,)
+        if d is None:
+            raise ExpressionError(f"{what}{op}() needs at least a 1-D input")
+        return out[:d] + out[d + 1:] if op == "cosine_similarity" else out
     out: Shape = ()
     for s in shapes:
         out = broadcast(out, s, what)
