@@ -85,6 +85,8 @@ def _eval(node: Node, env: dict):
         return getattr(torch, op)(args[0], dim=p["dim"])
     if op == "clamp":
         return _clamp(args, env)
+    if op in ("linear", "layer_norm", "rms_norm", "scaled_dot_product_attention"):
+        return _nn(op, args, p, env)
     if op == "embedding":
         return torch.nn.functional.embedding(args[0], args[1])
     if op == "index_var":
@@ -141,6 +143,27 @@ _SHAPE = {  # torch's own shape ops, with torch's argument names
     "stack": lambda a, p: torch.stack(a, dim=p["dim"]),
     "index": lambda a, p: _index(a[0], p["index"]),
 }
+def _nn(op, args, p, env):
+    """torch.nn.functional's layers; a weight or bias given as a number (1 and 0 when absent) becomes None or a
+    full tensor."""
+    F = torch.nn.functional
+
+    def opt(t, absent, shape):
+        if isinstance(t, torch.Tensor):
+            return t
+        return None if t == absent else torch.full(shape, float(t), dtype=args[0].dtype, device=args[0].device)
+
+    if op == "linear":
+        return F.linear(args[0], args[1], opt(args[2], 0.0, args[1].shape[:1]))
+    norm = tuple(p.get("normalized_shape", ()))
+    if op == "layer_norm":
+        return F.layer_norm(args[0], norm, opt(args[1], 1.0, norm), opt(args[2], 0.0, norm), eps=p["eps"])
+    if op == "rms_norm":
+        return F.rms_norm(args[0], norm, opt(args[1], 1.0, norm), eps=p["eps"])
+    return F.scaled_dot_product_attention(args[0], args[1], args[2], is_causal=p["is_causal"],
+                                          scale=p["scale"] or None)
+
+
 TENSOR_ONLY = {"maximum", "minimum", "atan2", "logaddexp", "hypot", "xlogy"}
 
 

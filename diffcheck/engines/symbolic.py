@@ -170,6 +170,10 @@ class Program:
     def _lower(self, node: Node, shapes) -> int:
         if isinstance(node, Const):
             return self._const(node.value)
+        if isinstance(node, Call) and node.op in _NN_REWRITES:
+            rewritten = _NN_REWRITES[node.op](*node.args, **dict(node.params),
+                                              shapes=[infer(a, shapes) for a in node.args])
+            return self._lower(rewritten, shapes)
         if isinstance(node, Call) and node.op in _LOSS_REWRITES:
             rewritten = _LOSS_REWRITES[node.op](*node.args, **dict(node.params), shape=infer(node.args[0], shapes))
             return self._lower(rewritten, shapes)
@@ -206,6 +210,11 @@ class Program:
             return self._emit(node.op, args, shape, axis=axis, descending=p.get("descending", False))
         if node.op in ("var", "std", "norm"):
             return self._lower_spread(node.op, args[0], arg_shapes[0], shape, p)
+        if node.op == "causal_fill":  # torch's is_causal: key j > query i is masked out (-inf before softmax)
+            rows, cols = arg_shapes[0][-2:]
+            keep = np.tril(np.ones((rows, cols), dtype=bool))
+            ids = np.arange(int(np.prod(arg_shapes[0]))).reshape(arg_shapes[0])
+            return self._emit("gather_map", args, shape, map=np.where(keep, ids, -1), fill=-np.inf)
         if node.op in SHAPE_OPS:  # one index map into the inputs' entries (-1: a zero, as tril writes)
             offsets = np.cumsum([0] + [int(np.prod(s)) for s in arg_shapes])
             ids = [np.arange(offsets[k], offsets[k + 1]).reshape(s) + 1 for k, s in enumerate(arg_shapes)]
@@ -439,7 +448,8 @@ class Program:
         if ins.op == "gather_map":
             shapes = [self.slots[a].shape for a in ins.args]
             m = ins.params["map"]
-            flat = np.concatenate([np.broadcast_to(v, sh).reshape(-1) for v, sh in zip(vals, shapes)] + [[0.0]])
+            fill = ins.params.get("fill", 0.0)
+            flat = np.concatenate([np.broadcast_to(v, sh).reshape(-1) for v, sh in zip(vals, shapes)] + [[fill]])
             if not with_err:
                 return flat[m], 0.0
             ferr = np.concatenate([np.broadcast_to(e, sh).reshape(-1) for e, sh in zip(errs, shapes)] + [[0.0]])
@@ -1006,4 +1016,39 @@ _LOSS_REWRITES = {
                                                                               Const(eps)))),
                                                    dim=dim, keepdim=False),
     "normalize": lambda x, p, dim, eps, shape: _c("div", x, _c("maximum", _norm_keep(x, p, dim), Const(eps))),
+}
+
+
+def _layer_norm(x, normalized_shape, weight, bias, eps, shapes, rms=False):
+    dims = tuple(range(-len(normalized_shape), 0))
+    if rms:
+        scale = _c("rsqrt", _c("add", _c("mean", _c("pow", x, Const(2.0)), dim=dims, keepdim=True), Const(eps)))
+        out = _c("mul", x, scale)
+    else:
+        mean = _c("mean", x, dim=dims, keepdim=True)
+        var = _c("var", x, dim=dims, correction=0.0, keepdim=True)
+        out = _c("mul", _c("sub", x, mean), _c("rsqrt", _c("add", var, Const(eps))))
+    if not (isinstance(weight, Const) and weight.value == 1.0):
+        out = _c("mul", out, weight)
+    if bias is not None and not (isinstance(bias, Const) and bias.value == 0.0):
+        out = _c("add", out, bias)
+    return out
+
+
+def _sdpa(q, k, v, is_causal, scale, shapes):
+    s = _c("matmul", q, _c("mT", k))
+    s = _c("mul", s, Const(scale or 1.0 / float(np.sqrt(shapes[0][-1]))))
+    if is_causal:
+        s = _c("causal_fill", s)
+    return _c("matmul", _c("softmax", s, dim=-1), v)
+
+
+_NN_REWRITES = {
+    "linear": lambda x, w, b, shapes: (lambda y: y if isinstance(b, Const) and b.value == 0.0 else _c("add", y, b))(
+        _c("matmul", x, _c("mT", w) if len(shapes[1]) == 2 else w)),
+    "layer_norm": lambda x, weight, bias, normalized_shape, eps, shapes: _layer_norm(x, normalized_shape, weight, bias,
+                                                                                    eps, shapes),
+    "rms_norm": lambda x, weight, normalized_shape, eps, shapes: _layer_norm(x, normalized_shape, weight, None, eps,
+                                                                            shapes, rms=True),
+    "scaled_dot_product_attention": _sdpa,
 }

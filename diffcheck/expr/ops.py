@@ -297,6 +297,23 @@ def _shape_ops() -> list[Op]:
 REDUCTION = Param("reduction", "choice", "mean", ("mean", "sum", "none"))
 
 
+def _nn_ops() -> list[Op]:
+    """torch.nn.functional's layers, lowered by the reference to the ops above (matmul, mean, var, softmax, an
+    index map for the causal mask); an absent weight or bias is the number 1 or 0."""
+    weight, bias = Param("weight", "tensor", 1.0), Param("bias", "tensor", 0.0)
+    return [
+        Op("linear", 2, "nn", (bias,), domain=((-1, 1), (-1, 1)), doc="F.linear(x, w, b): x @ w.mT + b"),
+        Op("layer_norm", 1, "nn", (Param("normalized_shape", "ints", None), weight, bias,
+                                   Param("eps", "number", 1e-5)), domain=((-1, 1),)),
+        Op("rms_norm", 1, "nn", (Param("normalized_shape", "ints", None), weight, Param("eps", "number", None)),
+           domain=((-1, 1),), doc="F.rms_norm; eps is required here (torch's default depends on the dtype)"),
+        Op("scaled_dot_product_attention", 3, "nn", (Param("is_causal", "bool", False),
+                                                     Param("scale", "number", 0.0)), domain=((-1, 1),) * 3,
+           doc="F.scaled_dot_product_attention(q, k, v, is_causal=False, scale=None (0 here means 1/sqrt(E)))"),
+        Op("causal_fill", 1, "shape", (), domain=((-1, 1),), ulps=0),  # entries above the diagonal -> -inf
+    ]
+
+
 def _losses() -> list[Op]:
     two = ((-1, 1), (-1, 1))
     return [
@@ -431,6 +448,7 @@ def _build() -> dict[str, Op]:
         *_shape_ops(),
         *_index_ops(),
         *_losses(),
+        *_nn_ops(),
         Op("einsum", 1, "einsum", (Param("equation", "equation", ""),), domain=((-1, 1),), ulps=0,
            doc='torch.einsum("bij,bjk->bik", a, b): letters, commas and ->; no ... and no repeated index'),
     ]
@@ -442,7 +460,7 @@ OPS: dict[str, Op] = _build()
 # Ops written as operators, not called by name.
 OPERATOR_OPS = {"add", "sub", "mul", "div", "pow", "powc", "neg", "matmul", "transpose", "lt", "le", "gt", "ge",
                 "eq", "ne", "logical_and", "logical_or", "logical_not", "mT", "index", "index_var", "smooth_l1_piece",
-                "huber_piece"}
+                "huber_piece", "causal_fill"}
 # Function names that mean another op: torch.transpose(x, dim0, dim1) is swapdims (``.T`` is "transpose").
 ALIASES = {"transpose": "swapdims"}
 # Names a case file may call as functions.

@@ -196,7 +196,7 @@ class _Converter:
         tensors = tuple(given.get(p.name, Const(p.default)) for p in op.params if p.kind == "tensor")
         params = tuple((p.name, given.get(p.name, p.default)) for p in op.params if p.kind != "tensor")
         for prm in op.params:
-            if prm.default is None and prm.kind in ("ints", "int", "tensor") and given.get(prm.name) is None:
+            if prm.default is None and prm.kind in ("ints", "int", "tensor", "number") and given.get(prm.name) is None:
                 self.fail(f"{fname}() needs '{prm.name}'", node)
         return Call(fname, args + rest + tensors, params)
 

@@ -303,6 +303,30 @@ def _infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
         return _shape_op_shape(op, shapes, dict(node.params), what)
     if op == "einsum":
         return einsum_shape(node.param("equation"), shapes, what)
+    if op == "linear":
+        x, w, b = shapes
+        if len(w) not in (1, 2):
+            raise ExpressionError(f"{what}linear() needs a 1-D or 2-D weight, got shape {list(w)}")
+        out = matmul_shape(x, tuple(reversed(w)), what)
+        return broadcast(out, b, what)
+    if op in ("layer_norm", "rms_norm"):
+        x, norm = shapes[0], tuple(node.param("normalized_shape"))
+        if x[len(x) - len(norm):] != norm or len(norm) > len(x):
+            raise ExpressionError(f"{what}{op}(): normalized_shape {list(norm)} is not the end of the input's "
+                                  f"shape {list(x)}")
+        for extra in shapes[1:]:
+            if extra not in ((), norm):
+                raise ExpressionError(f"{what}{op}(): weight and bias must have shape {list(norm)}, got {list(extra)}")
+        return x
+    if op == "scaled_dot_product_attention":
+        q, k, v = shapes
+        if min(len(q), len(k), len(v)) < 2 or q[-1] != k[-1] or k[-2] != v[-2]:
+            raise ExpressionError(f"{what}scaled_dot_product_attention() needs q (..., L, E), k (..., S, E), "
+                                  f"v (..., S, Ev); got {list(q)}, {list(k)}, {list(v)}")
+        batch = broadcast(broadcast(q[:-2], k[:-2], what), v[:-2], what)
+        return (*batch, q[-2], v[-1])
+    if op == "causal_fill":
+        return shapes[0]
     if op in ("embedding", "index_var"):
         idx, x = (shapes[0], shapes[1]) if op == "embedding" else (shapes[1], shapes[0])
         if op == "embedding" and len(x) != 2:
