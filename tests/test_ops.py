@@ -392,3 +392,34 @@ def test_index_errors_name_the_var_and_the_op_before_any_engine_runs(tmp_path, v
 def test_prod_over_everything_ignores_keepdim_as_torch_does(tmp_path):
     result = one_case(tmp_path, "prod(x, dim=None, keepdim=True)", {"x": {"shape": [2, 3], "domain": [0.5, 1.5]}})
     assert result.status == "pass", failing(result)
+
+
+# ---- family 7: nn layers ----
+@pytest.mark.parametrize("expr, vars_", [
+    ("linear(x, w, b) + linear(x, w)", {"x": {"shape": [4, 3]}, "w": {"shape": [5, 3]}, "b": {"shape": [5]}}),
+    ("layer_norm(x, [6], g, b, eps=1e-5) + rms_norm(x, [6], g, eps=1e-6)",
+     {"x": {"shape": [4, 6]}, "g": {"shape": [6]}, "b": {"shape": [6]}}),
+    ("scaled_dot_product_attention(q, k, v, is_causal=True)",
+     {"q": {"shape": [2, 3, 4]}, "k": {"shape": [2, 3, 4]}, "v": {"shape": [2, 3, 2]}}),
+    ("conv2d(x, w, b, stride=2, padding=1, groups=2)",
+     {"x": {"shape": [1, 4, 5, 5]}, "w": {"shape": [2, 2, 3, 3]}, "b": {"shape": [2]}}),
+    ("sum(max_pool2d(x, 2) + avg_pool2d(x, 2)) + sum(conv1d(y, v, dilation=2))",
+     {"x": {"shape": [2, 2, 4, 4]}, "y": {"shape": [1, 2, 8]}, "v": {"shape": [3, 2, 3]}}),
+])
+def test_nn_layers_pass_in_every_dtype(tmp_path, expr, vars_):
+    result = one_case(tmp_path, expr, vars_)
+    assert result.status == "pass", failing(result)
+
+
+@pytest.mark.parametrize("expr, needle", [
+    ("conv2d(x, w)", "conv2d() needs a batched 4-D input"),
+    ("layer_norm(x, [3])", "normalized_shape [3] is not the end of the input's shape [4, 6]"),
+    ("rms_norm(x, [6])", "rms_norm() needs 'eps'"),
+    ("max_pool2d(x, 2)", "max_pool2d() needs a batched 4-D input"),
+])
+def test_nn_errors_name_the_op(tmp_path, expr, needle):
+    path = tmp_path / "n.toml"
+    path.write_text(f'name = "n"\nexpr = "{expr}"\ndevices = ["cpu"]\nvars.x = {{ shape = [4, 6] }}\n'
+                    + ('vars.w = { shape = [2, 4, 3, 3] }\n' if "w" in expr else ""))
+    code, out = run_cli(path)
+    assert code == 2 and needle in out, out

@@ -32,6 +32,7 @@ REFERENCES = {
     "layer_norm_backward_missing_mean_term": (
         "(x - mean(x, dim=-1, keepdim=True)) / sqrt(var(x, dim=-1, correction=0, keepdim=True) + 1e-05)",
         {"x": ([4, 6], [-1, 1])}),
+    "conv_weight_grad_kernel_flipped": ("conv2d(x, w)", {"x": ([2, 2, 5, 5], [-1, 1]), "w": ([3, 2, 3, 3], [-1, 1])}),
     "gather_backward_overwrites_repeated_indices": ("gather(x, 0, idx)", {"x": ([3, 4], [-1, 1]),
                                                                           "idx": ([5, 4], [0, 3], "int64")}),
 }

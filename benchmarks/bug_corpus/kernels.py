@@ -80,6 +80,12 @@ def _gather_grad(g, x, idx, out, accumulate=True):
     return (gx.scatter_add(0, idx, g) if accumulate else gx.scatter(0, idx, g)), None
 
 
+def _conv_grads(g, x, w, out, flip=False):
+    gx = torch.nn.grad.conv2d_input(x.shape, w, g)
+    gw = torch.nn.grad.conv2d_weight(x, w.shape, g)
+    return gx, (gw.flip(-1, -2) if flip else gw)
+
+
 def _r2(y, x):
     return x * x + y * y
 
@@ -140,6 +146,8 @@ BUGS = [
      lambda g, x, o: _layer_norm_grad(g, x, o, with_mean=False), _layer_norm_grad),
     ("gather_backward_overwrites_repeated_indices", lambda x, idx: torch.gather(x, 0, idx),
      lambda g, x, idx, o: _gather_grad(g, x, idx, o, accumulate=False), _gather_grad),
+    ("conv_weight_grad_kernel_flipped", lambda x, w: F.conv2d(x, w),
+     lambda g, x, w, o: _conv_grads(g, x, w, o, flip=True), _conv_grads),
     ("gelu_tanh_approximation_in_backward", lambda x: F.gelu(x),
      _gelu_tanh_grad, _gelu_exact_grad),
 ]

@@ -312,6 +312,32 @@ INDEX_CASES = [  # integer and boolean inputs, indexing, losses
 ]
 
 
+NN_CASES = [
+    ("linear_bias", "linear(x, w, b)", {"x": [4, 3], "w": [5, 3], "b": [5]}),
+    ("linear_no_bias_3d", "sum(linear(x, w) ** 2)", {"x": [2, 4, 3], "w": [5, 3]}),
+    ("linear_vector_weight", "linear(x, w)", {"x": [4, 3], "w": [3]}),
+    ("layer_norm_affine", "layer_norm(x, [6], g, b, eps=1e-05)", {"x": [4, 6], "g": [6], "b": [6]}),
+    ("layer_norm_plain_2d_shape", "sum(layer_norm(x, [2, 3]) * w)", {"x": [4, 2, 3], "w": [2, 3]}),
+    ("layer_norm_near_constant_row", "layer_norm(x, [3])", {"x": ([2, 3], [[1.0, 1.001, 0.999], [0.0, 1.0, 2.0]])}),
+    ("rms_norm_weight", "rms_norm(x, [6], g, eps=1e-06)", {"x": [4, 6], "g": [6]}),
+    ("rms_norm_3d", "sum(rms_norm(x, [4], eps=1e-06) ** 2)", {"x": [2, 3, 4]}),
+    ("sdpa", "scaled_dot_product_attention(q, k, v)", {"q": [2, 3, 4], "k": [2, 5, 4], "v": [2, 5, 2]}),
+    ("sdpa_causal_scaled_4d", "sum(scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3))",
+     {"q": [2, 2, 3, 4], "k": [2, 2, 3, 4], "v": [2, 2, 3, 2]}),
+    ("conv1d_stride_padding", "conv1d(x, w, b, stride=2, padding=1)", {"x": [2, 3, 7], "w": [4, 3, 3], "b": [4]}),
+    ("conv1d_dilation", "sum(conv1d(x, w, dilation=2) ** 2)", {"x": [1, 2, 8], "w": [3, 2, 3]}),
+    ("conv2d_padding_dilation", "sum(conv2d(x, w, padding=[1, 0], dilation=[1, 2]) ** 2)",
+     {"x": [2, 2, 5, 6], "w": [3, 2, 3, 2]}),
+    ("conv2d_groups_stride", "conv2d(x, w, b, stride=2, groups=2)", {"x": [1, 4, 5, 5], "w": [2, 2, 3, 3],
+                                                                      "b": [2]}),
+    ("conv2d_then_relu_pool", "sum(max_pool2d(relu(conv2d(x, w, b, padding=1)), 2))",
+     {"x": [2, 1, 6, 6], "w": [2, 1, 3, 3], "b": [2]}),
+    ("avg_pool2d", "sum(avg_pool2d(x, 2) * 3)", {"x": [2, 2, 4, 5]}),
+    ("max_pool2d_overlap_padding", "sum(max_pool2d(x, [3, 2], stride=1, padding=1))", {"x": [2, 2, 4, 5]}),
+    ("max_pool2d_ties", "max_pool2d(x, 2)", {"x": ([1, 1, 2, 2], [[[[1.0, 1.0], [0.0, 1.0]]]])}),
+]
+
+
 def spec(s) -> dict:
     if isinstance(s, dict):
         return s
@@ -448,6 +474,11 @@ def main() -> None:
                    [case(n, e, {k: spec(v) for k, v in vs.items()}, extra={"dtypes": ["float64", "float32",
                                                                                        "float16", "bfloat16"]})
                     for n, e, vs in INDEX_CASES])
+    total += write("nn.toml", "torch.nn.functional layers: linear, layer_norm, rms_norm, scaled_dot_product_attention, "
+                   "conv1d/conv2d (stride, padding, dilation, groups), avg_pool2d/max_pool2d (ties).",
+                   [case(n, e, {k: spec(v) for k, v in vs.items()}, extra={"dtypes": ["float64", "float32",
+                                                                                       "float16", "bfloat16"]})
+                    for n, e, vs in NN_CASES])
     print(f"wrote {total} cases to {HERE}")
 
 

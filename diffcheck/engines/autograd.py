@@ -85,6 +85,17 @@ def _eval(node: Node, env: dict):
         return getattr(torch, op)(args[0], dim=p["dim"])
     if op == "clamp":
         return _clamp(args, env)
+    if op in ("conv1d", "conv2d", "avg_pool2d", "max_pool2d"):
+        from ..expr.shapes import nd
+
+        d = 1 if op == "conv1d" else 2
+        F = torch.nn.functional
+        if op in ("avg_pool2d", "max_pool2d"):
+            k = nd(p["kernel_size"], 2)
+            return getattr(F, op)(args[0], k, nd(p["stride"], 2) if p["stride"] else k, nd(p["padding"], 2))
+        bias = args[2] if isinstance(args[2], torch.Tensor) else None
+        return getattr(F, op)(args[0], args[1], bias, nd(p["stride"], d), nd(p["padding"], d), nd(p["dilation"], d),
+                              p["groups"])
     if op in ("linear", "layer_norm", "rms_norm", "scaled_dot_product_attention"):
         return _nn(op, args, p, env)
     if op == "embedding":

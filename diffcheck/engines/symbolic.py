@@ -210,6 +210,9 @@ class Program:
             return self._emit(node.op, args, shape, axis=axis, descending=p.get("descending", False))
         if node.op in ("var", "std", "norm"):
             return self._lower_spread(node.op, args[0], arg_shapes[0], shape, p)
+        if node.op == "patches":
+            m = _patch_map(arg_shapes[0], p)
+            return self._emit("gather_map", args, shape, map=m, fill=p["fill"])
         if node.op == "causal_fill":  # torch's is_causal: key j > query i is masked out (-inf before softmax)
             rows, cols = arg_shapes[0][-2:]
             keep = np.tril(np.ones((rows, cols), dtype=bool))
@@ -1052,3 +1055,65 @@ _NN_REWRITES = {
                                                                             shapes, rms=True),
     "scaled_dot_product_attention": _sdpa,
 }
+
+
+def _patch_map(x_shape, p):
+    """Flat indices of every window entry of a conv/pool (-1 in the padding), as (N, G, positions, Cg * K)."""
+    from ..expr.shapes import conv_out, nd
+
+    d = len(x_shape) - 2
+    kernel, stride, padding, dilation = (nd(p[k], d) for k in ("kernel", "stride", "padding", "dilation"))
+    out = conv_out(x_shape[2:], kernel, stride, padding, dilation)
+    ids = np.arange(int(np.prod(x_shape))).reshape(x_shape)
+    ids = np.pad(ids, [(0, 0), (0, 0)] + [(q, q) for q in padding], constant_values=-1)
+    axes = [np.arange(o)[:, None] * st + np.arange(k)[None, :] * dl for o, k, st, dl in
+            zip(out, kernel, stride, dilation)]  # (out, kernel) per spatial dim
+    if d == 1:
+        win = ids[:, :, axes[0]]  # N, C, O, K
+    else:
+        win = ids[:, :, axes[0][:, None, :, None], axes[1][None, :, None, :]]  # N, C, Ho, Wo, kh, kw
+    n, c = x_shape[:2]
+    g = p["groups"]
+    win = win.reshape(n, g, c // g, int(np.prod(out)), int(np.prod(kernel)))
+    return np.transpose(win, (0, 1, 3, 2, 4)).reshape(n, g, int(np.prod(out)), -1)
+
+
+def _conv(x, w, b, stride, padding, dilation, groups, shapes, d):
+    from ..expr.shapes import conv_out
+
+    (n, c), (o, cg) = shapes[0][:2], shapes[1][:2]
+    kernel = shapes[1][2:]
+    out = conv_out(shapes[0][2:], kernel, stride, padding, dilation)
+    patches = _c("patches", x, kernel=tuple(kernel), stride=stride, padding=padding, dilation=dilation,
+                 groups=groups, fill=0.0)
+    weight = _c("reshape", w, shape=(groups, o // groups, -1))
+    y = _c("einsum", patches, weight, equation="ngld,god->ngol")
+    y = _c("reshape", y, shape=(n, o, *out))
+    if isinstance(b, Const) and b.value == 0.0:
+        return y
+    return _c("add", y, _c("reshape", b, shape=(o,) + (1,) * d))
+
+
+def _pool(x, kernel_size, stride, padding, shapes, how):
+    from ..expr.shapes import conv_out
+
+    n, c = shapes[0][:2]
+    stride = stride or kernel_size
+    out = conv_out(shapes[0][2:], kernel_size, stride, padding, (1,))
+    fill = -np.inf if how == "amax" else 0.0
+    patches = _c("patches", x, kernel=tuple(kernel_size), stride=tuple(stride), padding=tuple(padding),
+                 dilation=(1,), groups=c, fill=fill)
+    pooled = _c(how, patches, dim=-1, keepdim=False)
+    return _c("reshape", pooled, shape=(n, c, *out))
+
+
+_NN_REWRITES.update({
+    "conv1d": lambda x, w, b, stride, padding, dilation, groups, shapes: _conv(x, w, b, stride, padding, dilation,
+                                                                               groups, shapes, 1),
+    "conv2d": lambda x, w, b, stride, padding, dilation, groups, shapes: _conv(x, w, b, stride, padding, dilation,
+                                                                               groups, shapes, 2),
+    "avg_pool2d": lambda x, kernel_size, stride, padding, shapes: _pool(x, kernel_size, stride, padding, shapes,
+                                                                        "mean"),
+    "max_pool2d": lambda x, kernel_size, stride, padding, shapes: _pool(x, kernel_size, stride, padding, shapes,
+                                                                        "amax"),
+})

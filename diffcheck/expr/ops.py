@@ -311,6 +311,17 @@ def _nn_ops() -> list[Op]:
                                                      Param("scale", "number", 0.0)), domain=((-1, 1),) * 3,
            doc="F.scaled_dot_product_attention(q, k, v, is_causal=False, scale=None (0 here means 1/sqrt(E)))"),
         Op("causal_fill", 1, "shape", (), domain=((-1, 1),), ulps=0),  # entries above the diagonal -> -inf
+        *(Op(name, 2, "nn", (bias, Param("stride", "ints", (1,)), Param("padding", "ints", (0,)),
+                             Param("dilation", "ints", (1,)), Param("groups", "int", 1)), domain=((-1, 1),) * 2,
+             doc=f"F.{name}(x, w, b, stride, padding, dilation, groups): a correlation, as torch")
+          for name in ("conv1d", "conv2d")),
+        *(Op(name, 1, "nn", (Param("kernel_size", "ints", None), Param("stride", "ints", ()),
+                             Param("padding", "ints", (0,))), domain=((-1, 1),),
+             doc=f"F.{name}(x, kernel_size, stride=kernel_size, padding=0)") for name in ("avg_pool2d", "max_pool2d")),
+        # the sliding windows of a conv or pool: (N, groups, positions, channels per group * kernel entries)
+        Op("patches", 1, "shape", (Param("kernel", "ints", ()), Param("stride", "ints", ()),
+                                   Param("padding", "ints", ()), Param("dilation", "ints", ()),
+                                   Param("groups", "int", 1), Param("fill", "number", 0.0)), domain=((-1, 1),)),
     ]
 
 
@@ -460,7 +471,7 @@ OPS: dict[str, Op] = _build()
 # Ops written as operators, not called by name.
 OPERATOR_OPS = {"add", "sub", "mul", "div", "pow", "powc", "neg", "matmul", "transpose", "lt", "le", "gt", "ge",
                 "eq", "ne", "logical_and", "logical_or", "logical_not", "mT", "index", "index_var", "smooth_l1_piece",
-                "huber_piece", "causal_fill"}
+                "huber_piece", "causal_fill", "patches"}
 # Function names that mean another op: torch.transpose(x, dim0, dim1) is swapdims (``.T`` is "transpose").
 ALIASES = {"transpose": "swapdims"}
 # Names a case file may call as functions.

@@ -222,6 +222,54 @@ def einsum_shape(equation: str, shapes: list, what: str = "") -> Shape:
     return tuple(sizes[ch] for ch in rhs)
 
 
+def nd(values, d: int) -> tuple[int, ...]:
+    """A conv/pool size given as one int or d ints, as d ints."""
+    values = tuple(values)
+    return values * d if len(values) == 1 else values
+
+
+def conv_out(spatial, kernel, stride, padding, dilation, what: str = "", op: str = "conv") -> tuple[int, ...]:
+    d = len(spatial)
+    kernel, stride, padding, dilation = (nd(v, d) for v in (kernel, stride, padding, dilation))
+    if any(len(v) != d for v in (kernel, stride, padding, dilation)):
+        raise ExpressionError(f"{what}{op}(): kernel, stride, padding and dilation need 1 or {d} values")
+    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0 or min(kernel) < 1:
+        raise ExpressionError(f"{what}{op}(): stride, dilation and kernel must be positive, padding >= 0")
+    out = tuple((s + 2 * p - dl * (k - 1) - 1) // st + 1 for s, k, st, p, dl in
+                zip(spatial, kernel, stride, padding, dilation))
+    if min(out) < 1:
+        raise ExpressionError(f"{what}{op}(): the kernel {list(kernel)} does not fit the input {list(spatial)}")
+    return out
+
+
+def _nn_shape(op: str, shapes, p, what: str):
+    x = shapes[0]
+    if op == "patches":
+        d = len(x) - 2
+        out = conv_out(x[2:], p["kernel"], p["stride"], p["padding"], p["dilation"], what)
+        k = 1
+        for v in nd(p["kernel"], d):
+            k *= v
+        n = 1
+        for v in out:
+            n *= v
+        return (x[0], p["groups"], n, x[1] // p["groups"] * k)
+    d = 1 if op == "conv1d" else 2
+    if len(x) != d + 2:
+        raise ExpressionError(f"{what}{op}() needs a batched {d + 2}-D input (N, C, ...), got shape {list(x)}")
+    if op in ("avg_pool2d", "max_pool2d"):
+        stride = p["stride"] or p["kernel_size"]
+        return x[:2] + conv_out(x[2:], p["kernel_size"], stride, p["padding"], (1,), what, op)
+    w, b = shapes[1], shapes[2]
+    g = p["groups"]
+    if len(w) != d + 2 or g < 1 or x[1] % g or w[0] % g or w[1] * g != x[1]:
+        raise ExpressionError(f"{what}{op}(): weight {list(w)} does not fit input {list(x)} with groups={g} "
+                              f"(weight is (out_channels, in_channels / groups, *kernel))")
+    if b not in ((), (w[0],)):
+        raise ExpressionError(f"{what}{op}(): bias must have shape [{w[0]}], got {list(b)}")
+    return (x[0], w[0]) + conv_out(x[2:], w[2:], p["stride"], p["padding"], p["dilation"], what, op)
+
+
 def is_mask(node: Node, mask_vars=frozenset()) -> bool:
     """Whether ``node`` is a boolean mask: a comparison, a combination of masks, or a bool var."""
     from .ops import OPS
@@ -327,6 +375,8 @@ def _infer(node: Node, var_shapes: dict[str, Shape]) -> Shape:
         return (*batch, q[-2], v[-1])
     if op == "causal_fill":
         return shapes[0]
+    if op in ("patches", "conv1d", "conv2d", "avg_pool2d", "max_pool2d"):
+        return _nn_shape(op, shapes, dict(node.params), what)
     if op in ("embedding", "index_var"):
         idx, x = (shapes[0], shapes[1]) if op == "embedding" else (shapes[1], shapes[0])
         if op == "embedding" and len(x) != 2:
