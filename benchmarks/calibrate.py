@@ -15,7 +15,7 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 
 from diffcheck.runner import Options, run_case
-from diffcheck.strategies import cases, structured_cases
+from diffcheck.strategies import cases, indexed_cases, structured_cases
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 300
 DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -24,7 +24,7 @@ statuses: Counter = Counter()
 
 
 @settings(max_examples=N, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-@given(cases(dtypes=DTYPES) | structured_cases(dtypes=DTYPES))
+@given(cases(dtypes=DTYPES) | structured_cases(dtypes=DTYPES) | indexed_cases(dtypes=DTYPES))
 def sweep(case):
     result = run_case(case, Options(devices=("cpu",)))
     statuses[result.status] += 1

@@ -22,12 +22,13 @@ from hypothesis import strategies as st
 from .expr.ir import Call, Const, Node, Var, to_text
 from .expr.ops import OPS
 
-# ops whose arguments are safe anywhere (hardsigmoid is left out: torch's float64 gradient of it is float32-accurate,
-# a true finding that cases/ops/elementwise.toml documents with an override) in [-1, 1]-ish ranges produced by the squash below
+# ops whose arguments are safe anywhere in [-1, 1]-ish ranges produced by the squash below (hardsigmoid is left out:
+# torch's float64 gradient of it is float32-accurate, a true finding cases/ops/elementwise.toml documents)
 UNARY_OPS = ("exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "abs", "sin", "cos", "tan", "asin", "acos", "atan",
              "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "erf", "erfc", "erfinv", "sigmoid", "relu", "elu",
              "leaky_relu", "softplus", "silu", "gelu", "sign", "floor", "ceil", "round", "trunc", "detach",
-             "square", "reciprocal", "log2", "log10", "exp2", "hardtanh", "relu6", "hardswish", "mish", "logsigmoid", "selu", "celu", "softsign")
+             "square", "reciprocal", "log2", "log10", "exp2", "hardtanh", "relu6", "hardswish", "mish",
+             "logsigmoid", "selu", "celu", "softsign")
 BINARY_OPS = ("add", "sub", "mul", "div", "pow", "atan2", "maximum", "minimum", "logaddexp", "hypot", "xlogy",
               "clamp")
 UNBOUNDED = {"abs", "sin", "cos", "atan", "tanh", "erf", "erfc", "sigmoid", "relu", "leaky_relu", "softplus",
@@ -109,10 +110,6 @@ def expressions(names=("x", "y"), max_leaves: int = 6) -> st.SearchStrategy[Node
     return tree.filter(lambda n: any(isinstance(m, Var) for m in _walk(n)))
 
 
-def _first_var(node) -> str:
-    return next(n.name for n in _walk(node) if isinstance(n, Var))
-
-
 def _walk(node):
     yield node
     if isinstance(node, Call):
@@ -140,7 +137,7 @@ def structured(draw, node: Node, var_shapes: dict, depth: int = 2):
         if ndim >= 2:
             choices += ["transpose", "mT", "tril"]
         if ndim >= 1:
-            choices += ["reshape", "flip", "index", "cat", "stack", "unsqueeze", "einsum"]
+            choices += ["reshape", "flip", "index", "cat", "stack", "unsqueeze", "einsum", "layer_norm", "linear"]
         kind = draw(st.sampled_from(choices))
         dim = draw(st.integers(-ndim, ndim - 1)) if ndim else None
         if kind == "unary":
@@ -159,8 +156,8 @@ def structured(draw, node: Node, var_shapes: dict, depth: int = 2):
             if kind == "norm":
                 p = ("p", draw(st.sampled_from([2.0, 1.0, 3.0])))
                 node = Call(kind, (node,), (p, ("dim", dims), ("keepdim", draw(st.booleans()))))
-            else:  # a positive offset keeps std away from its singular point at zero spread
-                spread = Call("add", (node, Call("mul", (Const(0.25), Var(_first_var(node))))))
+            else:  # std at zero spread (a constant row) is singular: the reference says so and the check skips
+                spread = node
                 shape = infer(node, var_shapes)
                 count = math.prod(shape) if dims is None else shape[dims]
                 correction = ("correction", draw(st.sampled_from([0.0, 1.0])) if count > 1 else 0.0)
@@ -174,6 +171,18 @@ def structured(draw, node: Node, var_shapes: dict, depth: int = 2):
         elif kind == "einsum":
             letters = "abcd"[:ndim]
             node = Call("einsum", (node, Call("tanh", (node,))), (("equation", f"{letters},{letters}->{letters[1:]}"),))
+        elif kind == "layer_norm":
+            last = infer(node, var_shapes)[-1]
+            node = Call(draw(st.sampled_from(["layer_norm", "rms_norm"])), (node, Const(1.0)) +
+                        ((Const(0.0),) if draw(st.booleans()) else ()), ())
+            node = Call(node.op, node.args + ((Const(0.0),) if node.op == "layer_norm" and len(node.args) == 2
+                                              else ()), (("normalized_shape", (last,)), ("eps", 1e-5)))
+            if node.op == "rms_norm":
+                node = Call("rms_norm", node.args[:2], node.params)
+        elif kind == "linear":
+            last = infer(node, var_shapes)[-1]
+            node = Call("linear", (node, Call("reshape", (Call("tanh", (node,)),), (("shape", (-1, last)),)),
+                                   Const(0.0)), ())
         elif kind == "mT":
             node = Call("mT", (node,))
         elif kind == "tril":
@@ -192,7 +201,7 @@ def structured(draw, node: Node, var_shapes: dict, depth: int = 2):
         elif kind in ("softmax", "log_softmax"):
             node = Call(kind, (squash(node, (-3.0, 3.0)),), (("dim", dim),))
         elif kind == "mse_loss":
-            node = Call("mse_loss", (node, Call("tanh", (node,))))
+            node = Call("mse_loss", (node, Call("tanh", (node,))), (("reduction", "mean"),))
         elif kind == "matmul":
             node = Call("matmul", (node, Call("transpose", (node,))))
         else:
@@ -213,6 +222,36 @@ def structured_cases(draw, dtypes=("float64", "float32"), devices=("cpu",)):
     raw = {"name": f"structured_{seed}", "expr": to_text(node), "dtypes": list(dtypes), "devices": list(devices),
            "seed": seed, "vars": {n: {"shape": list(shapes[n])} for n in used}}
     return build_case(raw, "<hypothesis>")
+@st.composite
+def indexed_cases(draw, dtypes=("float64", "float32"), devices=("cpu",)):
+    """A Case with an int64 var: embedding, x[t], gather, cross_entropy or nll_loss over a random tree."""
+    from .casefile import build_case
+
+    n, c = draw(st.integers(1, 5)), draw(st.integers(2, 4))
+    node = draw(expressions(names=("x",)))
+    kind = draw(st.sampled_from(["embedding", "index_var", "gather", "cross_entropy", "nll_loss"]))
+    t = Var("t")
+    if kind == "embedding":
+        node, tshape, hi = Call("embedding", (t, node)), [draw(st.integers(1, 6))], n
+    elif kind == "index_var":
+        node, tshape, hi = Call("index_var", (node, t)), [draw(st.integers(1, 6))], n
+    elif kind == "gather":
+        node, tshape, hi = Call("gather", (node, t), (("dim", 1),)), [n, draw(st.integers(1, 4))], c
+    else:
+        reduction = ("reduction", draw(st.sampled_from(["mean", "sum", "none"])))
+        if kind == "nll_loss":
+            node = Call("nll_loss", (Call("log_softmax", (node,), (("dim", -1),)), t), (reduction,))
+        else:
+            node = Call("cross_entropy", (node, t), (("label_smoothing", draw(st.sampled_from([0.0, 0.1]))),
+                                                     reduction))
+        tshape, hi = [n], c
+    seed = draw(st.integers(0, 2**31 - 1))
+    raw = {"name": f"indexed_{seed}", "expr": to_text(node), "dtypes": list(dtypes), "devices": list(devices),
+           "seed": seed, "vars": {"x": {"shape": [n, c]}, "t": {"shape": tshape, "dtype": "int64",
+                                                                "domain": [0, hi]}}}
+    return build_case(raw, "<hypothesis>")
+
+
 @st.composite
 def cases(draw, dtypes=("float64", "float32"), devices=("cpu",), reduce: bool | None = None):
     """A whole Case: a random expression, broadcast-compatible shapes, optionally an outer sum or mean."""

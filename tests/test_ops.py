@@ -47,7 +47,8 @@ def test_masks_and_where_pass_in_every_dtype(tmp_path, expr, vars_):
 
 
 def test_a_mask_in_arithmetic_counts_as_one_and_sums_count_entries(tmp_path):
-    result = one_case(tmp_path, "sum(x > 0) + mean(x < 0) * 10 + 0 * x", {"x": {"shape": [4], "value": [1.0, -1, 2, 3]}},
+    result = one_case(tmp_path, "sum(x > 0) + mean(x < 0) * 10 + 0 * x",
+                      {"x": {"shape": [4], "value": [1.0, -1, 2, 3]}},
                       expect={"value": 5.5, "grad": {"x": [0.0, 0, 0, 0]}})
     assert result.status == "pass", failing(result)
     assert any(c.kind == "expect_value" and c.status == "pass" for c in result.checks)
@@ -327,7 +328,8 @@ def test_a_batched_matmul_backward_using_one_batch_fails(tmp_path, gb, status):
 
 def test_einsum_shape_errors_name_the_op(tmp_path):
     path = tmp_path / "e.toml"
-    path.write_text('name = "e"\nexpr = \'einsum("ij,jk->ik", x, x)\'\ndevices = ["cpu"]\nvars.x = { shape = [3, 4] }\n')
+    path.write_text('name = "e"\nexpr = \'einsum("ij,jk->ik", x, x)\'\ndevices = ["cpu"]\n'
+                    'vars.x = { shape = [3, 4] }\n')
     code, out = run_cli(path)
     assert code == 2 and "einsum(): index 'j' has sizes 4 and 3" in out, out
 

@@ -1004,21 +1004,24 @@ def _norm_keep(x, p, dim):
     return _c("norm", x, p=float(p), dim=dim, keepdim=True)
 
 
+def _unit(x, p, dim, eps):
+    """x over its norm clamped at eps: F.normalize, and both halves of F.cosine_similarity."""
+    return _c("div", x, _c("maximum", _norm_keep(x, p, dim), Const(eps)))
+
+
 _LOSS_REWRITES = {
     "l1_loss": lambda a, b, reduction, shape: _reduced(_c("abs", _c("sub", a, b)), reduction),
     "smooth_l1_loss": lambda a, b, reduction, beta, shape: _reduced(_c("smooth_l1_piece", _c("sub", a, b), beta=beta),
                                                              reduction) if beta > 0 else
     _reduced(_c("abs", _c("sub", a, b)), reduction),
-    "huber_loss": lambda a, b, reduction, delta, shape: _reduced(_c("huber_piece", _c("sub", a, b), delta=delta), reduction),
+    "huber_loss": lambda a, b, reduction, delta, shape: _reduced(_c("huber_piece", _c("sub", a, b), delta=delta),
+                                                                 reduction),
     "binary_cross_entropy_with_logits": lambda x, y, reduction, shape: _reduced(
         _c("sub", _c("logaddexp", Const(0.0), x), _c("mul", x, y)), reduction),
     "kl_div": _kl_div,
-    "cosine_similarity": lambda a, b, dim, eps, shape: _c("sum", _c("mul", _c("div", a, _c("maximum", _norm_keep(a, 2, dim),
-                                                                                     Const(eps))),
-                                                              _c("div", b, _c("maximum", _norm_keep(b, 2, dim),
-                                                                              Const(eps)))),
-                                                   dim=dim, keepdim=False),
-    "normalize": lambda x, p, dim, eps, shape: _c("div", x, _c("maximum", _norm_keep(x, p, dim), Const(eps))),
+    "cosine_similarity": lambda a, b, dim, eps, shape: _c(
+        "sum", _c("mul", _unit(a, 2, dim, eps), _unit(b, 2, dim, eps)), dim=dim, keepdim=False),
+    "normalize": lambda x, p, dim, eps, shape: _unit(x, p, dim, eps),
 }
 
 

@@ -129,7 +129,8 @@ def apply_shape_op(op: str, xs: list, p: dict, what: str = ""):
         if op == "permute":
             dims = normalize_dims(p["dims"], x.ndim, what) if len(p["dims"]) == x.ndim else None
             if dims is None or sorted(dims) != list(range(x.ndim)):
-                raise ExpressionError(f"{what}permute() needs a permutation of all {x.ndim} dims, got {list(p['dims'])}")
+                raise ExpressionError(f"{what}permute() needs a permutation of all {x.ndim} dims, "
+                                      f"got {list(p['dims'])}")
             return np.transpose(x, [d % x.ndim for d in p["dims"]])
         if op in ("swapdims", "mT"):
             if op == "mT" and x.ndim < 2:
