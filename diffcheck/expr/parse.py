@@ -59,6 +59,13 @@ UNSUPPORTED = {
     "argsort": "indices have no gradient; use sort(x) for the values",
     "clip": "use clamp(x, min=, max=)",
     "abs_": "in-place ops are not part of the language; use abs(x)",
+    "cummax": "not supported yet; sort or amax over a dim may express it",
+    "scatter": "not supported yet; gather's and index_select's gradients scatter-add",
+    "conv3d": "not supported yet; conv1d and conv2d are",
+    "einsum_path": "not a torch op; use einsum",
+    "dropout": "random: write the mask as a bool var, x * m / (1 - p)",
+    "softmin": "use softmax(-x, dim)",
+    "relu_": "in-place ops are not part of the language; use relu(x)",
 }
 
 
