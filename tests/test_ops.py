@@ -425,3 +425,11 @@ def test_nn_errors_name_the_op(tmp_path, expr, needle):
                     + ('vars.w = { shape = [2, 4, 3, 3] }\n' if "w" in expr else ""))
     code, out = run_cli(path)
     assert code == 2 and needle in out, out
+
+
+def test_a_float_var_used_as_an_index_is_a_case_error(tmp_path):
+    path = tmp_path / "f.toml"
+    path.write_text('name = "f"\nexpr = "sum(x[w])"\ndevices = ["cpu"]\nvars.x = { shape = [3] }\n'
+                    'vars.w = { shape = [2] }\n')
+    code, out = run_cli(path)
+    assert code == 2 and "index_var(): the indices must be an int64 var" in out, out

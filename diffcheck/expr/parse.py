@@ -253,8 +253,8 @@ class _Converter:
             sign, inner = -1, node.operand
         if isinstance(inner, ast.Constant) and type(inner.value) is int and abs(inner.value) < 2**31:
             return sign * inner.value
-        self.fail("subscripts take integer literals, slices (a:b:c), ... and None; indexing by a tensor is not "
-                  "supported (use where() with a mask)", node)
+        self.fail("subscripts take integer literals, slices (a:b:c), ... and None, or index by an int64 var by name "
+                  "(x[t]); for a computed selection use where() with a mask", node)
 
     def param_value(self, fname: str, param: Param, node: ast.AST, depth: int = 0):
         if param.kind == "tensor":
