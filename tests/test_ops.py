@@ -432,4 +432,4 @@ def test_a_float_var_used_as_an_index_is_a_case_error(tmp_path):
     path.write_text('name = "f"\nexpr = "sum(x[w])"\ndevices = ["cpu"]\nvars.x = { shape = [3] }\n'
                     'vars.w = { shape = [2] }\n')
     code, out = run_cli(path)
-    assert code == 2 and "index_var(): the indices must be an int64 var" in out, out
+    assert code == 2 and "x[idx]: the indices must be an int64 var" in out, out

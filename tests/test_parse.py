@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from diffcheck.errors import ExpressionError
 from diffcheck.expr.ir import Call, Const, Var, to_text
 from diffcheck.expr.parse import parse
-from diffcheck.strategies import expressions
+from diffcheck.strategies import expressions, indexed_cases, structured
 
 ACCEPTED = [
     ("2*w**2", Call("mul", (Const(2.0), Call("pow", (Var("w"), Const(2.0)))))),
@@ -135,6 +135,18 @@ def test_error_points_at_the_column():
 @given(expressions())
 def test_printing_and_parsing_back_gives_the_same_tree(tree):
     assert parse(to_text(tree)) == tree
+
+
+@given(st.data())
+def test_printing_and_parsing_back_round_trips_structural_ops(data):
+    shapes = data.draw(st.sampled_from([{"x": (3, 4), "y": (4,)}, {"x": (2, 3, 4), "y": (3, 1)}]))
+    tree = data.draw(structured(data.draw(expressions()), shapes, depth=3))
+    assert parse(to_text(tree)) == tree
+
+
+@given(indexed_cases())
+def test_indexed_cases_print_and_parse_back(case):
+    assert parse(to_text(case.ir)) == case.ir
 
 
 @given(st.text(max_size=60))

@@ -319,7 +319,8 @@ def _check_indices(node: Call, shapes, var_shapes: VarShapes) -> None:
                                   "class probabilities have the input's shape")
         return  # class probabilities: a float target
     if not (isinstance(idx, Var) and idx.name in var_shapes.ints):
-        raise ExpressionError(f"{node.op}(): the indices must be an int64 var (declare dtype = \"int64\")")
+        where = "x[idx]" if node.op == "index_var" else f"{node.op}()"
+        raise ExpressionError(f"{where}: the indices must be an int64 var (declare dtype = \"int64\")")
     shape = shapes[j]
     d = node.param(dim) if isinstance(dim, str) else dim
     if node.op in ("cross_entropy", "nll_loss") and len(shape) == 1:
