@@ -170,6 +170,8 @@ ELEMENTWISE_SPECIAL = [
     ("round_half_to_even", "x * round(x)", {"x": ([4], [0.5, 1.5, 2.5, -0.5])}),
     ("sign_at_zero", "x * sign(x)", {"x": ([3], [0.0, -2.0, 2.0])}),
     ("floor_near_step_after_rounding", "sum(x * floor(10 * sin(x)))", {"x": ([2], [0.5235987755982988, 0.25])}),
+    ("logaddexp_cancels_to_zero", "logaddexp(a, x)", {"a": ([3], [-1.5, -1.5, -1.5]),
+                                                       "x": ([3], [-0.25248003005981445, -0.25248, -0.25])}),
     ("logaddexp_far_apart", "logaddexp(x, y)", {"x": ([3], [100.0, -100.0, 0.0]), "y": ([3], [-100.0, 100.0, 0.0])}),
     ("logsigmoid_far", "logsigmoid(x)", {"x": ([3], [-800.0, 800.0, -30.0])}),
     ("mish_far", "mish(x)", {"x": ([3], [-50.0, 30.0, 100.0])}),
