@@ -323,15 +323,18 @@ class CaseChecks:
         cot = self.cotangents[-1]
         v = {n: finite.random_direction(point[n], self.rng) for n in names}
 
-        def gradient(inputs):
-            f = self.program.forward(inputs, None, with_err=True)
+        base, _ = self.reference("float64")
+
+        def gradient(inputs):  # detach() values stay those of the base point, as in double backward
+            f = self.program.forward(inputs, None, with_err=True, detached_from=base)
             grads = self.program.vjp(f, cot, with_err=False)
             return {n: grads[n][0] for n in names}
 
         ref, err = finite.directional_vector(gradient, point, v)
         for dtype in self.dtypes:
             try:
-                got = hvp(fn, self.point(dtype), names, cot, v, dtype, "cpu")
+                got = hvp(fn, self.point(dtype), names, cot, v, dtype, "cpu",
+                          {n: s.dtype for n, s in self.case.vars.items() if s.dtype})
             except Exception as exc:  # user code or an op without double backward
                 self.add(Check("hvp", self.engine, "symbolic", dtype=dtype, device="cpu", status="fail",
                                message=f"double backward raised {type(exc).__name__}: {str(exc)[:160]}"))

@@ -447,3 +447,15 @@ def test_torchs_celu_gradient_with_an_inexact_alpha_is_reported_in_float64(tmp_p
     assert result.status == "fail"
     assert one_case(tmp_path, "celu(x, alpha=0.5)", {"x": {"shape": [6], "domain": [-2, -0.5]}},
                     dtypes=["float64"]).status == "pass"
+
+
+@pytest.mark.parametrize("expr, vars_", [
+    ("sum(conv2d(x, w) ** 2) + cross_entropy(reshape(x, [2, 8]), t)",
+     {"x": {"shape": [1, 2, 2, 4]}, "w": {"shape": [1, 2, 2, 2]}, "t": {"shape": [2], "dtype": "int64",
+                                                                       "domain": [0, 8]}}),
+    ("sum(x * detach(exp(x)) + where(x > 0, x ** 3, x) * cumsum(x, 0))", {"x": {"shape": [5]}}),
+])
+def test_second_order_checks_take_int_vars_and_hold_detached_values_fixed(tmp_path, expr, vars_):
+    result = one_case(tmp_path, expr, vars_, dtypes=["float64", "float32"], order=2)
+    assert result.status == "pass", failing(result)
+    assert any(c.kind == "hvp" and c.status == "pass" for c in result.checks)

@@ -345,10 +345,12 @@ def jvp(fn: Callable, inputs: dict, grad_vars, tangents: dict, dtype: str, devic
     return to_numpy(out)
 
 
-def hvp(fn: Callable, inputs: dict, grad_vars, cotangent, direction: dict, dtype: str, device: str) -> dict:
+def hvp(fn: Callable, inputs: dict, grad_vars, cotangent, direction: dict, dtype: str, device: str,
+        var_dtypes: dict | None = None) -> dict:
     """Hessian-vector product of <cotangent, fn> along ``direction``, by double backward."""
     with _no_tf32():
-        tensors = {n: to_tensor(v, dtype, device, n in grad_vars) for n, v in inputs.items()}
+        tensors = {n: input_tensor(v, dtype, device, n in grad_vars, (var_dtypes or {}).get(n))
+                   for n, v in inputs.items()}
         out = fn(**tensors)
         leaves = [tensors[n] for n in grad_vars]
         grads = torch.autograd.grad(out, leaves, _cotangent(cotangent, out, dtype, device), create_graph=True)
