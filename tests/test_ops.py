@@ -459,3 +459,12 @@ def test_second_order_checks_take_int_vars_and_hold_detached_values_fixed(tmp_pa
     result = one_case(tmp_path, expr, vars_, dtypes=["float64", "float32"], order=2)
     assert result.status == "pass", failing(result)
     assert any(c.kind == "hvp" and c.status == "pass" for c in result.checks)
+
+
+def test_a_conv_whose_windows_would_exhaust_memory_is_a_case_error_beside_good_cases(tmp_path):
+    path = tmp_path / "h.toml"
+    path.write_text('devices = ["cpu"]\n[[case]]\nname = "huge"\nexpr = "sum(conv2d(x, w))"\n'
+                    'vars.x = { shape = [1, 1, 1000, 1000] }\nvars.w = { shape = [1, 1, 100, 100] }\n'
+                    '[[case]]\nname = "ok"\nexpr = "sum(x)"\nvars.x = { shape = [3] }\n')
+    code, out = run_cli(path)
+    assert code == 2 and "case 'huge'" in out and "would unfold" in out and "PASS" in out, out

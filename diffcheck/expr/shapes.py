@@ -258,6 +258,19 @@ def _nn_shape(op: str, shapes, p, what: str):
     d = 1 if op == "conv1d" else 2
     if len(x) != d + 2:
         raise ExpressionError(f"{what}{op}() needs a batched {d + 2}-D input (N, C, ...), got shape {list(x)}")
+    out = _nn_shape_checked(op, shapes, p, what, d)
+    kernel = nd(p["kernel_size"], d) if op in ("avg_pool2d", "max_pool2d") else shapes[1][2:]
+    windows = out[0] * x[1]
+    for v in (*out[2:], *kernel):
+        windows *= v
+    if windows > MAX_INTERMEDIATE:  # the reference unfolds every window
+        raise ExpressionError(f"{what}{op}() would unfold {windows} window entries in the reference; the limit is "
+                              f"{MAX_INTERMEDIATE}")
+    return out
+
+
+def _nn_shape_checked(op: str, shapes, p, what: str, d: int):
+    x = shapes[0]
     if op in ("avg_pool2d", "max_pool2d"):
         stride = p["stride"] or p["kernel_size"]
         return x[:2] + conv_out(x[2:], p["kernel_size"], stride, p["padding"], (1,), what, op)
