@@ -40,7 +40,9 @@ def gradcheck_verdict(case: Case, dtype: str, fast: bool) -> bool:
     function = getattr(kernels, case.impl.split(":")[1])
     rng = np.random.default_rng(0)
     names = list(case.vars)
-    inputs = tuple(torch.tensor(rng.uniform(*case.vars[n].domain, case.vars[n].shape),
+    inputs = tuple(torch.tensor(rng.integers(*map(int, case.vars[n].domain), case.vars[n].shape))
+                   if case.vars[n].dtype == "int64" else  # indices: no gradient, as gradcheck expects
+                   torch.tensor(rng.uniform(*case.vars[n].domain, case.vars[n].shape),
                                 dtype=getattr(torch, dtype), requires_grad=True) for n in names)
     apply = function.apply if isinstance(function, type) and issubclass(function, torch.autograd.Function) else None
     if apply is None:  # the nn.Module twin: parameters are the case's vars

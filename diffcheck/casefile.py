@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from .errors import CaseError, ExpressionError
 from .expr.ir import Node, variables
 from .expr.parse import parse
-from .expr.shapes import infer
+from .expr.shapes import VarShapes, infer
 from .text import clip, safe
 from .validate import Strict, check_choices, check_seed, numbers
 
@@ -36,7 +36,8 @@ class VarModel(Strict):
     shape: list[int] = []
     value: Any = None
     domain: list[float] | None = None
-    requires_grad: bool = True
+    requires_grad: bool | None = None  # default: true for float vars, false for int64/bool ones
+    dtype: Literal["int64", "bool"] | None = None  # None: the case's float dtypes
 
 
 class ExpectModel(Strict):
@@ -84,6 +85,7 @@ class VarSpec:
     value: np.ndarray | None  # float64, already of ``shape``; None means sample from ``domain``
     domain: tuple[float, float]
     requires_grad: bool
+    dtype: str | None = None  # "int64" or "bool": kept whatever the case's float dtypes, never differentiated
 
     @property
     def size(self) -> int:
@@ -309,7 +311,7 @@ def build_case(raw: dict, where: str = "<data>"):
     if not any(s.requires_grad for s in specs.values()):
         fail("no var has requires_grad = true: there is nothing to differentiate", "vars")
     try:
-        out_shape = infer(ir, {n: s.shape for n, s in specs.items()})
+        out_shape = infer(ir, VarShapes(specs))
     except ExpressionError as exc:
         fail(f"shapes do not fit: {exc}", "expr")
 
@@ -378,13 +380,44 @@ def _var_spec(vname: str, vm: VarModel, fail) -> VarSpec:
     shape = tuple(vm.shape)
     value = None
     if vm.value is not None:
-        value = _array(vm.value, shape, f"{key}.value", fail)
+        raw = _bools_as_numbers(vm.value) if vm.dtype == "bool" else vm.value
+        value = _array(raw, shape, f"{key}.value", fail)
     domain = (-1.0, 1.0)
     if vm.domain is not None:
         if len(vm.domain) != 2 or not all(math.isfinite(d) for d in vm.domain) or not vm.domain[0] < vm.domain[1]:
             fail(f"{key}.domain must be [lo, hi] with finite lo < hi, got {vm.domain}", f"{key}.domain")
         domain = (float(vm.domain[0]), float(vm.domain[1]))
-    return VarSpec(vname, shape, value, domain, vm.requires_grad)
+    if vm.dtype is not None:
+        return _typed_var_spec(vname, vm, shape, value, fail)
+    return VarSpec(vname, shape, value, domain, True if vm.requires_grad is None else vm.requires_grad)
+
+
+def _typed_var_spec(vname: str, vm: VarModel, shape, value, fail) -> VarSpec:
+    """An int64 var samples integers lo <= t < hi (as torch.randint); a bool var samples masks. Neither is ever
+    differentiated."""
+    key = f"vars.{vname}"
+    if vm.requires_grad:
+        fail(f"{key} has dtype {vm.dtype}: integer and boolean vars are never differentiated", f"{key}.requires_grad")
+    if vm.dtype == "bool":
+        if vm.domain is not None:
+            fail(f"{key}.domain does not apply to a bool var", f"{key}.domain")
+        if value is not None and not np.all((value == 0) | (value == 1)):
+            fail(f"{key}.value of a bool var must hold 0/1 (or true/false)", f"{key}.value")
+        return VarSpec(vname, shape, value, (0.0, 2.0), False, "bool")
+    if vm.domain is None and value is None:
+        fail(f"{key} has dtype int64 and needs domain = [lo, hi] (sampled lo <= t < hi) or value", f"{key}.domain")
+    lo, hi = vm.domain if vm.domain is not None else (float(value.min(initial=0)), float(value.max(initial=0)) + 1)
+    if not (float(lo).is_integer() and float(hi).is_integer() and lo < hi and abs(lo) < 2**31 and abs(hi) < 2**31):
+        fail(f"{key}.domain of an int64 var must be integers lo < hi, got {vm.domain}", f"{key}.domain")
+    if value is not None and not np.all(value == np.round(value)):
+        fail(f"{key}.value of an int64 var must hold integers", f"{key}.value")
+    return VarSpec(vname, shape, value, (float(lo), float(hi)), False, "int64")
+
+
+def _bools_as_numbers(value):
+    if isinstance(value, list):
+        return [_bools_as_numbers(v) for v in value]
+    return float(value) if isinstance(value, bool) else value
 
 
 def _array(value, shape: tuple[int, ...], key: str, fail) -> np.ndarray:

@@ -24,6 +24,17 @@ REFERENCES = {
     "softplus_beta_missing": ("softplus(x, beta=2.0)", {"x": ([5], [-3, 3])}),
     "atan2_partials_swapped": ("atan2(y, x)", {"y": ([4], [-1, 1]), "x": ([4], [0.5, 2])}),
     "gelu_tanh_approximation_in_backward": ("gelu(x)", {"x": ([6], [-3, 3])}),
+    "cumsum_backward_not_reversed": ("cumsum(x, dim=0)", {"x": ([6], [-1, 1])}),
+    "sort_backward_not_permuted": ("sort(x)", {"x": ([3, 5], [-1, 1])}),
+    "hardtanh_grad_leaks_past_bounds": ("hardtanh(x)", {"x": ([8], [-2, 2])}),
+    "floor_straight_through": ("floor(x)", {"x": ([5], [-2, 2])}),
+    "where_grad_to_both_branches": ("where(x > 0, x * x, 3 * x)", {"x": ([6], [-1, 1])}),
+    "layer_norm_backward_missing_mean_term": (
+        "(x - mean(x, dim=-1, keepdim=True)) / sqrt(var(x, dim=-1, correction=0, keepdim=True) + 1e-05)",
+        {"x": ([4, 6], [-1, 1])}),
+    "conv_weight_grad_kernel_flipped": ("conv2d(x, w)", {"x": ([2, 2, 5, 5], [-1, 1]), "w": ([3, 2, 3, 3], [-1, 1])}),
+    "gather_backward_overwrites_repeated_indices": ("gather(x, 0, idx)", {"x": ([3, 4], [-1, 1]),
+                                                                          "idx": ([5, 4], [0, 3], "int64")}),
 }
 
 
@@ -34,8 +45,9 @@ def main():
     for name, (expr, vars_) in REFERENCES.items():
         for kind in ("bug", "ok"):
             lines += ["[[case]]", f'name = "{kind}_{name}"', f'expr = "{expr}"', f'impl = "kernels:{kind}_{name}"']
-            for v, (shape, domain) in vars_.items():
-                lines.append(f"vars.{v} = {{ shape = {shape}, domain = {[float(d) for d in domain]} }}")
+            for v, (shape, domain, *dtype) in vars_.items():
+                typed = f', dtype = "{dtype[0]}"' if dtype else ""
+                lines.append(f"vars.{v} = {{ shape = {shape}, domain = {[float(d) for d in domain]}{typed} }}")
             lines.append("")
     lines += ["[[case]]", 'name = "ok_module_linear"', 'expr = "x @ weight + bias"', 'impl = "kernels:Linear"',
               "impl_args = { n_in = 3, n_out = 2 }", "vars.x = { shape = [4, 3] }", "vars.weight = { shape = [3, 2] }",

@@ -56,6 +56,36 @@ def _one_entry_off(g, x, w, out):
     return g @ w.T, gw
 
 
+def _sort_grad(g, x, out):
+    idx = torch.sort(x, dim=-1).indices
+    return torch.zeros_like(x).scatter(-1, idx, g)
+
+
+def _layer_norm(x):
+    mu = x.mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(x.var(-1, correction=0, keepdim=True) + 1e-5)
+
+
+def _layer_norm_grad(g, x, out, with_mean=True):
+    rstd = 1 / torch.sqrt(x.var(-1, correction=0, keepdim=True) + 1e-5)
+    n = x.shape[-1]
+    gx = g - (out * (g * out).sum(-1, keepdim=True)) / n
+    if with_mean:
+        gx = gx - g.sum(-1, keepdim=True) / n
+    return gx * rstd
+
+
+def _gather_grad(g, x, idx, out, accumulate=True):
+    gx = torch.zeros_like(x)
+    return (gx.scatter_add(0, idx, g) if accumulate else gx.scatter(0, idx, g)), None
+
+
+def _conv_grads(g, x, w, out, flip=False):
+    gx = torch.nn.grad.conv2d_input(x.shape, w, g)
+    gw = torch.nn.grad.conv2d_weight(x, w.shape, g)
+    return gx, (gw.flip(-1, -2) if flip else gw)
+
+
 def _r2(y, x):
     return x * x + y * y
 
@@ -102,6 +132,22 @@ BUGS = [
     ("atan2_partials_swapped", torch.atan2,
      lambda g, y, x, o: (-g * y / _r2(y, x), g * x / _r2(y, x)),
      lambda g, y, x, o: (g * x / _r2(y, x), -g * y / _r2(y, x))),
+    ("cumsum_backward_not_reversed", lambda x: torch.cumsum(x, 0),
+     lambda g, x, o: torch.cumsum(g, 0), lambda g, x, o: torch.cumsum(g.flip(0), 0).flip(0)),
+    ("sort_backward_not_permuted", lambda x: torch.sort(x, dim=-1).values,
+     lambda g, x, o: g, _sort_grad),
+    ("hardtanh_grad_leaks_past_bounds", lambda x: F.hardtanh(x),
+     lambda g, x, o: g * (x < 1), lambda g, x, o: g * ((x > -1) & (x < 1))),
+    ("floor_straight_through", torch.floor,
+     lambda g, x, o: g, lambda g, x, o: torch.zeros_like(g)),
+    ("where_grad_to_both_branches", lambda x: torch.where(x > 0, x * x, 3 * x),
+     lambda g, x, o: g * (2 * x + 3), lambda g, x, o: g * torch.where(x > 0, 2 * x, torch.full_like(x, 3.0))),
+    ("layer_norm_backward_missing_mean_term", _layer_norm,
+     lambda g, x, o: _layer_norm_grad(g, x, o, with_mean=False), _layer_norm_grad),
+    ("gather_backward_overwrites_repeated_indices", lambda x, idx: torch.gather(x, 0, idx),
+     lambda g, x, idx, o: _gather_grad(g, x, idx, o, accumulate=False), _gather_grad),
+    ("conv_weight_grad_kernel_flipped", lambda x, w: F.conv2d(x, w),
+     lambda g, x, w, o: _conv_grads(g, x, w, o, flip=True), _conv_grads),
     ("gelu_tanh_approximation_in_backward", lambda x: F.gelu(x),
      _gelu_tanh_grad, _gelu_exact_grad),
 ]

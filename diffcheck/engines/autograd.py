@@ -26,9 +26,21 @@ def build(ir: Node) -> Callable[..., torch.Tensor]:
     """A torch function of the case's variables (keyword arguments) computing ``ir``."""
 
     def fn(**tensors):
-        return _eval(ir, tensors)
+        floats = [t for t in tensors.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        env = dict(tensors, **{_DTYPE: floats[0].dtype if floats else torch.float64})
+        return _as_float(_eval(ir, env), env)
 
     return fn
+
+
+_DTYPE = "__dtype"  # the case's float dtype, beside the tensors (no var name can start with '_')
+
+
+def _as_float(t, env):
+    """A mask used as a number counts as 0/1 in the case's float dtype (torch would make bool + bool an or)."""
+    if isinstance(t, torch.Tensor) and t.dtype == torch.bool:
+        return t.to(env[_DTYPE] if _DTYPE in env else torch.get_default_dtype())
+    return t
 
 
 def _eval(node: Node, env: dict):
@@ -40,6 +52,11 @@ def _eval(node: Node, env: dict):
     args = [_eval(a, env) for a in node.args]
     p = dict(node.params)
     op = node.op
+    if op in _MASK_OPS:
+        return _mask_op(op, args, env)
+    args = [_as_float(a, env) for a in args]
+    if op == "detach":
+        return args[0].detach() if isinstance(args[0], torch.Tensor) else args[0]
     if op == "matmul":
         return torch.matmul(args[0], args[1])
     if op == "transpose":
@@ -51,13 +68,64 @@ def _eval(node: Node, env: dict):
         if x.ndim == 0:
             return x
         return getattr(torch, op)(x, dim=dim, keepdim=p["keepdim"])
+    if op in ("amax", "amin", "prod", "var", "std", "norm"):
+        x = args[0]
+        dim = tuple(range(x.ndim)) if p["dim"] is None else p["dim"]
+        if op == "prod":
+            return torch.prod(x) if p["dim"] is None else torch.prod(x, dim=dim, keepdim=p["keepdim"])
+        if op == "norm":
+            return torch.linalg.vector_norm(x, ord=p["p"], dim=dim, keepdim=p["keepdim"])
+        if op in ("var", "std"):
+            return getattr(torch, op)(x, dim=dim, correction=p["correction"], keepdim=p["keepdim"])
+        return x if x.ndim == 0 else getattr(torch, op)(x, dim=dim, keepdim=p["keepdim"])
+    if op in ("cumsum", "cumprod"):
+        return getattr(torch, op)(args[0], dim=p["dim"])
+    if op == "sort":
+        return torch.sort(args[0], dim=p["dim"], descending=p["descending"]).values
     if op in ("softmax", "log_softmax"):
         return getattr(torch, op)(args[0], dim=p["dim"])
-    if op == "mse_loss":
-        a, b = torch.broadcast_tensors(*args)
-        return torch.nn.functional.mse_loss(a, b)
-    if op == "binary_cross_entropy":
-        return torch.nn.functional.binary_cross_entropy(args[0], args[1])
+    if op == "clamp":
+        return _clamp(args, env)
+    if op in ("conv1d", "conv2d", "avg_pool2d", "max_pool2d"):
+        from ..expr.shapes import nd
+
+        d = 1 if op == "conv1d" else 2
+        F = torch.nn.functional
+        if op in ("avg_pool2d", "max_pool2d"):
+            k = nd(p["kernel_size"], 2)
+            return getattr(F, op)(args[0], k, nd(p["stride"], 2) if p["stride"] else k, nd(p["padding"], 2))
+        bias = args[2] if isinstance(args[2], torch.Tensor) else None
+        return getattr(F, op)(args[0], args[1], bias, nd(p["stride"], d), nd(p["padding"], d), nd(p["dilation"], d),
+                              p["groups"])
+    if op in ("linear", "layer_norm", "rms_norm", "scaled_dot_product_attention"):
+        return _nn(op, args, p, env)
+    if op == "embedding":
+        return torch.nn.functional.embedding(args[0], args[1])
+    if op == "index_var":
+        return args[0][args[1]]
+    if op in ("index_select", "gather"):
+        return getattr(torch, op)(args[0], p["dim"], args[1])
+    if op == "cross_entropy":
+        return torch.nn.functional.cross_entropy(args[0], args[1], label_smoothing=p["label_smoothing"],
+                                                 reduction=p["reduction"])
+    if op == "nll_loss":
+        return torch.nn.functional.nll_loss(args[0], args[1], reduction=p["reduction"])
+    if op == "einsum":
+        return torch.einsum(p["equation"], *[a if isinstance(a, torch.Tensor) else torch.tensor(a, dtype=env[_DTYPE])
+                                              for a in args])
+    if op in _SHAPE:
+        return _SHAPE[op]([a if isinstance(a, torch.Tensor) else torch.tensor(a, dtype=env[_DTYPE]) for a in args], p)
+    F = torch.nn.functional
+    if op in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div"):
+        a, b = torch.broadcast_tensors(*[t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=env[_DTYPE])
+                                         for t in args])
+        return getattr(F, op)(a, b, **p)
+    if op in ("binary_cross_entropy", "binary_cross_entropy_with_logits"):
+        return getattr(F, op)(args[0], args[1], reduction=p["reduction"])
+    if op == "cosine_similarity":
+        return F.cosine_similarity(args[0], args[1], dim=p["dim"], eps=p["eps"])
+    if op == "normalize":
+        return F.normalize(args[0], p=p["p"], dim=p["dim"], eps=p["eps"])
     if all(not isinstance(a, torch.Tensor) for a in args):  # constant sub-expression: keep it a Python float
         return float(OPS[op].numpy(*[np.float64(a) for a in args], **p))
     if op in TENSOR_ONLY:  # torch.maximum(3.0, x) is a TypeError: give constants x's dtype and device
@@ -67,7 +135,93 @@ def _eval(node: Node, env: dict):
     return OPS[op].torch(*args, **p)
 
 
-TENSOR_ONLY = {"maximum", "minimum", "atan2"}
+def _index(x, items):
+    return x[tuple(slice(*i[1:]) if isinstance(i, tuple) else (Ellipsis if i == "..." else i) for i in items)]
+
+
+_SHAPE = {  # torch's own shape ops, with torch's argument names
+    "reshape": lambda a, p: torch.reshape(a[0], p["shape"]),
+    "flatten": lambda a, p: torch.flatten(a[0], p["start_dim"], p["end_dim"]),
+    "permute": lambda a, p: a[0].permute(*p["dims"]),
+    "swapdims": lambda a, p: torch.transpose(a[0], p["dim0"], p["dim1"]),
+    "mT": lambda a, p: a[0].mT,
+    "unsqueeze": lambda a, p: torch.unsqueeze(a[0], p["dim"]),
+    "squeeze": lambda a, p: torch.squeeze(a[0]) if p["dim"] is None else torch.squeeze(a[0], p["dim"]),
+    "expand": lambda a, p: a[0].expand(*p["size"]),
+    "flip": lambda a, p: torch.flip(a[0], p["dims"]),
+    "tril": lambda a, p: torch.tril(a[0], p["diagonal"]),
+    "triu": lambda a, p: torch.triu(a[0], p["diagonal"]),
+    "cat": lambda a, p: torch.cat(a, dim=p["dim"]),
+    "stack": lambda a, p: torch.stack(a, dim=p["dim"]),
+    "index": lambda a, p: _index(a[0], p["index"]),
+}
+def _nn(op, args, p, env):
+    """torch.nn.functional's layers; a weight or bias given as a number (1 and 0 when absent) becomes None or a
+    full tensor."""
+    F = torch.nn.functional
+
+    def opt(t, absent, shape):
+        if isinstance(t, torch.Tensor):
+            return t
+        return None if t == absent else torch.full(shape, float(t), dtype=args[0].dtype, device=args[0].device)
+
+    if op == "linear":
+        return F.linear(args[0], args[1], opt(args[2], 0.0, args[1].shape[:1]))
+    norm = tuple(p.get("normalized_shape", ()))
+    if op == "layer_norm":
+        return F.layer_norm(args[0], norm, opt(args[1], 1.0, norm), opt(args[2], 0.0, norm), eps=p["eps"])
+    if op == "rms_norm":
+        return F.rms_norm(args[0], norm, opt(args[1], 1.0, norm), eps=p["eps"])
+    return F.scaled_dot_product_attention(args[0], args[1], args[2], is_causal=p["is_causal"],
+                                          scale=p["scale"] or None)
+
+
+TENSOR_ONLY = {"maximum", "minimum", "atan2", "logaddexp", "hypot", "xlogy"}
+
+
+def _clamp(args, env):
+    """torch.clamp(x, min=, max=): an infinite bound is an absent one; numbers stay numbers unless the other
+    bound is a tensor (torch takes two numbers or two tensors)."""
+    x, lo, hi = args
+    like = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    if like is None:
+        return float(np.clip(x, lo, hi))
+
+    def tensor(v):
+        return v if isinstance(v, torch.Tensor) else torch.tensor(v, dtype=like.dtype, device=like.device)
+
+    bounds = [None if (not isinstance(b, torch.Tensor) and abs(b) == float("inf")) else b for b in (lo, hi)]
+    if any(isinstance(b, torch.Tensor) for b in bounds):
+        bounds = [None if b is None else tensor(b) for b in bounds]
+    x = tensor(x)
+    shape = torch.broadcast_shapes(x.shape, *(b.shape for b in bounds if isinstance(b, torch.Tensor)))
+    return torch.clamp(x.expand(shape), min=bounds[0], max=bounds[1])  # torch keeps x's shape: broadcast first
+_MASK_OPS = {"lt", "le", "gt", "ge", "eq", "ne", "logical_and", "logical_or", "logical_not", "where"}
+
+
+def _mask_op(op: str, args: list, env: dict):
+    """Comparisons give torch.bool masks, & | ~ combine them, where() selects: as torch does."""
+    if op == "logical_not":
+        return torch.logical_not(args[0]) if isinstance(args[0], torch.Tensor) else float(not args[0])
+    if op in ("logical_and", "logical_or"):
+        if not any(isinstance(a, torch.Tensor) for a in args):
+            return float(OPS[op].numpy(*args))
+        a, b = (a if isinstance(a, torch.Tensor) else torch.tensor(bool(a)) for a in args)
+        return torch.logical_and(a, b) if op == "logical_and" else torch.logical_or(a, b)
+    if op == "where":
+        cond, a, b = args
+        if not any(isinstance(t, torch.Tensor) for t in args):
+            return a if cond else b
+        dtype = env[_DTYPE]
+        device = next(t for t in args if isinstance(t, torch.Tensor)).device
+        cond = cond if isinstance(cond, torch.Tensor) else torch.tensor(bool(cond), device=device)
+        a, b = (_as_float(t, env) if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=dtype, device=device)
+                for t in (a, b))
+        return torch.where(cond, a, b)
+    a, b = (_as_float(t, env) for t in args)
+    if not any(isinstance(t, torch.Tensor) for t in (a, b)):
+        return float(OPS[op].numpy(a, b))
+    return OPS[op].torch(a, b)
 
 
 @dataclass
@@ -91,6 +245,15 @@ def _no_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
+def input_tensor(x, dtype: str, device: str, requires_grad: bool, var_dtype: str | None) -> torch.Tensor:
+    """A case var as torch sees it: int64 and bool vars keep their dtype whatever the case's float dtype."""
+    if var_dtype == "int64":
+        return torch.as_tensor(np.asarray(x, dtype=np.int64), device=device)
+    if var_dtype == "bool":
+        return torch.as_tensor(np.asarray(x) != 0, device=device)
+    return to_tensor(x, dtype, device, requires_grad)
+
+
 def to_tensor(x, dtype: str, device: str, requires_grad: bool = False) -> torch.Tensor:
     t = torch.as_tensor(np.array(x, dtype=np.float64)).to(device=device, dtype=TORCH_DTYPES[dtype])
     return t.requires_grad_(requires_grad)
@@ -109,11 +272,12 @@ def _cotangent(c, out: torch.Tensor, dtype: str, device: str) -> torch.Tensor:
 
 
 def run(fn: Callable, inputs: dict, grad_vars, dtype: str, device: str, cotangents: list,
-        semantic: bool = True) -> AutogradResult:
+        semantic: bool = True, var_dtypes: dict | None = None) -> AutogradResult:
     """Forward once, then one VJP per cotangent on the same graph; with ``semantic``, also a zero cotangent and a
     repeated VJP (gradcheck's checks that backward uses its upstream gradient and is deterministic)."""
     with _no_tf32():
-        tensors = {n: to_tensor(v, dtype, device, n in grad_vars) for n, v in inputs.items()}
+        tensors = {n: input_tensor(v, dtype, device, n in grad_vars, (var_dtypes or {}).get(n))
+                   for n, v in inputs.items()}
         out = fn(**tensors)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the function returned {type(out).__name__}, not a tensor")
@@ -181,10 +345,12 @@ def _like(x: np.ndarray, t: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.broadcast_to(x, tuple(t.shape)).copy()).to(t.device)
 
 
-def jvp(fn: Callable, inputs: dict, grad_vars, tangents: dict, dtype: str, device: str) -> np.ndarray:
+def jvp(fn: Callable, inputs: dict, grad_vars, tangents: dict, dtype: str, device: str,
+        var_dtypes: dict | None = None) -> np.ndarray:
     """Forward-mode derivative J v with ``torch.func.jvp`` (raises where the function does not support it)."""
     names = list(inputs)
-    fixed = {n: to_tensor(v, dtype, device) for n, v in inputs.items() if n not in grad_vars}
+    fixed = {n: input_tensor(v, dtype, device, False, (var_dtypes or {}).get(n)) for n, v in inputs.items()
+             if n not in grad_vars}
     primals = tuple(to_tensor(inputs[n], dtype, device) for n in grad_vars)
     dirs = tuple(to_tensor(tangents[n], dtype, device) for n in grad_vars)
 
@@ -217,10 +383,12 @@ def _load_forward_ad() -> None:
             load()
 
 
-def hvp(fn: Callable, inputs: dict, grad_vars, cotangent, direction: dict, dtype: str, device: str) -> dict:
+def hvp(fn: Callable, inputs: dict, grad_vars, cotangent, direction: dict, dtype: str, device: str,
+        var_dtypes: dict | None = None) -> dict:
     """Hessian-vector product of <cotangent, fn> along ``direction``, by double backward."""
     with _no_tf32():
-        tensors = {n: to_tensor(v, dtype, device, n in grad_vars) for n, v in inputs.items()}
+        tensors = {n: input_tensor(v, dtype, device, n in grad_vars, (var_dtypes or {}).get(n))
+                   for n, v in inputs.items()}
         out = fn(**tensors)
         leaves = [tensors[n] for n in grad_vars]
         grads = torch.autograd.grad(out, leaves, _cotangent(cotangent, out, dtype, device), create_graph=True)

@@ -1,9 +1,9 @@
 """Whitelisting parser: case-file text -> IR. Nothing is ever evaluated.
 
 ``ast.parse(mode="eval")`` only builds a syntax tree; every node type is then checked against a short list of
-allowed constructs and turned into IR. Anything else -- attributes other than ``.T``, subscripts, lambdas,
-comprehensions, comparisons, strings, dunder names, unknown functions -- is an ExpressionError that says what
-and where.
+allowed constructs and turned into IR. Anything else -- attributes other than ``.T`` and ``.detach()``,
+subscripts, lambdas, comprehensions, chained comparisons, strings except where an op declares a string parameter,
+dunder names, unknown functions -- is an ExpressionError that says what and where.
 """
 
 from __future__ import annotations
@@ -15,16 +15,18 @@ import unicodedata
 
 from ..errors import ExpressionError
 from .ir import Call, Const, Node, Var
-from .ops import CONSTANTS, FUNCTIONS, OPS, Param
+from .ops import ALIASES, CONSTANTS, FUNCTIONS, METHODS, OPS, Param
 
 MAX_LENGTH = 10_000
 MAX_DEPTH = 200
 
-_BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow", ast.MatMult: "matmul"}
+_BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow", ast.MatMult: "matmul",
+           ast.BitAnd: "logical_and", ast.BitOr: "logical_or"}
+_COMPARE = {ast.Lt: "lt", ast.LtE: "le", ast.Gt: "gt", ast.GtE: "ge", ast.Eq: "eq", ast.NotEq: "ne"}
 
 _DESCRIBE = {
-    ast.Subscript: "subscripts", ast.Lambda: "lambdas", ast.IfExp: "conditional expressions",
-    ast.Compare: "comparisons", ast.BoolOp: "boolean operators", ast.ListComp: "comprehensions",
+    ast.Lambda: "lambdas", ast.IfExp: "conditional expressions",
+    ast.BoolOp: "boolean operators", ast.ListComp: "comprehensions",
     ast.SetComp: "comprehensions", ast.DictComp: "comprehensions", ast.GeneratorExp: "generators",
     ast.JoinedStr: "strings", ast.Dict: "dicts", ast.Set: "sets", ast.List: "lists", ast.Tuple: "tuples",
     ast.Starred: "starred arguments", ast.NamedExpr: "assignment expressions", ast.Await: "await",
@@ -52,6 +54,25 @@ def parse(text: str, names: set[str] | frozenset[str] | None = None) -> Node:
 
 def _nfkc(name: str) -> str:
     return unicodedata.normalize("NFKC", name)
+
+
+# Functions people reach for that the language does not have, with what to write instead.
+UNSUPPORTED = {
+    "max": "use amax(x, dim=...) for the values, or maximum(a, b) elementwise",
+    "min": "use amin(x, dim=...) for the values, or minimum(a, b) elementwise",
+    "view": "use reshape(x, [sizes])",
+    "argmax": "indices have no gradient; use amax for the value",
+    "argsort": "indices have no gradient; use sort(x) for the values",
+    "clip": "use clamp(x, min=, max=)",
+    "abs_": "in-place ops are not part of the language; use abs(x)",
+    "cummax": "not supported yet; sort or amax over a dim may express it",
+    "scatter": "not supported yet; gather's and index_select's gradients scatter-add",
+    "conv3d": "not supported yet; conv1d and conv2d are",
+    "einsum_path": "not a torch op; use einsum",
+    "dropout": "random: write the mask as a bool var, x * m / (1 - p)",
+    "softmin": "use softmax(-x, dim)",
+    "relu_": "in-place ops are not part of the language; use relu(x)",
+}
 
 
 class _Converter:
@@ -85,7 +106,7 @@ class _Converter:
         if isinstance(node, ast.BinOp):
             op = _BINOPS.get(type(node.op))
             if op is None:
-                self.fail(f"operator {type(node.op).__name__} is not allowed (use + - * / ** @)", node)
+                self.fail(f"operator {type(node.op).__name__} is not allowed (use + - * / ** @, & | on masks)", node)
             return Call(op, (self.convert(node.left, d), self.convert(node.right, d)))
         if isinstance(node, ast.UnaryOp):
             if isinstance(node.op, ast.USub):
@@ -95,11 +116,26 @@ class _Converter:
                 return Call("neg", (operand,))
             if isinstance(node.op, ast.UAdd):
                 return self.convert(node.operand, d)
+            if isinstance(node.op, ast.Invert):
+                return Call("logical_not", (self.convert(node.operand, d),))
             self.fail(f"unary operator {type(node.op).__name__} is not allowed", node)
+        if isinstance(node, ast.Compare):
+            op = _COMPARE.get(type(node.ops[0]))
+            if len(node.ops) != 1:
+                self.fail("chained comparisons are not allowed (write (a < b) & (b < c))", node)
+            if op is None:
+                self.fail(f"comparison {type(node.ops[0]).__name__} is not allowed (use < <= > >= == !=)", node)
+            return Call(op, (self.convert(node.left, d), self.convert(node.comparators[0], d)))
         if isinstance(node, ast.Attribute):
-            if node.attr != "T":
-                self.fail(f"attribute '.{node.attr}' is not allowed (only '.T', the transpose)", node)
-            return Call("transpose", (self.convert(node.value, d),))
+            if node.attr not in ("T", "mT"):
+                self.fail(f"attribute '.{node.attr}' is not allowed (only '.T', '.mT' and '.detach()')", node)
+            return Call("transpose" if node.attr == "T" else "mT", (self.convert(node.value, d),))
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Name):  # x[idx], idx an int64 var
+            return Call("index_var", (self.convert(node.value, d), self.name(node.slice)))
+        if isinstance(node, ast.Subscript):
+            items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            index = tuple(self.index_item(item) for item in items)
+            return Call("index", (self.convert(node.value, d),), (("index", index),))
         if isinstance(node, ast.Call):
             return self.call(node, d)
         what = _DESCRIBE.get(type(node), f"'{type(node).__name__}' constructs")
@@ -134,13 +170,32 @@ class _Converter:
         return Var(self.declared.get(ident, ident))
 
     def call(self, node: ast.Call, depth: int) -> Node:
+        if isinstance(node.func, ast.Attribute) and node.func.attr in METHODS:
+            if node.args or node.keywords:
+                self.fail(f"'.{node.func.attr}()' takes no arguments", node)
+            return Call(node.func.attr, (self.convert(node.func.value, depth),))
         if not isinstance(node.func, ast.Name):
             self.fail("only calls of the language's functions by name are allowed", node)
         fname = node.func.id
+        if fname in UNSUPPORTED:
+            self.fail(f"'{fname}' is not supported: {UNSUPPORTED[fname]}", node)
         if fname not in FUNCTIONS:
             self.fail(f"unknown function '{fname}' (known: {', '.join(FUNCTIONS)})", node)
+        fname = ALIASES.get(fname, fname)
         op = OPS[fname]
         positional = list(node.args)
+        if fname == "einsum":
+            return self.einsum(node, depth)
+        if op.tensor_list:  # cat([a, b], dim=0): the one place a list of tensors is taken
+            if not positional or not isinstance(positional[0], (ast.List, ast.Tuple)) or not positional[0].elts:
+                self.fail(f"{fname}() takes a list of tensors first, as torch.{fname}([a, b], dim=0)", node)
+            tensors = positional[0].elts
+            node = ast.Call(func=node.func, args=[tensors[0], *positional[1:]], keywords=node.keywords)
+            ast.copy_location(node, positional[0])
+            positional = list(node.args)
+            rest = tuple(self.convert(t, depth) for t in tensors[1:])
+        else:
+            rest = ()
         for arg in positional:
             if isinstance(arg, ast.Starred):
                 self.fail("starred arguments are not allowed", arg)
@@ -155,7 +210,7 @@ class _Converter:
             self.fail(f"{fname}() takes at most {op.arity + len(op.params)} positional arguments", node)
         given: dict[str, object] = {}
         for param, value_node in zip(op.params, extra):
-            given[param.name] = self.param_value(fname, param, value_node)
+            given[param.name] = self.param_value(fname, param, value_node, depth)
         for kw in node.keywords:
             param = next((p for p in op.params if p.name == kw.arg), None)
             if param is None:
@@ -163,11 +218,77 @@ class _Converter:
                 self.fail(f"{fname}() has no keyword '{kw.arg}' (allowed: {allowed})", kw.value)
             if kw.arg in given:
                 self.fail(f"{fname}() got '{kw.arg}' twice", kw.value)
-            given[kw.arg] = self.param_value(fname, param, kw.value)
-        params = tuple((p.name, given.get(p.name, p.default)) for p in op.params)
-        return Call(fname, args, params)
+            given[kw.arg] = self.param_value(fname, param, kw.value, depth)
+        tensors = tuple(given.get(p.name, Const(p.default)) for p in op.params if p.kind == "tensor")
+        params = tuple((p.name, given.get(p.name, p.default)) for p in op.params if p.kind != "tensor")
+        for prm in op.params:
+            if prm.default is None and prm.kind in ("ints", "int", "tensor", "number") and given.get(prm.name) is None:
+                self.fail(f"{fname}() needs '{prm.name}'", node)
+        return Call(fname, args + rest + tensors, params)
 
-    def param_value(self, fname: str, param: Param, node: ast.AST):
+    def einsum(self, node: ast.Call, depth: int) -> Node:
+        """einsum("ij,jk->ik", a, b): the equation is the one string this op takes, checked character by character."""
+        if node.keywords or len(node.args) < 2:
+            self.fail('einsum() takes an equation and tensors: einsum("ij,jk->ik", a, b)', node)
+        eq = node.args[0]
+        if not (isinstance(eq, ast.Constant) and isinstance(eq.value, str)):
+            self.fail("einsum()'s first argument must be the equation string", eq)
+        text = eq.value.replace(" ", "")
+        if "..." in text:
+            self.fail("einsum(): '...' is not supported; name every dimension with a letter", eq)
+        lhs, arrow, rhs = text.partition("->")
+        if not lhs or any(not (ch.isascii() and ch.isalpha()) for ch in lhs.replace(",", "") + rhs) or \
+                "->" in rhs:
+            self.fail("einsum(): the equation may hold only letters, ',' and one '->'", eq)
+        for sub in lhs.split(",") + ([rhs] if arrow else []):
+            if len(set(sub)) != len(sub):
+                self.fail(f"einsum(): '{sub}' repeats an index (diagonals are not supported)", eq)
+        if not arrow:  # torch's implicit output: the letters used once, in alphabetical order
+            rhs = "".join(sorted(ch for ch in set(lhs.replace(",", "")) if lhs.count(ch) == 1))
+        if not set(rhs) <= set(lhs.replace(",", "")):
+            self.fail("einsum(): an output index does not appear in any input", eq)
+        tensors = tuple(self.convert(a, depth) for a in node.args[1:])
+        if len(lhs.split(",")) != len(tensors):
+            self.fail(f"einsum(): the equation names {len(lhs.split(','))} operands, got {len(tensors)}", node)
+        return Call("einsum", tensors, (("equation", f"{lhs}->{rhs}"),))
+
+    def index_item(self, node: ast.AST):
+        """One subscript item: an integer, a slice of integers with a positive step, ``...`` or None."""
+        if isinstance(node, ast.Constant) and node.value is Ellipsis:
+            return "..."
+        if isinstance(node, ast.Constant) and node.value is None:
+            return None
+        if isinstance(node, ast.Slice):
+            parts = tuple(None if part is None else self.index_int(part) for part in (node.lower, node.upper,
+                                                                                        node.step))
+            if parts[2] is not None and parts[2] <= 0:
+                self.fail("slice steps must be positive, as in torch (use flip(x, [dim]) to reverse)", node)
+            return ("slice", *parts)
+        return self.index_int(node)
+
+    def index_int(self, node: ast.AST) -> int:
+        sign, inner = 1, node
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            sign, inner = -1, node.operand
+        if isinstance(inner, ast.Constant) and type(inner.value) is int and abs(inner.value) < 2**31:
+            return sign * inner.value
+        self.fail("subscripts take integer literals, slices (a:b:c), ... and None, or index by an int64 var by name "
+                  "(x[t]); for a computed selection use where() with a mask", node)
+
+    def param_value(self, fname: str, param: Param, node: ast.AST, depth: int = 0):
+        if param.kind == "tensor":
+            return self.convert(node, depth)
+        if param.kind == "int":
+            return self.int_value(fname, param, node)
+        if param.kind == "ints":  # a shape or a dim list: the one other place a list literal is taken
+            if isinstance(node, (ast.Tuple, ast.List)):
+                return tuple(self.index_int(e) for e in node.elts)
+            return (self.index_int(node),)
+        if param.kind == "choice":
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in param.choices:
+                return node.value
+            allowed = ", ".join(f'"{c}"' for c in param.choices)
+            self.fail(f"{fname}(): '{param.name}' must be one of {allowed}", node)
         if param.kind == "bool":
             if isinstance(node, ast.Constant) and isinstance(node.value, bool):
                 return node.value
