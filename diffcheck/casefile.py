@@ -359,7 +359,9 @@ def non_finite_constant(ir: Node) -> str | None:
                     return float(OPS[node.op].numpy(*args, **dict(node.params))), True
             except (ArithmeticError, ValueError, TypeError):
                 return None, True
-        for arg, (value, const) in zip(node.args, folded):
+        for i, (arg, (value, const)) in enumerate(zip(node.args, folded)):
+            if node.op == "clamp" and i > 0 and value in (math.inf, -math.inf):
+                continue  # an infinite clamp bound is an absent one, as in torch.clamp
             if const and value is not None and not math.isfinite(value) and not bad:
                 bad.append(f"{to_text(arg)} (= {value})")
         return None, False

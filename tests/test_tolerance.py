@@ -96,6 +96,16 @@ def test_the_constant_error_names_the_key_expr():
     build_case({"name": "c", "expr": "x * 9**9 + 2**-1074", "vars": {"x": {}}})  # large, tiny: finite
 
 
+def test_an_infinite_clamp_bound_is_an_absent_bound_not_a_bad_constant(write_case, tmp_path):
+    write_case('name = "one_sided"\nexpr = "sum(clamp(x, min=0)) + sum(clamp(x, max=0.25))"\n'
+               'vars.x = { shape = [4] }\n', "clamp.toml")
+    code, out, report = run_json(tmp_path, tmp_path)
+    assert code == 0, out
+    assert [c["status"] for c in report["cases"]] == ["pass"]
+    with pytest.raises(CaseError, match="not finite"):  # elsewhere an infinite constant is still an error
+        build_case({"name": "c", "expr": "clamp(x + 9**9**9, min=0)", "vars": {"x": {}}})
+
+
 CANDLE = '''
 import torch
 
