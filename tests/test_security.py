@@ -209,6 +209,22 @@ def test_a_function_imported_into_the_users_module_needs_the_opt_in(tmp_path):
     assert refused.exit_code == 2 and "defined outside the case file's directory" in refused.output
 
 
+def test_a_functions_apply_is_the_users_code_a_library_classmethod_is_not(tmp_path):
+    (tmp_path / "mine.py").write_text(
+        "import fractions\nimport torch\n\n"
+        "class Square(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x):\n"
+        "        ctx.save_for_backward(x)\n        return x * x\n    @staticmethod\n    def backward(ctx, g):\n"
+        "        (x,) = ctx.saved_tensors\n        return 2 * x * g\n\n"
+        "f = Square.apply\nlib = fractions.Fraction.from_float\n")
+    case = tmp_path / "case.toml"
+    case.write_text(CASE.format(impl="mine:f").replace("sigmoid(x)", "x * x"))
+    result = CliRunner().invoke(main, ["run", str(case), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    case.write_text(CASE.format(impl="mine:lib"))
+    refused = CliRunner().invoke(main, ["run", str(case), "--device", "cpu"])
+    assert refused.exit_code == 2 and "standard library" in refused.output, refused.output
+
+
 def test_control_characters_in_a_module_name_are_escaped(tmp_path):
     case = tmp_path / "case.toml"
     case.write_text('name = "esc"\nexpr = "x"\nimpl = "ev\\u001b]0;pwned\\u0007il:f\\nPASS fake"\nvars.x = {}\n'

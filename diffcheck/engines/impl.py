@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import re
 import sys
 import threading
@@ -104,6 +105,8 @@ def _defining_module(obj) -> str | None:
 
     if isinstance(obj, torch.nn.Module):
         return None
+    if inspect.ismethod(obj) and isinstance(obj.__self__, type):  # ``f = MyFunction.apply``: the class's code
+        obj = obj.__self__
     name = getattr(obj, "__module__", None) if isinstance(obj, type) or callable(obj) else None
     return name if isinstance(name, str) else type(obj).__module__  # e.g. a functools.partial instance
 
