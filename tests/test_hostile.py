@@ -196,7 +196,7 @@ def test_size_limits_cover_broadcasting_in_losses_and_the_total(tmp_path):
         f'[[case]]\nname = "deep_big"\nexpr = "sum({nested})"\nvars.x = {{ shape = [4000000] }}\n')
     result = run_cli(tmp_path / "s.toml")
     assert result.exit_code == 2
-    assert "'mse_loss(x, y)' would have 16000000000000 entries" in result.output
+    assert "'mse_loss(x, y, reduction=\"mean\")' would have 16000000000000 entries" in result.output
     assert "in total" in result.output and "the limit is 50000000" in result.output
     assert "not configurable" in result.output
 
