@@ -20,7 +20,7 @@ __all__ = [
     "strategies",
 ]
 
-_WHERE = {"check": "api", "load": "runner", "run_case": "runner", "Options": "runner", "CaseResult": "runner",
+_WHERE = {"check": "api", "load": "runner", "run_case": "runner", "Options": "model", "CaseResult": "model",
           "DiffcheckError": "errors", "CaseError": "errors", "ExpressionError": "errors"}
 
 

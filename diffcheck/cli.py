@@ -159,7 +159,7 @@ def _coloured(text: str, fancy: bool) -> str:
 def _end(results, quiet: bool, devices) -> None:
     """The close of a run: the failed and errored cases again, one line each; CUDA left out by --device, once."""
     from .report import short_summary
-    from .runner import not_requested
+    from .devices import not_requested
 
     lines = short_summary(results)
     if lines:
@@ -250,7 +250,7 @@ def _summary(results, seconds: float) -> None:
 
 
 def _devices(device: str) -> tuple[str, ...]:
-    from .engines.autograd import cuda_status
+    from .devices import cuda_status
     from .errors import UsageError
 
     if device == "all":

@@ -5,76 +5,15 @@ Never raises on bad numbers: nan, inf and wrong shapes become failing entries wi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import numpy as np
 
+from .model import Check, Entry
 from .tolerance import FLOOR, TINY, Tolerance
+
+__all__ = ["Check", "Entry", "compare", "diagnose", "margin_text", "margins", "negligible", "worst_margin"]
 
 WORST = 5
 MATRIX = 64  # failing results up to this many entries carry their full error matrix
-
-
-@dataclass
-class Entry:
-    index: list[int]
-    got: float
-    ref: float
-    abs_err: float
-    allowed: float
-    fd: float | None = None
-    lo: float | None = None  # one-sided derivatives at a kink, when the entry sits on one
-    hi: float | None = None
-
-    @property
-    def rel_err(self) -> float:
-        return self.abs_err / abs(self.ref) if self.ref else (0.0 if self.abs_err == 0 else float("inf"))
-
-
-@dataclass
-class Check:
-    kind: str  # "value", "grad", "fd", "expect_value", "expect_grad", "semantic"
-    engine: str  # what was judged: "autograd", "symbolic", "finite"
-    against: str  # what it was judged against
-    var: str | None = None
-    dtype: str | None = None
-    device: str | None = None
-    status: str = "pass"  # pass, fail, warn, skip
-    message: str = ""
-    max_abs_err: float = 0.0
-    max_rel_err: float = 0.0
-    margin: float = 0.0  # worst abs_err / allowed: below 1 passes
-    atol: float | None = None
-    rtol: float | None = None
-    tolerance: str = ""
-    entries: int = 0
-    bad: int = 0
-    ambiguous: int = 0
-    diagnosis: str = ""
-    worst: list[Entry] = field(default_factory=list)
-    error_matrix: list | None = None  # got - ref for small failing results, shown by -v
-    details: dict = field(default_factory=dict)  # structured facts of the check (training: final params, loss)
-
-    @property
-    def label(self) -> str:
-        parts = [self.kind]
-        if self.var:
-            parts.append(self.var)
-        if self.details.get("probe"):  # a directional probe judges <g, v>, not the entries of g
-            parts.append(f"({self.details['probe']})")
-        where = " ".join(p for p in (self.dtype, self.device) if p)
-        return " ".join(parts) + (f" [{where}]" if where else "")
-
-    def to_json(self) -> dict:
-        data = asdict(self)
-        data["worst"] = [dict(asdict(e), rel_err=_finite_or_none(e.rel_err)) for e in self.worst]
-        for key in ("max_abs_err", "max_rel_err", "margin"):
-            data[key] = _finite_or_none(data[key])
-        return data
-
-
-def _finite_or_none(x):
-    return float(x) if x is not None and np.isfinite(x) else None
 
 
 def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, judge=None, upstream=None) -> Check:
@@ -98,23 +37,14 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
         return check
     allowed = np.broadcast_to(np.asarray(tol.allowed, dtype=float), ref.shape)
     judged = np.ones(ref.shape, bool) if judge is None else np.broadcast_to(np.asarray(judge, bool), ref.shape)
-    with np.errstate(invalid="ignore", over="ignore"):
-        err = np.abs(got - ref)
-    ambiguous = np.zeros(ref.shape, dtype=bool)
-    if lo is not None and hi is not None:
-        ambiguous = np.asarray(hi > lo)
-        below, above = np.asarray(lo) - got, got - np.asarray(hi)
-        err = np.where(ambiguous, np.maximum(np.maximum(below, above), 0.0), err)
-    err = np.where(np.isnan(got) | np.isnan(ref) | np.isnan(err), np.inf, err)
-    err = np.where(np.isinf(got) & np.isinf(ref) & (got == ref), 0.0, err)
+    err, margin, ambiguous = margins(got, ref, allowed, lo, hi)
     wrong_value = judged & ~np.isfinite(got) & np.isfinite(ref)  # wrong whatever the tolerance
     no_ref = judged & ~wrong_value & ~np.isfinite(ref)
     no_tol = judged & ~wrong_value & ~no_ref & ~np.isfinite(allowed)
     ok = judged & ~no_ref & ~no_tol
     with np.errstate(divide="ignore", invalid="ignore"):
-        margin = np.where(err == 0, 0.0, err / allowed)
         rel = np.where(err == 0, 0.0, err / np.abs(ref))
-    margin = np.where(ok, np.where(np.isnan(margin), np.inf, margin), 0.0)
+    margin = np.where(ok, margin, 0.0)
     rel, err = np.where(ok, rel, 0.0), np.where(ok, err, 0.0)
     bad = ok & (margin > 1.0)
     check.entries = int(ref.size)
@@ -153,6 +83,36 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
         check.message = (f"{check.ambiguous} entries sit on a non-differentiable point; the value there lies "
                          f"between the one-sided derivatives")
     return check
+
+
+def margins(got, ref, allowed, lo=None, hi=None):
+    """Per entry: the error (|got - ref|, or where the reference sits on a kink, hi > lo, the distance from got to
+    the hull [lo, hi]; nan anywhere counts as infinite, equal infinities as 0), error / allowed (nan -> inf), and
+    the kink mask. The one definition behind ``compare`` and ``worst_margin``."""
+    got, ref = np.asarray(got, dtype=float), np.asarray(ref, dtype=float)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(got - ref)
+    ambiguous = np.zeros(ref.shape, dtype=bool)
+    if lo is not None and hi is not None:
+        ambiguous = np.asarray(hi > lo)
+        below, above = np.asarray(lo) - got, got - np.asarray(hi)
+        err = np.where(ambiguous, np.maximum(np.maximum(below, above), 0.0), err)
+    err = np.where(np.isnan(got) | np.isnan(ref) | np.isnan(err), np.inf, err)
+    err = np.where(np.isinf(got) & np.isinf(ref) & (got == ref), 0.0, err)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        margin = np.where(err == 0, 0.0, err / allowed)
+    return err, np.where(np.isnan(margin), np.inf, margin), ambiguous
+
+
+def worst_margin(got, ref, allowed, lo=None, hi=None) -> float:
+    """The largest error / allowed over the entries, without the report's detail (to rank cotangents). An entry
+    that cannot be judged (allowed or reference not finite) ranks above any pass, below any fail."""
+    got, ref = np.asarray(got, dtype=float), np.asarray(ref, dtype=float)
+    if got.shape != ref.shape:
+        return float("inf")
+    _, margin, _ = margins(got, ref, allowed, lo, hi)
+    unjudged = np.isfinite(got) & ~(np.isfinite(allowed) & np.isfinite(ref))
+    return float(np.max(np.where(unjudged, 1.0, margin), initial=0.0))
 
 
 def negligible(allowed: float, abs_err: float, dtype: str | None) -> bool:

@@ -28,7 +28,9 @@ def run_all(items: list, options: Options, workers: int = 1) -> Iterator[CaseRes
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")
     # the long cases (training runs) go first so that no worker is left with them at the end
-    order = sorted(range(len(items)), key=lambda i: getattr(items[i], "model", None) is None)
+    from .training.schema import TrainCase
+
+    order = sorted(range(len(items)), key=lambda i: not isinstance(items[i], TrainCase))
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init, initargs=(threads,)) as pool:
         futures = {i: pool.submit(_one, items[i], options) for i in order}
         for i in range(len(items)):

@@ -109,8 +109,9 @@ def _unexpected(path, exc: Exception) -> CaseError:
 
 def _params(case) -> list[tuple[str, str | None, str | None]]:
     """(item name, dtype, device) of each item of a case."""
-    training = getattr(case, "model", None) is not None
-    params = [] if training else [(f"{case.name}[reference]", None, None)]
+    from .training.schema import TrainCase
+
+    params = [] if isinstance(case, TrainCase) else [(f"{case.name}[reference]", None, None)]
     return params + [(f"{case.name}[{dtype}-{device}]", dtype, device)
                      for device in case.devices for dtype in case.dtypes]
 
@@ -153,13 +154,12 @@ class CaseItem(_Located):
         self.add_marker(pytest.mark.diffcheck)
 
     def runtest(self):
-        from .engines.autograd import cuda_status
+        from .devices import device_skip
         from .runner import Options, run_case
 
-        if self.device == "cuda":
-            ok, why = cuda_status()
-            if not ok:
-                pytest.skip(why)
+        skip = device_skip(self.device, (self.device,)) if self.device else None
+        if skip:  # the rule the runner applies; the item was asked for, so only "unavailable" can reach here
+            pytest.skip(skip.message)
         config = self.config
         impl = {"impl_path": tuple(map(str, config.getini("diffcheck_impl_path"))),
                 "impl_sys_path": config.getini("diffcheck_impl_sys_path"),
@@ -178,7 +178,7 @@ class CaseItem(_Located):
         if isinstance(excinfo.value, CaseFailure):
             from .report import case_text
 
-            return case_text(excinfo.value.result)
+            return case_text(excinfo.value.result)  # not result.report_text: that one is verbose
         return super().repr_failure(excinfo, style)
 
 

@@ -6,7 +6,8 @@ import json
 import platform
 from collections import Counter
 
-from .compare import Check, margin_text, negligible
+from .compare import margin_text, negligible
+from .model import Check
 from .text import safe
 
 STATUS_WORD = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skip": "SKIP"}
@@ -24,7 +25,7 @@ def environment() -> dict:
     import sympy
     import torch
 
-    from .engines.autograd import cuda_status
+    from .devices import cuda_status
 
     cuda_ok, cuda_note = cuda_status()
     return {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,

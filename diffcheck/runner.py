@@ -1,6 +1,9 @@
-"""Runs cases: collects case files, gives each case its seed, runs its checks (``checks`` for gradient cases,
-``training`` for ``kind = "train"``) and turns the Check records into a verdict that names the engine at fault.
-No formatting happens here (see ``report``).
+"""Runs cases: collects case files, gives each case its seed, runs its checks (dispatched by the case's type:
+``checks.run_gradient_case`` for a ``Case``, ``training.run_train_case`` for a ``TrainCase``) and turns the Check
+records into a verdict that names the engine at fault, from their structured fields only. The report text of a
+result that did not pass is rendered here (``report``), for ``CaseResult.assert_ok``.
+
+``Options`` and ``CaseResult`` live in ``model``; they are re-exported here, where they always were.
 """
 
 from __future__ import annotations
@@ -8,58 +11,16 @@ from __future__ import annotations
 import os
 import time
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .casefile import Case, is_case_file, load_file
-from .compare import Check
+from .devices import not_requested
 from .errors import CaseError, DiffcheckError
+from .model import TRAINING_KINDS, CaseResult, Check, Findings, Options
+from .training.schema import TrainCase
 
-
-@dataclass
-class Options:
-    devices: tuple[str, ...] = ("cpu", "cuda")  # what the user asked for
-    dtypes: tuple[str, ...] | None = None  # restricts each case's dtypes
-    pattern: str | None = None
-    seed: int = 0
-    verbose: bool = False
-    plot_dir: str | None = None  # training cases write a PNG each here
-    stages: tuple[str, ...] = ("reference", "autograd")  # reference: fd/expect/self-consistency; autograd: per dtype
-    impl_path: tuple[str, ...] = ()  # further roots an impl module may be found under (beside the case file's)
-    impl_sys_path: bool = False  # impl modules may also come from sys.path (installed packages)
-    no_impl: bool = False  # untrusted input: impl cases are skipped, nothing is imported
-    timeout: float = 300.0  # seconds per case; 0: none
-
-
-@dataclass
-class CaseResult:
-    name: str
-    file: str
-    status: str  # pass, fail, error, skip
-    message: str = ""
-    seed: int | None = None
-    seconds: float = 0.0
-    checks: list[Check] = field(default_factory=list)
-    formula: list[str] = field(default_factory=list)
-    artifacts: list[str] = field(default_factory=list)  # files written for this case (training plots)
-
-    @property
-    def ok(self) -> bool:
-        """Passed, warnings and skipped checks allowed."""
-        return self.status == "pass"
-
-    def assert_ok(self) -> CaseResult:
-        """Raise AssertionError with the full localized report unless the case passed."""
-        if not self.ok:
-            from .report import case_text
-
-            raise AssertionError("\n" + case_text(self, verbose=True))
-        return self
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "file": self.file, "status": self.status, "message": self.message,
-                "seed": self.seed, "seconds": round(self.seconds, 4), "formula": self.formula,
-                "artifacts": self.artifacts, "checks": [c.to_json() for c in self.checks]}
+__all__ = ["CaseResult", "Options", "blame", "case_seed", "collect", "error_result", "load", "matches",
+           "not_requested", "run_case"]
 
 
 def collect(paths) -> list[Path | CaseError]:
@@ -151,27 +112,63 @@ def matches(name: str, pattern: str) -> bool:
 
 
 def error_result(err: CaseError) -> CaseResult:
-    return CaseResult(err.case or Path(err.path).stem, err.path, "error", str(err))
+    return _with_report(CaseResult(err.case or Path(err.path).stem, err.path, "error", str(err)))
 
 
-def case_seed(case: Case, run_seed: int) -> int:
+def _with_report(result: CaseResult) -> CaseResult:
+    """Render the full report of a result that did not pass, for ``assert_ok`` (the model never imports report)."""
+    if not result.ok:
+        from .report import case_text
+
+        result.report_text = case_text(result, verbose=True)
+    return result
+
+
+def case_seed(case: Case | TrainCase, run_seed: int) -> int:
     """The seed that samples a case: its own ``seed``, else one derived from the run seed and its name."""
-    if getattr(case, "seed", None) is not None:
+    if case.seed is not None:
         return case.seed
     return (zlib.crc32(case.name.encode()) + 1_000_003 * run_seed) % 2**32
 
 
-def run_case(case: Case, options: Options | None = None) -> CaseResult:
+def _gradient(case: Case, options: Options, seed: int) -> Findings:
+    from .checks import run_gradient_case
+
+    return run_gradient_case(case, options, seed)
+
+
+def _training(case: TrainCase, options: Options, seed: int) -> Findings:
+    from .training import run_train_case
+
+    return run_train_case(case, options, seed)
+
+
+def _import_gradient() -> None:
+    from . import checks  # noqa: F401
+    from .engines import autograd, symbolic  # noqa: F401
+
+
+def _import_training() -> None:
+    from . import training  # noqa: F401
+
+
+# a case's type -> (its checks, what to import before the watchdog starts: importing torch and sympy is not the
+# case's time)
+KINDS = {Case: (_gradient, _import_gradient), TrainCase: (_training, _import_training)}
+
+
+def run_case(case: Case | TrainCase, options: Options | None = None) -> CaseResult:
     options = Options() if options is None else options
     start = time.perf_counter()
     seed = case_seed(case, options.seed)
     result = CaseResult(case.name, case.path, "pass", seed=seed)
     from .engines.impl import Timeout, time_limit
 
-    _import_engines(case)  # before the watchdog starts: importing torch and sympy is not the case's time
+    run, imports = next(kind for t, kind in KINDS.items() if isinstance(case, t))
+    imports()
     try:
         with time_limit(options.timeout) as enforced:
-            _run_checks(case, options, seed, result)
+            result.checks, result.artifacts, result.formula = run(case, options, seed)
         if not enforced:
             result.checks.append(Check("timeout", "diffcheck", "--timeout", status="skip",
                                        message=f"--timeout {options.timeout:g} s is not enforced off the main "
@@ -180,34 +177,16 @@ def run_case(case: Case, options: Options | None = None) -> CaseResult:
         result.status, result.message = "error", str(exc)
     except Timeout as exc:
         during = f"in {exc.during}" if exc.during else "while diffcheck computed the checks"
-        result.checks.append(Check("timeout", "impl" if getattr(case, "impl", None) else "diffcheck", "--timeout",
+        impl = isinstance(case, Case) and case.impl
+        result.checks = list(getattr(exc, "checks", []))  # what the finished stages found (gradient cases)
+        result.checks.append(Check("timeout", "impl" if impl else "diffcheck", "--timeout",
                                    status="fail", message=f"timed out after {exc.seconds:g} s ({during}); "
                                    "raise --timeout, or 0 for none",
                                    details={"impl_failure": {"what": "timeout", "phase": exc.during}}))
     result.seconds = time.perf_counter() - start
     if result.status == "pass":
         _verdict(result)
-    return result
-
-
-def _import_engines(case) -> None:
-    if getattr(case, "model", None) is not None:
-        from . import training  # noqa: F401
-    else:
-        from . import checks  # noqa: F401
-        from .engines import autograd, symbolic  # noqa: F401
-
-
-def _run_checks(case: Case, options: Options, seed: int, result: CaseResult) -> None:
-    if getattr(case, "model", None) is not None:  # a training case
-        from .training import check_train_case
-
-        result.checks, result.artifacts = check_train_case(case, options.dtypes or case.dtypes, options.devices,
-                                                           options.plot_dir)
-    else:
-        from .checks import CaseChecks
-
-        CaseChecks(case, options, seed, result).run()
+    return _with_report(result)
 
 
 def _verdict(result: CaseResult) -> None:
@@ -231,19 +210,14 @@ def _verdict(result: CaseResult) -> None:
         result.message = ", ".join(notes)
 
 
-def not_requested(check: Check) -> bool:
-    """A check skipped only because ``--device`` left its device out (the CLI says so once, not per case)."""
-    return check.status == "skip" and " not requested (--device " in check.message
-
-
 def blame(checks: list[Check]) -> str:
     """Say which engine is the odd one out when two agree and one does not."""
     failed = [c for c in checks if c.status == "fail"]
     timeout = next((c for c in failed if c.kind == "timeout"), None)
     if timeout is not None:
         return timeout.message
-    if any(c.kind in ("converge", "trajectory", "reproducible") for c in failed):
-        first = next(c for c in failed if c.kind in ("converge", "trajectory", "reproducible"))
+    if any(c.kind in TRAINING_KINDS for c in failed):
+        first = next(c for c in failed if c.kind in TRAINING_KINDS)
         return f"training: {first.label}: {first.message}"
     if any(c.engine == "impl" for c in checks):
         return blame_impl(checks, failed)

@@ -18,14 +18,22 @@ checks), ``plot`` (matplotlib). This module ties them together; it loads torch o
 
 from __future__ import annotations
 
-from ..compare import Check
+from ..devices import chosen_dtypes, device_skips
+from ..model import Check, Findings
 from .schema import TrainCase, build_train_case
 
-__all__ = ["TrainCase", "build_train_case", "check_train_case"]
+__all__ = ["TrainCase", "build_train_case", "check_train_case", "run_train_case"]
 
 
 AGAINST = {"converge": "expect", "trajectory": "symbolic-gradient loop (float64)",
            "reproducible": "a second run from the same seed"}
+
+
+def run_train_case(case: TrainCase, options, seed: int) -> Findings:
+    """``runner``'s entry point: the checks of one training case under ``options`` (the case's own seed samples
+    its data; ``seed`` is the runner's, the same number for a training case)."""
+    checks, artifacts = check_train_case(case, options.dtypes, options.devices, options.plot_dir)
+    return Findings(checks, artifacts, [])
 
 
 def check_train_case(case: TrainCase, dtypes, devices, plot_dir=None) -> tuple[list[Check], list[str]]:
@@ -33,12 +41,11 @@ def check_train_case(case: TrainCase, dtypes, devices, plot_dir=None) -> tuple[l
     paths of the plots written. ``dtypes`` and ``devices`` are what the run asked for (``--dtype``, ``--device``):
     as for gradient cases, a device that is excluded or unavailable reports each of its checks as skipped with the
     reason, and a case none of whose dtypes was asked for is one skipped check."""
-    from ..engines.autograd import device_skip_reason
     from .data import batches, draw
     from .loops import run_reference, run_torch
     from .verdicts import check_affine, converge, reproducible, trajectory
 
-    chosen = [d for d in case.dtypes if d in dtypes]
+    chosen = chosen_dtypes(case.dtypes, dtypes)
     if not chosen:
         return [Check("converge", "autograd", "expect", status="skip",
                       message=f"none of the case's dtypes {list(case.dtypes)} was requested")], []
@@ -46,7 +53,7 @@ def check_train_case(case: TrainCase, dtypes, devices, plot_dir=None) -> tuple[l
         from .plot import plot, prepare_dir
 
         prepare_dir(case, plot_dir)
-    skipped = {device: why for device in case.devices if (why := device_skip_reason(device, devices))}
+    skipped = {device: skip for device, skip in device_skips(case.devices, devices).items() if skip}
     data, init = draw(case)
     if case.model.expect.least_squares:
         check_affine(case, data)
@@ -58,7 +65,8 @@ def check_train_case(case: TrainCase, dtypes, devices, plot_dir=None) -> tuple[l
     for device in case.devices:
         if device in skipped:  # reported, never dropped silently: the checks a run there would make
             checks += [Check(kind, "autograd", AGAINST[kind], dtype=d, device=device, status="skip",
-                             message=skipped[device]) for d in chosen for kind in AGAINST]
+                             message=skipped[device].message, details={"skipped": skipped[device].code})
+                       for d in chosen for kind in AGAINST]
             continue
         for dtype in chosen:
             run = run_torch(case, data, init, dtype, device, steps)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from .. import tolerance as tol
-from ..compare import Check
+from ..model import Check
 from ..errors import CaseError
 from .loops import Trajectory
 from .schema import SLIPS, TrainCase

@@ -1,0 +1,118 @@
+"""The checks of one gradient case, as stages over a frozen sampled point:
+point (sample, lower, reference) -> reference (finite differences, expect) -> impl (self-consistency, jvp) ->
+higher (hvp) -> autograd (per dtype and device, expect). ``runner`` calls ``run_gradient_case``.
+
+Each stage is a function ``(point) -> list[Check]`` with its own random stream (``stage_rng(seed, name)``), so
+adding a stage moves no other stage's draws; none mutates a shared result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import NamedTuple
+
+import numpy as np
+
+from ..casefile import Case
+from ..devices import chosen_dtypes
+from ..errors import CaseError
+from ..model import Check, Findings, Options
+from .autograd import autograd
+from .higher import hvp
+from .impl import self_consistency
+from .point import Point, build_point, entrywise_fd, first_bad_op, stage_rng
+from .reference import reference
+
+__all__ = ["STAGES", "Point", "Stage", "run_gradient_case", "stage_rng"]
+
+
+class Stage(NamedTuple):
+    name: str
+    option: str  # the --stage that runs it
+    applies: Callable[[Case], bool]
+    run: Callable[[Point], list[Check]]
+
+
+STAGES = (
+    Stage("reference", "reference", lambda case: True, reference),
+    Stage("impl", "reference", lambda case: bool(case.impl), self_consistency),
+    Stage("higher", "reference", lambda case: case.order == 2, hvp),
+    Stage("autograd", "autograd", lambda case: True, autograd),
+)
+
+
+def run_gradient_case(case: Case, options: Options, seed: int) -> Findings:
+    """Every check of one gradient case, and its formulas under -v. Raises CaseError for a case that cannot be
+    run as written (the expression undefined at the sample point)."""
+    from ..engines import sympy_eval
+    from ..engines.impl import Timeout
+
+    sympy_eval.REPAIRS.reset()
+    checks: list[Check] = []
+    formulas: list[str] = []
+    try:
+        formulas = _run(case, options, seed, checks)
+    except sympy_eval.RepairLimit as exc:  # bounded work: skipped with the reason, never judged unrepaired
+        checks.append(Check("grad", "symbolic", "high-precision repair", status="skip", message=str(exc)))
+    except Timeout as exc:  # the checks of the stages that finished are still reported beside the timeout
+        exc.checks = checks
+        raise
+    return Findings(checks, [], formulas)
+
+
+def _run(case: Case, options: Options, seed: int, checks: list[Check]) -> list[str]:
+    engine = "impl" if case.impl else "autograd"
+    dtypes = chosen_dtypes(case.dtypes, options.dtypes)
+    if not dtypes:
+        checks.append(Check("grad", engine, "symbolic", status="skip",
+                            message=f"none of the case's dtypes {list(case.dtypes)} was requested"))
+        return []
+    if case.impl and options.no_impl:  # untrusted input: nothing is imported
+        checks.append(Check("grad", "impl", "symbolic", status="skip",
+                            message="impl cases are not run under --no-impl (nothing was imported)"))
+        return []
+    point = build_point(case, options, seed, _function(case, options), dtypes)
+    fwd, _ = point.reference("float64")
+    skip = _reference_skip(point, fwd)
+    if skip is not None:
+        checks.append(skip)
+        return []
+    formulas = []
+    if options.verbose:
+        from .formula import formula
+
+        formulas = formula(case)
+    if "reference" in options.stages:
+        point = replace(point, fd_full=entrywise_fd(point))
+    for stage in STAGES:
+        if stage.option in options.stages and stage.applies(case):
+            checks += stage.run(point)
+    return formulas
+
+
+def _function(case: Case, options: Options):
+    """What is judged: the user's impl (imported and guarded) or the expression built from torch ops."""
+    if case.impl:
+        from ..engines import impl
+
+        fn = impl.load(case.impl, case.base_dir, list(case.vars), case.impl_args, case.path, case.name,
+                       options.impl_path, options.impl_sys_path)
+        return impl.guard(fn, case.out_shape)
+    from ..engines.autograd import build
+
+    return build(case.ir)
+
+
+def _reference_skip(point: Point, fwd) -> Check | None:
+    """A CaseError where the expression is undefined at the sample point; a skip where it overflows float64."""
+    program, case = point.program, point.case
+    out = fwd.values[program.out]
+    undefined = program.outside_domain(fwd) or (first_bad_op(program, fwd) if np.any(np.isnan(out)) else None)
+    if undefined:
+        raise CaseError(f"the expression is undefined at the sample point: {undefined} (choose vars.*.domain "
+                        "or value inside the ops' domains)", case.path, case.name, "vars")
+    if not np.all(np.isfinite(out)):
+        return Check("value", "symbolic", "float64", status="skip",
+                     message=f"the value overflows float64 at the sample point ({first_bad_op(program, fwd)})")
+    return None

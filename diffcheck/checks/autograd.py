@@ -1,0 +1,152 @@
+"""Stage ``autograd``: autograd (or the impl) per dtype and device against the reference -- value, every
+cotangent's gradient, the semantic checks -- and the known answers on what autograd computed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import tolerance as tol
+from ..compare import compare, worst_margin
+from ..devices import device_skips
+from ..expr.ir import Call, Const, walk
+from ..model import Check
+from .point import Point, cotangent_name, first_bad_op
+from .probes import mark_lower_precision, missing_kernel, torch_raised, user_failure
+
+
+def autograd(point: Point) -> list[Check]:
+    checks = []
+    for device, skip in device_skips(point.case.devices, point.devices).items():
+        if skip:  # reported, never dropped silently
+            checks += [Check("grad", point.engine, "symbolic", dtype=dtype, device=device, status="skip",
+                             message=skip.message, details={"skipped": skip.code}) for dtype in point.dtypes]
+            continue
+        for dtype in point.dtypes:
+            checks += on_device(point, dtype, device)
+    return checks
+
+
+def on_device(point: Point, dtype: str, device: str) -> list[Check]:
+    from ..engines.autograd import run
+    from ..engines.impl import phase
+
+    case, engine, out = point.case, point.engine, point.program.out
+    fwd, grads = point.reference(dtype)
+
+    def skip(message):
+        return [Check("grad", engine, "symbolic", dtype=dtype, device=device, status="skip", message=message)]
+
+    if not grads:  # the inputs rounded to this dtype leave the function's domain (1e-30 is 0 in float16)
+        return skip(f"at the inputs rounded to {dtype} the value is not finite ({first_bad_op(point.program, fwd)})")
+    literal = unrepresentable_literal(case.ir, dtype)
+    if literal:
+        return skip(literal)
+    jump = point.program.near_jump(fwd, tol.UNIT_ROUNDOFF[dtype])
+    if jump:  # a mask or floor may flip in this dtype: reported, never a false failure
+        return skip(jump)
+    peak = max([fwd.peak] + [float(np.max(np.abs(g.value), initial=0.0))
+                             for gs in grads for g in gs.values() if np.all(np.isfinite(g.value))])
+    if peak > tol.MAX[dtype]:
+        return skip(f"values reach {peak:.3g}, beyond {dtype}'s largest {tol.MAX[dtype]:.3g}")
+    try:
+        # torch's own ops on CPU: once per device is enough for the zero-cotangent and determinism checks;
+        # a user's implementation, and CUDA (atomics), get them in every dtype
+        semantic = bool(case.impl) or device != "cpu" or dtype == point.dtypes[0]
+        with phase("the impl's backward"):
+            res = run(point.fn, point.at(dtype), case.grad_vars, dtype, device, point.cotangents, semantic,
+                      point.var_dtypes)
+    except BaseException as exc:  # a user's impl: whatever it raises is a finding about it
+        if case.impl:
+            check = user_failure(exc, Check("grad", engine, "symbolic", dtype=dtype, device=device), "backward")
+            if check is not None:
+                return [check]
+        if not isinstance(exc, (RuntimeError, NotImplementedError, TypeError)):
+            raise
+        kernel = missing_kernel(exc)
+        return [Check("grad", engine, "symbolic", dtype=dtype, device=device, status="skip" if kernel else "fail",
+                      message=torch_raised(exc),
+                      details={"skipped": "missing_kernel"} if kernel else {"raised": type(exc).__name__})]
+    checks = []
+    if res.problems:
+        details = {"nondeterministic": res.nondeterministic} if res.nondeterministic else {}
+        if res.out_dtype and res.out_dtype != dtype:
+            details["out_dtype"] = res.out_dtype
+        checks.append(Check("semantic", engine, "input metadata", dtype=dtype, device=device, status="fail",
+                            message="; ".join(res.problems), details=details))
+    elif res.semantic_ran:  # recorded when it passes too, so -v and the JSON show what ran
+        checks.append(Check("semantic", engine, "input metadata", dtype=dtype, device=device,
+                            message="gradients have their inputs' dtype, device and shape; a zero upstream "
+                                    "gradient gives zero; backward run twice gives the same gradient"))
+    value = compare(Check("value", engine, "symbolic", dtype=dtype, device=device), res.value, fwd.values[out],
+                    tol.derived(fwd.errs[out], fwd.values[out], dtype, case.tolerance))
+    checks.append(value)
+    if case.impl and value.status == "fail" and dtype == "float64":
+        mark_lower_precision(value, [(res.value, fwd.values[out], fwd.errs[out])])
+    for name in case.grad_vars:
+        check = worst_over_cotangents(point, res, grads, name, dtype, device)
+        checks.append(check)
+        if case.impl and check.status == "fail" and dtype == "float64":
+            mark_lower_precision(check, [(v[name], g[name].value, g[name].err) for v, g in zip(res.vjps, grads)])
+    if case.expect is not None:
+        checks += expect_on_autograd(point, res, fwd, grads, dtype, device)
+    return checks
+
+
+def worst_over_cotangents(point: Point, res, grads, name, dtype, device) -> Check:
+    """Judge every cotangent's VJP; report the one with the worst margin in full."""
+    margins, tolerances = [], []
+    for vjp, ref in zip(res.vjps, grads):
+        g = ref[name]
+        if not np.all(np.isfinite(g.value)):
+            return Check("grad", point.engine, "symbolic", var=name, dtype=dtype, device=device, status="skip",
+                         message="the reference gradient is not finite at this point (a singularity)")
+        tolerances.append(tol.derived(g.err, g.value, dtype, point.case.tolerance))
+        margins.append(worst_margin(vjp[name], g.value, tolerances[-1].allowed, g.lo, g.hi))
+    worst_ci = int(np.argmax(margins))
+    g = grads[worst_ci][name]
+    worst = compare(Check("grad", point.engine, "symbolic", var=name, dtype=dtype, device=device),
+                    res.vjps[worst_ci][name], g.value, tolerances[worst_ci],
+                    lo=g.lo, hi=g.hi, fd=point.fd_values(name) if worst_ci == 0 else None,
+                    upstream=point.cotangents[worst_ci])
+    if worst.status == "fail" and worst.worst:
+        add_fd_column(point, worst, grads, worst_ci, name)
+    what = cotangent_name(worst_ci, len(point.cotangents))
+    worst.message = (worst.message + "; " if worst.message else "") + f"{len(res.vjps)} cotangents, worst: {what}"
+    return worst
+
+
+def add_fd_column(point: Point, check: Check, grads, ci: int, name: str) -> None:
+    """Finite differences of the failing entries, so the report shows all three values for each."""
+    from ..engines import finite
+
+    evaluate, noise = point.evaluator(ci)
+    shape = grads[ci][name].value.shape
+    flats = [int(np.ravel_multi_index(e.index, shape)) if shape else 0 for e in check.worst]
+    for entry, est in zip(check.worst, finite.entrywise(evaluate, point.at("float64"), name, flats, noise)):
+        entry.fd = est.value if np.isfinite(est.value) else None
+
+
+def expect_on_autograd(point: Point, res, fwd, grads, dtype, device) -> list[Check]:
+    expect, checks = point.case.expect, []
+    if expect.value is not None:
+        t = tol.expected(expect.value, expect.atol, expect.rtol, fwd.errs[point.program.out], dtype)
+        checks.append(compare(Check("expect_value", point.engine, "expect", dtype=dtype, device=device),
+                              res.value, expect.value, t))
+    for name, want in expect.grad.items():
+        g = grads[0][name]
+        t = tol.expected(want, expect.atol, expect.rtol, g.err, dtype)
+        checks.append(compare(Check("expect_grad", point.engine, "expect", var=name, dtype=dtype, device=device),
+                              res.vjps[0][name], want, t, lo=g.lo, hi=g.hi))
+    return checks
+
+
+def unrepresentable_literal(ir, dtype: str) -> str | None:
+    """Why ``dtype`` cannot run the expression as written: a number literal or parameter beyond its range
+    (x**1e300 in float32 is x**inf), or None."""
+    for n in walk(ir):
+        values = [("literal", n.value)] if isinstance(n, Const) else \
+            [(f"{n.op}() parameter {k} =", v) for k, v in n.params] if isinstance(n, Call) else []
+        for what, v in values:
+            if isinstance(v, float) and abs(v) > tol.MAX[dtype]:
+                return f"the {what} {v:g} is not representable in {dtype} (its largest is {tol.MAX[dtype]:.3g})"
+    return None

@@ -1,0 +1,209 @@
+"""The sampled point of one gradient case, built once and frozen before any stage runs: the dtypes to check, the
+least precise dtype (inputs are sampled in it, so every dtype computes at the same point), the sampled values,
+the lowered program, the cotangents, the float64 reference (cached per distinct point) and the entrywise finite
+differences of small variables. ``stage_rng`` gives each stage its own random stream.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import tolerance as tol
+from ..casefile import Case
+from ..errors import CaseError, ExpressionError
+
+SMALL = 16  # variables with at most this many entries get a full entrywise finite-difference gradient
+SMALL_OUTPUT = 8  # outputs with at most this many entries get their full Jacobian (one VJP per entry)
+RANDOM_COTANGENTS = 2
+
+
+def stage_rng(seed: int, name: str) -> np.random.Generator:
+    """The random stream of one stage: from the case seed and the stage's name, so adding a stage (or a draw in
+    one) moves no other stage's draws."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+@dataclass(frozen=True)
+class Point:
+    case: Case
+    seed: int
+    dtypes: list[str]  # the case's dtypes the run asked for
+    devices: tuple[str, ...]  # the devices the run asked for (--device)
+    fn: Any  # what is judged: the impl (guarded) or the expression built in torch
+    engine: str  # "impl" or "autograd"
+    low: str  # the case's least precise dtype
+    base: dict[str, np.ndarray]  # the sampled inputs, rounded to ``low``
+    program: Any  # engines.symbolic.Program
+    cotangents: list[np.ndarray]
+    fd_method: Any = None  # Options.fd_method, carried for engines.finite
+    fd_full: dict[str, tuple] = field(default_factory=dict)  # var -> (values, errors, notes) of small vars
+    refs: dict[bytes, tuple] = field(default_factory=dict, repr=False)  # the reference cache
+
+    @property
+    def var_dtypes(self) -> dict[str, str]:
+        """The int64/bool vars: they keep their dtype whatever the dtype under check."""
+        return {n: v.dtype for n, v in self.case.vars.items() if v.dtype}
+
+    def at(self, dtype: str) -> dict[str, np.ndarray]:
+        """The inputs rounded to ``dtype`` (widened back to float64)."""
+        from ..engines.autograd import round_to
+
+        return {n: v if self.case.vars[n].dtype else round_to(v, dtype) for n, v in self.base.items()}
+
+    def reference(self, dtype: str):
+        """Forward pass and one gradient per cotangent at ``dtype``'s point (cached per distinct point)."""
+        point = self.at(dtype)
+        key = b"".join(np.ascontiguousarray(v).tobytes() for v in point.values())
+        if key not in self.refs:
+            fwd = self.program.forward(point, kink_u=tol.UNIT_ROUNDOFF[self.low])
+            grads = []
+            if self.finite(fwd):
+                grads.append(self.program.gradient(fwd, self.cotangents[0]))
+                for c in self.cotangents[1:]:
+                    grads.append(scaled(grads[0], float(c)) if np.ndim(c) == 0 else self.program.gradient(fwd, c))
+            self.refs[key] = (fwd, grads)
+        return self.refs[key]
+
+    def finite(self, fwd) -> bool:
+        return bool(np.all(np.isfinite(fwd.values[self.program.out])))
+
+    def fd_values(self, name: str):
+        """The entrywise finite differences of ``name`` (ones cotangent), or None."""
+        return self.fd_full[name][0] if name in self.fd_full else None
+
+    def evaluator(self, ci: int, forward=None):
+        """phi(x) = <cotangent, f(x)> for finite differences, with the kink signature of the reference, and the
+        float64 rounding noise of one evaluation. ``forward`` (inputs -> output array) defaults to the
+        reference program; an impl's own forward can stand in."""
+        program, out = self.program, self.program.out
+        cot = self.cotangents[ci]
+        fwd, grads = self.reference("float64")
+        noise = 2.0**-53 * float(np.sum(np.abs(cot) * (fwd.errs[out] + np.abs(fwd.values[out])))) + 1e-300
+        # the perturbed inputs x + t*v are rounded too: under cancellation (x - y with x ~ y) that dominates
+        if grads:
+            point = self.at("float64")
+            with np.errstate(invalid="ignore", over="ignore"):  # a var whose gradient is nan is not differenced
+                noise += 2.0**-53 * sum(float(np.sum(np.abs(g.value) * np.abs(point[n]),
+                                                     where=np.isfinite(g.value))) for n, g in grads[ci].items())
+
+        def evaluate(inputs):
+            f = program.forward(inputs, None, with_err=False, derivs=False, detached_from=fwd)
+            value = f.values[out] if forward is None else forward(inputs)
+            return float(np.sum(cot * value)), program.kink_signature(f)
+
+        return evaluate, noise
+
+
+def build_point(case: Case, options, seed: int, fn, dtypes: list[str]) -> Point:
+    """Sample the inputs and cotangents (from the case seed's stream; the stages draw from ``stage_rng``) and
+    lower the expression (a CaseError where it cannot be). ``fd_full`` is filled by ``run_gradient_case`` once
+    the reference is known to be finite."""
+    from ..engines.symbolic import Program
+
+    rng = np.random.default_rng(seed)  # the case seed's own stream: every sampled point is what it always was
+    low = tol.lowest(case.dtypes)  # the case's, not the run's: --dtype must not move the point
+    base = sample(case, rng, low)
+    try:
+        program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
+    except ExpressionError as exc:  # an op undefined for every input (softplus(beta=0)), a size limit
+        raise CaseError(str(exc), case.path, case.name, "expr") from None
+    point = Point(case, seed, dtypes, tuple(options.devices), fn, "impl" if case.impl else "autograd", low, base,
+                  program, cotangents(program.out_shape, rng, low), getattr(options, "fd_method", None))
+    return point
+
+
+def sample(case: Case, rng, low: str) -> dict[str, np.ndarray]:
+    from ..engines.autograd import round_to
+
+    base = {}
+    for name, spec in case.vars.items():
+        if spec.value is not None:
+            base[name] = spec.value
+        elif spec.dtype is not None:  # int64: lo <= t < hi as torch.randint; bool: a fair coin per entry
+            lo, hi = spec.domain
+            base[name] = rng.integers(int(lo), int(hi), spec.shape).astype(np.float64)
+        else:
+            lo, hi = spec.domain
+            if np.isfinite(hi - lo):
+                x = rng.uniform(lo, hi, spec.shape)
+            else:  # [-1.7e308, 1.7e308]: hi - lo overflows numpy's uniform
+                x = 2 * rng.uniform(lo / 2, hi / 2, spec.shape)
+            base[name] = round_to(x, low)
+    return base
+
+
+def cotangents(shape, rng, low: str) -> list[np.ndarray]:
+    """Ones (what ``expect.grad`` means), random signed ones, and every basis vector of a small output."""
+    from ..engines.autograd import round_to
+
+    cots = [np.ones(shape)]
+    size = int(np.prod(shape)) if shape else 1
+    if not shape:  # a scalar output: one random scale catches a backward that ignores its upstream gradient
+        return [*cots, round_to(np.asarray(rng.uniform(0.5, 2.0)), low)]
+    for _ in range(RANDOM_COTANGENTS):
+        cots.append(round_to(rng.standard_normal(shape), low))
+    if 1 < size <= SMALL_OUTPUT:
+        for flat in range(size):
+            basis = np.zeros(size)
+            basis[flat] = 1.0
+            cots.append(basis.reshape(shape))
+    return cots
+
+
+def entrywise_fd(point: Point) -> dict[str, tuple]:
+    """Every entry of each small variable's reference gradient (ones cotangent) by finite differences:
+    var -> (values, errors, notes). Variables whose reference gradient is not finite are left out."""
+    _, grads = point.reference("float64")
+    evaluate, noise = point.evaluator(0)
+    x = point.at("float64")
+    return {name: difference_entries(evaluate, x, name, grads[0][name].value.shape, noise)
+            for name in point.case.grad_vars
+            if grads[0][name].value.size <= SMALL and np.all(np.isfinite(grads[0][name].value))}
+
+
+def difference_entries(evaluate, x, name: str, shape, noise: float) -> tuple:
+    """(values, error estimates, notes) of every entry of d phi / d name by Richardson differences."""
+    from ..engines import finite
+
+    ests = finite.entrywise(evaluate, x, name, range(int(np.prod(shape)) if shape else 1), noise)
+    return (np.array([e.value for e in ests]).reshape(shape), np.array([e.error for e in ests]).reshape(shape),
+            {e.note for e in ests if e.note})
+
+
+def scaled(grads: dict, r: float) -> dict:
+    """The reference VJP of a scalar output with cotangent r, from the one with cotangent 1: exactly r times its
+    value; its rounding budget scales by |r|, plus one rounding of the scaling itself."""
+    from ..engines.symbolic import Gradient
+
+    out = {}
+    for name, g in grads.items():
+        value, lo, hi = g.value * r, g.lo * r, g.hi * r
+        out[name] = Gradient(value, np.abs(r) * g.err + np.abs(value), np.minimum(lo, hi), np.maximum(lo, hi))
+    return out
+
+
+def cotangent_name(index: int, total: int) -> str:
+    if index == 0:
+        return "ones"
+    if index <= RANDOM_COTANGENTS:
+        return f"random #{index}"
+    return f"basis #{index - RANDOM_COTANGENTS - 1}"
+
+
+def first_bad_op(program, fwd) -> str:
+    """Name the first step whose value is not finite though its inputs are."""
+    for i, slot in enumerate(program.slots):
+        if slot.kind != "instr":
+            continue
+        v = np.asarray(fwd.values[i])
+        ins = [np.asarray(fwd.values[a]) for a in slot.instr.args]
+        if not np.all(np.isfinite(v)) and all(np.all(np.isfinite(a)) for a in ins):
+            kind = "nan" if np.any(np.isnan(v)) else "inf"
+            bad = ins[0][np.broadcast_to(~np.isfinite(v), v.shape)] if ins[0].shape == v.shape else ins[0]
+            sample = float(np.asarray(bad).reshape(-1)[0]) if np.size(bad) else float("nan")
+            return f"{slot.instr.op} gives {kind} (first input there: {sample:.6g})"
+    return "an intermediate value is not finite"

@@ -1,0 +1,182 @@
+"""The results model: what a run is asked (``Options``) and what it finds (``Check`` records with their worst
+``Entry``s, one ``CaseResult`` per case), and the vocabularies of statuses, check kinds and engines.
+
+Data only: imports nothing of the package (numpy lazily, for JSON). Every layer may import it; it imports none.
+The enums are ``StrEnum``s, so ``Status.PASS == "pass"``, JSON writes ``"pass"``, f-strings print ``pass`` and
+a repr reads ``'pass'``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+
+class _Word(enum.StrEnum):
+    """A StrEnum that also reads as its string in a repr (a list of statuses prints as ['pass'], as before)."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class Status(_Word):
+    PASS = "pass"
+    FAIL = "fail"
+    WARN = "warn"  # checks only
+    SKIP = "skip"
+    ERROR = "error"  # cases only
+
+
+class Kind(_Word):
+    """What a check judges."""
+    VALUE = "value"  # the forward value against the reference
+    GRAD = "grad"  # a gradient (VJP) against the reference
+    FD = "fd"  # the reference against finite differences
+    SELF_FD = "self_fd"  # an impl's backward against finite differences of its own forward
+    EXPECT_VALUE = "expect_value"  # against a known answer in ``expect``
+    EXPECT_GRAD = "expect_grad"
+    SEMANTIC = "semantic"  # dtype/device/shape of gradients, zero upstream, determinism
+    JVP = "jvp"  # an impl's forward mode against its reverse mode
+    HVP = "hvp"  # Hessian-vector products (order = 2)
+    TIMEOUT = "timeout"
+    CONVERGE = "converge"  # training cases
+    TRAJECTORY = "trajectory"
+    REPRODUCIBLE = "reproducible"
+
+
+TRAINING_KINDS = (Kind.CONVERGE, Kind.TRAJECTORY, Kind.REPRODUCIBLE)
+
+
+class Engine(_Word):
+    """What was judged."""
+    AUTOGRAD = "autograd"
+    IMPL = "impl"  # a user's implementation
+    SYMBOLIC = "symbolic"
+    FINITE = "finite"
+    DIFFCHECK = "diffcheck"  # diffcheck itself (a limit it could not enforce)
+
+
+
+
+@dataclass
+class Entry:
+    index: list[int]
+    got: float
+    ref: float
+    abs_err: float
+    allowed: float
+    fd: float | None = None
+    lo: float | None = None  # one-sided derivatives at a kink, when the entry sits on one
+    hi: float | None = None
+
+    @property
+    def rel_err(self) -> float:
+        return self.abs_err / abs(self.ref) if self.ref else (0.0 if self.abs_err == 0 else float("inf"))
+
+
+@dataclass
+class Check:
+    kind: Kind | str  # a Kind; a string is converted (an unknown one raises)
+    engine: Engine | str  # what was judged
+    against: str  # what it was judged against
+    var: str | None = None
+    dtype: str | None = None
+    device: str | None = None
+    status: Status | str = "pass"  # pass, fail, warn, skip
+    message: str = ""
+    max_abs_err: float = 0.0
+    max_rel_err: float = 0.0
+    margin: float = 0.0  # worst abs_err / allowed: below 1 passes
+    atol: float | None = None
+    rtol: float | None = None
+    tolerance: str = ""
+    entries: int = 0
+    bad: int = 0
+    ambiguous: int = 0
+    diagnosis: str = ""
+    worst: list[Entry] = field(default_factory=list)
+    error_matrix: list | None = None  # got - ref for small failing results, shown by -v
+    # structured facts for verdicts, blame and the JSON: impl_failure, nondeterministic, out_dtype,
+    # lower_precision, probe, skipped ("not_requested", "unavailable", "missing_kernel"), training results
+    details: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.kind, self.engine, self.status = Kind(self.kind), Engine(self.engine), Status(self.status)
+
+    @property
+    def label(self) -> str:
+        parts = [str(self.kind)]
+        if self.var:
+            parts.append(self.var)
+        if self.details.get("probe"):  # a directional probe judges <g, v>, not the entries of g
+            parts.append(f"({self.details['probe']})")
+        where = " ".join(p for p in (self.dtype, self.device) if p)
+        return " ".join(parts) + (f" [{where}]" if where else "")
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["worst"] = [dict(asdict(e), rel_err=_finite_or_none(e.rel_err)) for e in self.worst]
+        for key in ("max_abs_err", "max_rel_err", "margin"):
+            data[key] = _finite_or_none(data[key])
+        return data
+
+
+def _finite_or_none(x):
+    import numpy as np
+
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+class Findings(NamedTuple):
+    """What running one case's checks returns, whatever its kind: the checks, the files written (training
+    plots), and the derivative formulas (gradient cases under -v)."""
+    checks: list[Check]
+    artifacts: list[str] = []
+    formula: list[str] = []
+
+
+@dataclass
+class Options:
+    devices: tuple[str, ...] = ("cpu", "cuda")  # what the user asked for
+    dtypes: tuple[str, ...] | None = None  # restricts each case's dtypes
+    pattern: str | None = None
+    seed: int = 0
+    verbose: bool = False
+    plot_dir: str | None = None  # training cases write a PNG each here
+    stages: tuple[str, ...] = ("reference", "autograd")  # reference: fd/expect/self-consistency; autograd: per dtype
+    impl_path: tuple[str, ...] = ()  # further roots an impl module may be found under (beside the case file's)
+    impl_sys_path: bool = False  # impl modules may also come from sys.path (installed packages)
+    no_impl: bool = False  # untrusted input: impl cases are skipped, nothing is imported
+    timeout: float = 300.0  # seconds per case; 0: none
+    fd_method: Any = None  # engines.finite's method value; None: its defaults
+
+
+@dataclass
+class CaseResult:
+    name: str
+    file: str
+    status: str  # pass, fail, error, skip
+    message: str = ""
+    seed: int | None = None
+    seconds: float = 0.0
+    checks: list[Check] = field(default_factory=list)
+    formula: list[str] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)  # files written for this case (training plots)
+    report_text: str = field(default="", repr=False)  # the runner renders it for a result that did not pass
+
+    @property
+    def ok(self) -> bool:
+        """Passed, warnings and skipped checks allowed."""
+        return self.status == "pass"
+
+    def assert_ok(self) -> CaseResult:
+        """Raise AssertionError with the full localized report unless the case passed."""
+        if not self.ok:
+            raise AssertionError("\n" + (self.report_text or f"{self.name}: {self.status}: {self.message}"))
+        return self
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "file": self.file, "status": self.status, "message": self.message,
+                "seed": self.seed, "seconds": round(self.seconds, 4), "formula": self.formula,
+                "artifacts": self.artifacts, "checks": [c.to_json() for c in self.checks]}
