@@ -122,7 +122,8 @@ def add_fd_column(point: Point, check: Check, grads, ci: int, name: str) -> None
     evaluate, noise = point.evaluator(ci)
     shape = grads[ci][name].value.shape
     flats = [int(np.ravel_multi_index(e.index, shape)) if shape else 0 for e in check.worst]
-    for entry, est in zip(check.worst, finite.entrywise(evaluate, point.at("float64"), name, flats, noise)):
+    for entry, est in zip(check.worst, finite.entrywise(evaluate, point.at("float64"), name, flats, noise,
+                                                                  method=point.fd)):
         entry.fd = est.value if np.isfinite(est.value) else None
 
 

@@ -29,7 +29,7 @@ def hvp(point: Point) -> list[Check]:
         grads = program.vjp(f, cot, with_err=False)
         return {n: grads[n][0] for n in names}
 
-    ref, err = finite.directional_vector(gradient, x, v)
+    ref, err = finite.directional_vector(gradient, x, v, method=point.fd)
     checks = []
     for dtype in point.dtypes:
         try:
@@ -51,7 +51,7 @@ def hvp(point: Point) -> list[Check]:
         u = tol.UNIT_ROUNDOFF[dtype] + tol.UNIT_ROUNDOFF["float64"]
         for n in names:
             scale = np.abs(ref[n]) + float(np.sqrt(np.mean(np.square(ref[n])))) if ref[n].size else 0.0
-            allowed = tol.FD_SAFETY * err[n] + 64 * u * scale + tol.FLOOR * tol.TINY[dtype]
+            allowed = point.fd.safety * err[n] + 64 * u * scale + tol.FLOOR * tol.TINY[dtype]
             tolerance = tol.Tolerance(allowed, None, None, "4 x Richardson error + 64 u x |Hv| (second order)")
             checks.append(compare(Check("hvp", point.engine, "symbolic", var=n, dtype=dtype, device="cpu"),
                                   got[n], ref[n], tolerance))

@@ -38,10 +38,10 @@ def self_consistency(point: Point) -> list[Check]:
                 if not np.all(np.isfinite(g.value)):
                     continue
                 if g.value.size <= SMALL and ci == 0:
-                    diffs = difference_entries(evaluate, x, name, g.value.shape, noise)
-                    check = entrywise_check(diffs, name, got, g, point.cotangents[0], "self_fd", "impl")
+                    diffs = difference_entries(evaluate, x, name, g.value.shape, noise, point.fd)
+                    check = entrywise_check(diffs, name, got, g, point.cotangents[0], point.fd, "self_fd", "impl")
                 else:
-                    check = directional_check(rng, evaluate, x, name, got, g, noise, "self_fd", "impl")
+                    check = directional_check(rng, evaluate, x, name, got, g, noise, point.fd, "self_fd", "impl")
                 check.against = "finite differences of the impl's own forward"
                 checks.append(check)
         checks += jvp_check(point, res, grads, rng)

@@ -44,6 +44,13 @@ class Point:
     refs: dict[bytes, tuple] = field(default_factory=dict, repr=False)  # the reference cache
 
     @property
+    def fd(self):
+        """The finite-difference method of the run (``Options.fd_method``), or engines.finite's default."""
+        from ..engines import finite
+
+        return self.fd_method or finite.DEFAULT
+
+    @property
     def var_dtypes(self) -> dict[str, str]:
         """The int64/bool vars: they keep their dtype whatever the dtype under check."""
         return {n: v.dtype for n, v in self.case.vars.items() if v.dtype}
@@ -160,16 +167,16 @@ def entrywise_fd(point: Point) -> dict[str, tuple]:
     _, grads = point.reference("float64")
     evaluate, noise = point.evaluator(0)
     x = point.at("float64")
-    return {name: difference_entries(evaluate, x, name, grads[0][name].value.shape, noise)
+    return {name: difference_entries(evaluate, x, name, grads[0][name].value.shape, noise, point.fd)
             for name in point.case.grad_vars
             if grads[0][name].value.size <= SMALL and np.all(np.isfinite(grads[0][name].value))}
 
 
-def difference_entries(evaluate, x, name: str, shape, noise: float) -> tuple:
+def difference_entries(evaluate, x, name: str, shape, noise: float, method=None) -> tuple:
     """(values, error estimates, notes) of every entry of d phi / d name by Richardson differences."""
     from ..engines import finite
 
-    ests = finite.entrywise(evaluate, x, name, range(int(np.prod(shape)) if shape else 1), noise)
+    ests = finite.entrywise(evaluate, x, name, range(int(np.prod(shape)) if shape else 1), noise, method=method)
     return (np.array([e.value for e in ests]).reshape(shape), np.array([e.error for e in ests]).reshape(shape),
             {e.note for e in ests if e.note})
 

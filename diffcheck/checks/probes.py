@@ -12,10 +12,11 @@ from ..compare import compare
 from ..model import Check
 
 FD_DIRECTIONS = 1
-FD_SOURCE = f"{tol.FD_SAFETY:g} x Richardson error estimate + float64 budget"
+def fd_source(method) -> str:
+    return f"{method.safety:g} x Richardson error estimate + float64 budget"
 
 
-def entrywise_check(diffs: tuple, name: str, got, g, upstream, kind="fd", engine="symbolic") -> Check:
+def entrywise_check(diffs: tuple, name: str, got, g, upstream, method, kind="fd", engine="symbolic") -> Check:
     """Every entry of ``got`` (a gradient of ``name``) against finite differences ``diffs`` = (values, errors,
     notes); ``g`` (the reference gradient) gives the budget and the kinks."""
     values, errors, notes = diffs
@@ -24,8 +25,8 @@ def entrywise_check(diffs: tuple, name: str, got, g, upstream, kind="fd", engine
     if not usable.any():
         check.status, check.message = "skip", "; ".join(sorted(notes or {"every entry sits on a kink"}))
         return check
-    allowed = tol.FD_SAFETY * errors + tol.derived(g.err, g.value, "float64").allowed
-    compare(check, got, values, tol.Tolerance(allowed, None, None, FD_SOURCE), fd=values, judge=usable,
+    allowed = method.safety * errors + tol.derived(g.err, g.value, "float64").allowed
+    compare(check, got, values, tol.Tolerance(allowed, None, None, fd_source(method)), fd=values, judge=usable,
             upstream=upstream)
     skipped = int((~usable).sum())
     if skipped and check.status == "pass":
@@ -34,27 +35,27 @@ def entrywise_check(diffs: tuple, name: str, got, g, upstream, kind="fd", engine
     return check
 
 
-def directional_check(rng, evaluate, x, name, grad, g, noise, kind="fd", engine="symbolic") -> Check:
+def directional_check(rng, evaluate, x, name, grad, g, noise, method, kind="fd", engine="symbolic") -> Check:
     """<grad, v> against finite differences along random directions v; ``g`` gives the budget."""
     from ..engines import finite
 
     got, ref, allowed, notes = [], [], [], []
     for _ in range(FD_DIRECTIONS):
         v = finite.random_direction(x[name], rng)
-        est = finite.directional(evaluate, x, {name: v}, noise)
+        est = finite.directional(evaluate, x, {name: v}, noise, method=method)
         if not np.isfinite(est.value):
             notes.append(est.note)
             continue
         got.append(float(np.sum(grad * v)))
         ref.append(est.value)
         budget = float(np.sum(np.abs(v) * g.err))
-        allowed.append(tol.FD_SAFETY * est.error + tol.SAFETY * tol.UNIT_ROUNDOFF["float64"] * budget)
+        allowed.append(method.safety * est.error + tol.SAFETY * tol.UNIT_ROUNDOFF["float64"] * budget)
     check = Check(kind, engine, "finite differences", var=name, dtype="float64", device="cpu",
                   details={"probe": "random direction"})
     if not got:
         check.status, check.message = "skip", "; ".join(sorted(set(notes)))
         return check
-    compare(check, np.array(got), np.array(ref), tol.Tolerance(np.array(allowed), None, None, FD_SOURCE))
+    compare(check, np.array(got), np.array(ref), tol.Tolerance(np.array(allowed), None, None, fd_source(method)))
     if check.status == "fail":  # one number <g, v> per direction: no entry of g can be named from it
         check.error_matrix = None
         check.message = "<gradient, v> along a random direction v is off"

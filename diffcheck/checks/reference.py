@@ -27,9 +27,9 @@ def finite_differences(point: Point) -> list[Check]:
                 checks.append(Check("fd", "symbolic", "finite differences", var=name, device="cpu", dtype="float64",
                                     status="skip", message="the reference gradient is not finite at this point"))
             elif ci == 0 and name in point.fd_full:
-                checks.append(entrywise_check(point.fd_full[name], name, g.value, g, point.cotangents[0]))
+                checks.append(entrywise_check(point.fd_full[name], name, g.value, g, point.cotangents[0], point.fd))
             elif ci != 0:
-                checks.append(directional_check(rng, evaluate, x, name, g.value, g, noise))
+                checks.append(directional_check(rng, evaluate, x, name, g.value, g, noise, point.fd))
     return checks
 
 
