@@ -269,3 +269,28 @@ def exit_code(results) -> int:
     if "fail" in statuses:
         return 1
     return 0
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("-k", "pattern", metavar="NAME", help="The case to explain (a name, glob or -k expression).")
+@click.option("--at", "at", multiple=True, metavar="VAR=VALUE",
+              help="Explain at this value of a var (a number, or a JSON list of the var's shape); repeatable.")
+@click.option("--svg", "svg_path", type=click.Path(dir_okay=False), help="Draw the graph as SVG into this file.")
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), help="Draw the graph as PNG into this file.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Run seed, as for 'run' (the same point).")
+@click.option("--impl-path", "impl_path", multiple=True, type=click.Path(file_okay=False),
+              help="A further directory impl modules may be found under (as for 'run').")
+@click.option("--allow-sys-path-impl", "impl_sys_path", is_flag=True, help="As for 'run'.")
+@click.option("--no-impl", "no_impl", is_flag=True, help="Import no impl: explain the reference against autograd.")
+def explain(path, pattern, at, svg_path, png_path, seed, impl_path, impl_sys_path, no_impl):
+    """Draw a gradient case's computation graph with the chain rule on every edge (exit 1: a gradient departs)."""
+    from .errors import CaseError
+    from .explain_cli import explain_command
+
+    try:
+        code = explain_command(path, pattern, at, svg_path, png_path, seed, impl_path, impl_sys_path, no_impl)
+    except CaseError as exc:
+        click.echo(f"diffcheck: error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(code)

@@ -313,9 +313,10 @@ def show(x, limit: int = 6) -> str:
     if x.ndim == 0:
         return _fmt(float(x))
     if x.size <= limit:
-        return np.array2string(x, precision=4, separator=", ", suppress_small=False).replace("\n", "")
+        return np.array2string(x, separator=", ", formatter={"float_kind": lambda v: f"{v:.4g}"},
+                               max_line_width=10**6).replace("\n", "")
     if np.all(x == x.reshape(-1)[0]):
-        return f"{_fmt(float(x.reshape(-1)[0]))} (every entry)"
+        return f"{_fmt(float(x.reshape(-1)[0]))} (all entries)"
     return f"{list(x.shape)} in [{_fmt(float(np.min(x)))}, {_fmt(float(np.max(x)))}]"
 
 
