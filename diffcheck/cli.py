@@ -54,8 +54,10 @@ def main():
               help="For untrusted case files: report every impl case as skipped, importing nothing.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=300.0, show_default=True, metavar="SECONDS",
               help="Wall time per case; a case past it fails with 'timed out' and the run goes on. 0: none.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML report (heatmaps of failing gradients, training plots, graphs).")
 def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, plot_dir, jobs, quiet, impl_path,
-        impl_sys_path, no_impl, timeout):
+        impl_sys_path, no_impl, timeout, html_path):
     """Check every case in PATHS (files, or directories searched for *.toml)."""
     import time
 
@@ -68,7 +70,7 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
         devices = _devices(device)
         if pattern is not None:
             matches("", pattern)  # a malformed -k expression is a usage error before anything runs
-        for option, path in (("--json", json_path), ("--junit", junit_path)):
+        for option, path in (("--json", json_path), ("--junit", junit_path), ("--html", html_path)):
             _report_path(option, path)
     except UsageError as exc:
         click.echo(f"diffcheck: usage error: {exc}", err=True)
@@ -76,6 +78,10 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
     if timeout != timeout:  # nan
         click.echo("diffcheck: usage error: --timeout takes seconds >= 0 (0: none), got nan", err=True)
         sys.exit(2)
+    if html_path and not plot_dir:  # the page shows the training plots: beside it, named after it
+        import os
+
+        plot_dir = os.path.splitext(html_path)[0] + "_plots"
     options = Options(devices=devices, dtypes=tuple(dtypes) or None, pattern=pattern, seed=seed, verbose=verbose,
                       plot_dir=plot_dir, impl_path=tuple(impl_path), impl_sys_path=impl_sys_path, no_impl=no_impl,
                       timeout=timeout)
@@ -106,6 +112,10 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
         _summary(results, seconds)
     click.echo(summary_line(results, seconds))
     code = _write_reports(json_path, junit_path, results, seconds)
+    if html_path:
+        from .explain_cli import write_html
+
+        code = write_html(html_path, results, seconds, items, seed) or code
     sys.exit(code or exit_code(results))
 
 
