@@ -81,13 +81,14 @@ def figure(graph: Graph):
     label = max([len(line) for e in graph.edges for t in _edge_texts(graph, e) for line in t.splitlines()] + [0])
     col_w = max(COL_W, 0.075 * (box + label) + 0.4)  # a box and an edge label side by side at 8.5-9 points
     row_h = ROW_H * (1.35 if any(n.shape for n in graph.nodes.values()) else 1.0)
-    width, height = max(6.0, col_w * cols + 1.0), max(3.2, row_h * rows + 1.6)
+    extra = 1.0 if any(n.departs for n in graph.nodes.values()) else 0.0  # room for the departure note
+    width, height = max(8.0, col_w * cols + 1.0), max(3.2, row_h * rows + 1.6) + 1.4 * extra
     fig = Figure(figsize=(width, height))
-    ax = fig.add_axes((0, 0, 1, 0.9))
+    ax = fig.add_axes((0, 0, 1, 0.86))
     ax.set_xlim(-0.6, cols - 0.4)
-    ax.set_ylim(-rows / 2 - 0.45, rows / 2 + 0.05)
+    ax.set_ylim(-rows / 2 - 0.45 - extra, rows / 2 + 0.05)
     ax.axis("off")
-    fig.suptitle(f"{graph.expr}: forward left to right (values in the nodes); backward in red, "
+    fig.suptitle(f"{graph.expr}\nforward left to right, values in the nodes; backward in red: "
                  "d out/d src = d out/d dst x d dst/d src", fontsize=10)
 
     def xy(slot):
@@ -108,8 +109,12 @@ def figure(graph: Graph):
         if node.grads:
             ax.text(x, y - 0.27, _grad_text(node, graph.engine), ha="center", va="top", fontsize=8.5, color="red")
         if node.departs:
-            ax.text(x, y + 0.27, f"impl's backward departs here:\n{node.departs}", ha="center", va="bottom",
-                    fontsize=7, color="darkred", wrap=True)
+            import textwrap
+
+            lines = 2 + len(node.grads)
+            ax.text(x, y - 0.3 - 0.11 * lines, "departs from the chain rule here:\n" +
+                    textwrap.fill(node.departs, 44), ha="center", va="top", fontsize=8, color="darkred",
+                    fontweight="bold")
     for e in graph.edges:
         (x0, y0), (x1, y1) = xy(e.src), xy(e.dst)
         src, dst = graph.nodes[e.src], graph.nodes[e.dst]

@@ -136,14 +136,15 @@ def _artifact(path: str) -> str:
 def _case(result, graph_svg: str | None) -> str:
     status = result.status
     checks = "".join(_check_row(c) for c in result.checks)
-    failures = "".join(_failure(c) for c in result.checks if c.status == "fail")
+    failed = [c for c in result.checks if c.status == "fail"]  # entry-by-entry results (heatmaps) first
+    failures = "".join(_failure(c) for c in sorted(failed, key=lambda c: "margin_map" not in c.details))
     plots = "".join(_artifact(a) for a in result.artifacts if str(a).endswith(".png"))
     graph = f"<details><summary>computation graph (diffcheck explain)</summary>{graph_svg}</details>" \
         if graph_svg else ""
-    open_ = " open" if status in ("fail", "error") else ""
-    body = (f"<details{open_}><summary>{len(result.checks)} checks</summary><table><tr><th>status</th><th>check"
-            f"</th><th>judged</th><th>margin</th><th>message</th></tr>{checks}</table>{failures}{plots}{graph}"
-            "</details>")
+    open_ = " open" if status == "error" else ""
+    body = (f"{failures}<details{open_}><summary>{len(result.checks)} checks</summary><table><tr><th>status</th>"
+            f"<th>check</th><th>judged</th><th>margin</th><th>message</th></tr>{checks}</table></details>{plots}"
+            f"{graph}")
     return (f'<tbody class="case-block" data-status="{escape(status)}"><tr class="case"><td class="{escape(status)}">'
             f"{status.upper()}</td><td>{escape(result.file)}::{escape(result.name)}</td><td>{escape(result.message)}"
             f"</td></tr><tr><td></td><td colspan=2>{body}</td></tr></tbody>")
