@@ -334,7 +334,8 @@ def text(graph: Graph) -> str:
         if not e.active:
             continue
         src, dst = graph.nodes[e.src], graph.nodes[e.dst]
-        local = f" = {show(e.local_value)}" if e.local_value is not None and show(e.local_value).split(" (")[0] != e.local else ""
+        shown = show(e.local_value) if e.local_value is not None else e.local
+        local = f" = {shown}" if shown.split(" (")[0] != e.local else ""
         lines.append(f"  {src.name:>6s} <- {dst.name:<6s} d{dst.name}/d{src.name} = {e.local}{local};  "
                      f"d out/d{dst.name} * d{dst.name}/d{src.name} = {show(dst.adjoint)} * "
                      f"{show(e.local_value) if e.local_value is not None else e.local} = {show(e.contribution)}")

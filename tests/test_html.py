@@ -95,7 +95,8 @@ PROBE_TAIL = """<script>window.addEventListener('load', function () {
   out.heatmap = img ? [img.complete, img.naturalWidth, img.getBoundingClientRect().height] : null;
   var fail = Array.prototype.filter.call(document.querySelectorAll('tbody.case-block'),
     function (t) { return t.getAttribute('data-status') === 'fail'; })[0];
-  out.failVisible = !!fail && fail.getBoundingClientRect().height > 0 && fail.textContent.indexOf('bad_weight_grad') >= 0;
+  out.failVisible = !!fail && fail.getBoundingClientRect().height > 0
+    && fail.textContent.indexOf('bad_weight_grad') >= 0;
   var pass = document.querySelector('.filters input[value=pass]');
   pass.checked = false; pass.dispatchEvent(new Event('change'));
   var passRow = document.querySelector('tbody.case-block[data-status=pass]');
