@@ -115,7 +115,7 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
     if html_path:
         from .explain_cli import write_html
 
-        code = write_html(html_path, results, seconds, items, seed) or code
+        code = write_html(html_path, results, seconds, items, options) or code
     sys.exit(code or exit_code(results))
 
 

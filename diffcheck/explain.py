@@ -150,7 +150,9 @@ def build(case, at: dict | None = None, seed: int = 0, fn=None) -> Graph:
             if i in fwd.derivs:
                 local_value = np.asarray(fwd.derivs[i][k][0], dtype=float)
             edges.append(Edge(a, i, k, formulas[k], local_value, contributions.get((i, k))))
-    graph = Graph(case.name, case.expr, nodes, edges, program.out, point, "impl" if fn is not None else "autograd")
+    from .expr.ir import to_text
+
+    graph = Graph(case.name, to_text(case.ir), nodes, edges, program.out, point, "impl" if fn is not None else "autograd")
     _input_gradients(case, program, graph, point, cot, fn)
     return graph
 

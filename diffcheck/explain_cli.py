@@ -57,12 +57,12 @@ def impl_fn(case, impl_path=(), impl_sys_path=False, no_impl=False):
     return impl.guard(fn, case.out_shape)
 
 
-def write_html(path, results, seconds: float, items, seed: int) -> int:
+def write_html(path, results, seconds: float, items, options) -> int:
     """``run --html``: the page, or a clean error (exit 2) when it cannot be written."""
     from . import html
 
     try:
-        html.write(path, results, seconds, [i for i in items if not isinstance(i, CaseError)], seed)
+        html.write(path, results, seconds, [i for i in items if not isinstance(i, CaseError)], options)
     except OSError as exc:
         click.echo(f"diffcheck: error: --html {path}: cannot write the report: {exc.strerror or exc}", err=True)
         return 2

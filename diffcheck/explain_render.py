@@ -89,7 +89,7 @@ def figure(graph: Graph):
     ax.set_ylim(-rows / 2 - 0.45 - extra, rows / 2 + 0.05)
     ax.axis("off")
     fig.suptitle(f"{graph.expr}\nforward left to right, values in the nodes; backward in red: "
-                 "d out/d src = d out/d dst x d dst/d src", fontsize=10)
+                 "d out/d src = d out/d dst x d dst/d src", fontsize=10, parse_math=False)
 
     def xy(slot):
         c, r = pos[slot]
@@ -100,7 +100,7 @@ def figure(graph: Graph):
         x, y = xy(slot)
         inactive = node.adjoint is None
         face = "#fde0dc" if node.departs else ("#eeeeee" if inactive else ("#e3f0ff" if node.grads else "#fff8e1"))
-        boxes[slot] = ax.text(x, y, _node_text(node), ha="center", va="center", fontsize=9, family="monospace",
+        boxes[slot] = ax.text(x, y, _node_text(node), ha="center", va="center", fontsize=9, family="monospace", parse_math=False,
                 bbox=dict(boxstyle="round,pad=0.4", fc=face, ec="darkred" if node.departs else "0.3",
                           lw=2 if node.departs else 1))
         if node.adjoint is not None and not node.grads:
@@ -132,6 +132,9 @@ def figure(graph: Graph):
     return fig
 
 
-def save(graph: Graph, path, fmt: str) -> None:
-    fig = figure(graph)
-    fig.savefig(path, format=fmt, dpi=100)
+def save(graph: Graph, path, fmt) -> None:
+    """Write the picture; SVG keeps its labels as text (searchable, smaller) rather than outlines."""
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        figure(graph).savefig(path, format=fmt, dpi=100)

@@ -171,10 +171,14 @@ def render(results, seconds: float, graphs: dict | None = None, environment: dic
             f"<h2>environment</h2><table>{env_rows}</table><script>{SCRIPT}</script></body></html>")
 
 
-def explain_svgs(items, results, seed: int, limit_nodes: int = 16, limit_graphs: int = 20) -> dict:
-    """Inline SVGs of the explain graphs of small gradient cases (the first ``limit_graphs``)."""
+def explain_svgs(items, results, options=None, limit_nodes: int = 16, limit_graphs: int = 20) -> dict:
+    """Inline SVGs of the explain graphs of small gradient cases (the first ``limit_graphs``). An impl case is
+    drawn against its impl (its departures marked), imported behind the run's own boundary and ``--timeout``;
+    under ``--no-impl`` (or without the run's options) it is not drawn."""
+    from .engines.impl import time_limit
     from .explain import build
-    from .explain_render import figure
+    from .explain_cli import impl_fn
+    from .explain_render import save
 
     out = {}
     status = {r.name: r.status for r in results}
@@ -183,28 +187,33 @@ def explain_svgs(items, results, seed: int, limit_nodes: int = 16, limit_graphs:
             break
         if getattr(case, "model", None) is not None or not hasattr(case, "ir") or status.get(case.name) == "error":
             continue
-        if case.impl or any(int(np.prod(v.shape)) > 16 for v in case.vars.values()):
+        if (case.impl and (options is None or options.no_impl)) or \
+                any(int(np.prod(v.shape)) > 16 for v in case.vars.values()):
             continue
         try:
-            graph = build(case, seed=seed)
-        except Exception:  # noqa: BLE001 - a picture is optional; the case's own checks say what is wrong
+            with time_limit(getattr(options, "timeout", 0)):
+                fn = impl_fn(case, options.impl_path, options.impl_sys_path) if case.impl else None
+                graph = build(case, seed=getattr(options, "seed", 0), fn=fn)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # noqa: BLE001 - a picture is optional; the case's own checks say what is wrong
             continue
         if len(graph.nodes) > limit_nodes:
             continue
         buf = io.StringIO()
-        figure(graph).savefig(buf, format="svg")
+        save(graph, buf, "svg")
         svg = buf.getvalue()
         out[case.name] = svg[svg.index("<svg"):]
     return out
 
 
-def write(path, results, seconds: float, items=(), seed: int = 0) -> None:
+def write(path, results, seconds: float, items=(), options=None) -> None:
     from .report import environment
 
     try:
         env = environment()
     except Exception as exc:  # noqa: BLE001 - the report still stands without it
         env = {"environment": f"unavailable: {exc}"}
-    html = render(results, seconds, explain_svgs(items, results, seed), env)
+    html = render(results, seconds, explain_svgs(items, results, options), env)
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(html)

@@ -30,6 +30,13 @@ vars.x = { shape = [6, 10] }
 vars.w = { shape = [10, 12] }
 
 [[case]]
+name = "bad_mul"
+expr = "x*y"
+impl = "kern:Mul"
+vars.x = { shape = [], value = 2.0 }
+vars.y = { shape = [], value = 5.0 }
+
+[[case]]
 name = "<b>name</b>"
 expr = "x*2"
 vars.x = { shape = [] }
@@ -54,6 +61,18 @@ class F(torch.autograd.Function):
 
 def f(x, w):
     return F.apply(x, w)
+
+
+class Mul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y):
+        ctx.save_for_backward(x, y)
+        return x * y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, y = ctx.saved_tensors
+        return g * y, g * y  # the gradient of y should be g * x
 '''
 
 
@@ -64,7 +83,7 @@ def report(tmp_path_factory):
     (d / "kern.py").write_text(KERNEL)
     page = d / "out" / "report.html"
     result = CliRunner().invoke(main, ["run", str(d / "cases.toml"), str(ROOT / "cases/train/seeds.toml"), "-k",
-                                       "good_J or bad_weight or name or T5", "--device", "cpu", "--html", str(page)])
+                                       "good_J or bad_weight or bad_mul or name or T5", "--device", "cpu", "--html", str(page)])
     assert result.exit_code == 1, result.output
     return page
 
@@ -79,6 +98,8 @@ def test_page_is_self_contained_and_shows_the_failure(report):
     assert "&lt;b&gt;name&lt;/b&gt;" in text and "<b>name</b>" not in text  # case text is escaped
     assert "training plot" in text  # T5's loss curves and fit, inlined
     assert "computation graph (diffcheck explain)" in text and "<svg" in text
+    assert text.count("<svg") == 3  # good_J, bad_mul and the scalar case; the 6x10 @ 10x12 case is not small
+    assert "departs from the chain rule here:" in text  # bad_mul's impl, marked at y
     assert (report.parent / "report_plots" / "T5_nn_linear_sgd_100_steps.png").exists() or \
         list((report.parent / "report_plots").glob("T5*.png"))
 
