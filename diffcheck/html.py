@@ -65,19 +65,23 @@ def heatmap(check) -> str | None:
     top = max(1.0, float(finite.max()) if finite.size else 1.0)
     logm = np.where(np.isfinite(logm), logm, top)  # not finite: drawn as the worst
     rows, cols = logm.shape
-    fig = Figure(figsize=(min(8.0, 2.5 + cols * 0.35), min(6.0, 1.6 + rows * 0.35)) if max(rows, cols) <= 16
-                 else (7.0, 2.2 if rows == 1 else 5.5))
+    width = max(6.0, min(8.0, 2.5 + cols * 0.35)) if cols <= 16 else 7.5
+    height = 2.6 if rows == 1 else (max(3.0, min(6.0, 1.6 + rows * 0.35)) if rows <= 16 else 5.5)
+    fig = Figure(figsize=(width, height))
     ax = fig.add_subplot()
     image = ax.imshow(logm, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=min(-6.0, float(logm.min())),
                                                                  vmax=top), aspect="auto", interpolation="nearest")
     if rows > 1 and cols > 1 and np.any(logm > 0) and np.any(logm <= 0):
         ax.contour(logm, levels=[0.0], colors="black", linewidths=1.0)
+    failing = np.argwhere(logm > 0)
+    if 0 < len(failing) <= 20:  # a few failing entries among many: ring them, or they are a pixel each
+        ax.scatter(failing[:, 1], failing[:, 0], s=120, facecolors="none", edgecolors="black", linewidths=1.2)
     bar = fig.colorbar(image, ax=ax)
-    bar.set_label("log10(error / allowed); > 0 fails")
+    bar.set_label("log10(error / allowed)\n> 0 fails", fontsize=8)
     shape = mm["shape"]
     block = mm.get("block", [1, 1])
     note = f", max over {block[0]}x{block[1]} blocks" if block != [1, 1] else ""
-    ax.set_title(f"{check.label}: which entries fail, by how much ({check.bad} of {check.entries}{note})",
+    ax.set_title(f"{check.label}: which entries fail, by how much\n({check.bad} of {check.entries} outside{note})",
                  fontsize=9)
     ax.set_xlabel("column (last index)" if len(shape) > 1 else "entry")
     ax.set_ylabel("row" + (" (leading indices folded)" if len(shape) > 2 else "") if rows > 1 else "")

@@ -165,3 +165,18 @@ def test_the_browser_probe_sees_a_script_error(tmp_path):
     assert result["errors"] and "undefinedFunction" in result["errors"][0]
     assert any("undefinedFunction" in line for line in console)
     assert result["ready"] is None and result["heatmap"] is None
+
+
+def test_margin_map_locates_the_one_wrong_entry_of_a_100x100_weight_gradient(tmp_path):
+    """What the heatmap draws: error / allowed per entry, in the JSON report too."""
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["run", str(ROOT / "benchmarks/bug_corpus/cases.toml"), "-k",
+                                       "bug_one_entry_off_in_100x100_weight_grad", "--dtype", "float32",
+                                       "--device", "cpu", "--json", str(out)])
+    assert result.exit_code == 1, result.output
+    (case,) = json.loads(out.read_text())["cases"]
+    check = next(c for c in case["checks"] if c["kind"] == "grad" and c["var"] == "w" and c["status"] == "fail")
+    mm = check["details"]["margin_map"]
+    assert mm["shape"] == [100, 100] and mm["block"] == [1, 1]
+    failing = [(i, j) for i, row in enumerate(mm["values"]) for j, v in enumerate(row) if v is None or v > 1]
+    assert failing == [tuple(check["worst"][0]["index"])]
