@@ -19,7 +19,8 @@ def explain_command(path, pattern, at, svg_path, png_path, seed, impl_path, impl
     cases = [c for c in items if not isinstance(c, CaseError) and getattr(c, "model", None) is None]
     if not cases:
         if not errors:
-            raise CaseError("no gradient case selected" + (f" by -k {pattern!r}" if pattern else ""), str(path))
+            raise CaseError("no gradient case selected" + (f" by -k {pattern!r}" if pattern else "") +
+                            " (training cases have no graph to draw)", str(path))
         return 2
     if (svg_path or png_path) and len(cases) > 1:
         names = ", ".join(c.name for c in cases[:5])
