@@ -54,8 +54,10 @@ def main():
               help="For untrusted case files: report every impl case as skipped, importing nothing.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=300.0, show_default=True, metavar="SECONDS",
               help="Wall time per case; a case past it fails with 'timed out' and the run goes on. 0: none.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML report (heatmaps of failing gradients, training plots, graphs).")
 def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, plot_dir, jobs, quiet, impl_path,
-        impl_sys_path, no_impl, timeout):
+        impl_sys_path, no_impl, timeout, html_path):
     """Check every case in PATHS (files, or directories searched for *.toml)."""
     import time
 
@@ -68,7 +70,7 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
         devices = _devices(device)
         if pattern is not None:
             matches("", pattern)  # a malformed -k expression is a usage error before anything runs
-        for option, path in (("--json", json_path), ("--junit", junit_path)):
+        for option, path in (("--json", json_path), ("--junit", junit_path), ("--html", html_path)):
             _report_path(option, path)
     except UsageError as exc:
         click.echo(f"diffcheck: usage error: {exc}", err=True)
@@ -76,6 +78,10 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
     if timeout != timeout:  # nan
         click.echo("diffcheck: usage error: --timeout takes seconds >= 0 (0: none), got nan", err=True)
         sys.exit(2)
+    if html_path and not plot_dir:  # the page shows the training plots: beside it, named after it
+        import os
+
+        plot_dir = os.path.splitext(html_path)[0] + "_plots"
     options = Options(devices=devices, dtypes=tuple(dtypes) or None, pattern=pattern, seed=seed, verbose=verbose,
                       plot_dir=plot_dir, impl_path=tuple(impl_path), impl_sys_path=impl_sys_path, no_impl=no_impl,
                       timeout=timeout)
@@ -106,6 +112,10 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
         _summary(results, seconds)
     click.echo(summary_line(results, seconds))
     code = _write_reports(json_path, junit_path, results, seconds)
+    if html_path:
+        from .explain_cli import write_html
+
+        code = write_html(html_path, results, seconds, items, options) or code
     sys.exit(code or exit_code(results))
 
 
@@ -269,3 +279,28 @@ def exit_code(results) -> int:
     if "fail" in statuses:
         return 1
     return 0
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("-k", "pattern", metavar="NAME", help="The case to explain (a name, glob or -k expression).")
+@click.option("--at", "at", multiple=True, metavar="VAR=VALUE",
+              help="Explain at this value of a var (a number, or a JSON list of the var's shape); repeatable.")
+@click.option("--svg", "svg_path", type=click.Path(dir_okay=False), help="Draw the graph as SVG into this file.")
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), help="Draw the graph as PNG into this file.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Run seed, as for 'run' (the same point).")
+@click.option("--impl-path", "impl_path", multiple=True, type=click.Path(file_okay=False),
+              help="A further directory impl modules may be found under (as for 'run').")
+@click.option("--allow-sys-path-impl", "impl_sys_path", is_flag=True, help="As for 'run'.")
+@click.option("--no-impl", "no_impl", is_flag=True, help="Import no impl: explain the reference against autograd.")
+def explain(path, pattern, at, svg_path, png_path, seed, impl_path, impl_sys_path, no_impl):
+    """Draw a gradient case's computation graph with the chain rule on every edge (exit 1: a gradient departs)."""
+    from .errors import CaseError
+    from .explain_cli import explain_command
+
+    try:
+        code = explain_command(path, pattern, at, svg_path, png_path, seed, impl_path, impl_sys_path, no_impl)
+    except CaseError as exc:
+        click.echo(f"diffcheck: error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(code)

@@ -71,6 +71,8 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
         check.status = "fail"
         check.message = f"{check.bad} of {check.entries} entries outside tolerance (worst {margin_text(check)})"
         check.diagnosis = diagnose(got, ref, bad, upstream)
+        if ref.size > 1:
+            check.details["margin_map"] = margin_map(margin, ref.shape)
     elif (no_ref | no_tol).any():
         why = [f"the reference is not finite at {int(no_ref.sum())}"] * bool(no_ref.any()) + \
             [f"the allowed error is not finite at {int(no_tol.sum())} (the error budget overflows float64 or is "
@@ -113,6 +115,23 @@ def worst_margin(got, ref, allowed, lo=None, hi=None) -> float:
     _, margin, _ = margins(got, ref, allowed, lo, hi)
     unjudged = np.isfinite(got) & ~(np.isfinite(allowed) & np.isfinite(ref))
     return float(np.max(np.where(unjudged, 1.0, margin), initial=0.0))
+
+
+MAP_SIDE = 128  # a failing check's margin map keeps every entry up to 128 x 128, then the max over blocks
+
+
+def margin_map(margin: np.ndarray, shape) -> dict:
+    """error / allowed over the entries of a failing result, for the HTML report's heatmap: a matrix (1-D results
+    as one row, more dimensions folded into rows), max-pooled over blocks past MAP_SIDE per side, 3 digits."""
+    m = np.asarray(margin, dtype=float).reshape(shape)
+    m = m.reshape(1, -1) if m.ndim <= 1 else m.reshape(-1, m.shape[-1])
+    block = [max(1, -(-m.shape[0] // MAP_SIDE)), max(1, -(-m.shape[1] // MAP_SIDE))]
+    if block != [1, 1]:
+        pad = [(-m.shape[0]) % block[0], (-m.shape[1]) % block[1]]
+        m = np.pad(m, ((0, pad[0]), (0, pad[1])))
+        m = m.reshape(m.shape[0] // block[0], block[0], m.shape[1] // block[1], block[1]).max(axis=(1, 3))
+    values = [[float(f"{v:.3g}") if np.isfinite(v) else None for v in row] for row in m]
+    return {"shape": [int(s) for s in shape], "block": block, "values": values}
 
 
 def negligible(allowed: float, abs_err: float, dtype: str | None) -> bool:
