@@ -97,25 +97,33 @@ def parse_at(items, case) -> dict[str, np.ndarray]:
     return out
 
 
+def impl_fn(case, impl_path=(), impl_sys_path=False, no_impl=False):
+    """The case's impl behind the same boundary and guard as ``run`` (None: compare with autograd)."""
+    if not case.impl or no_impl:
+        return None
+    from .engines import impl
+
+    fn = impl.load(case.impl, case.base_dir, list(case.vars), case.impl_args, case.path, case.name, impl_path,
+                   impl_sys_path)
+    return impl.guard(fn, case.out_shape)
+
+
 def sample_point(case, seed: int) -> dict[str, np.ndarray]:
     """The point ``diffcheck run`` checks under the same seed: the same sampler, the same RNG."""
-    from .checks import CaseChecks
-    from .runner import CaseResult, Options
-
     from . import tolerance
+    from .checks.point import sample
 
-    checks = CaseChecks(case, Options(), seed, CaseResult(case.name, case.path, "pass"))
-    checks.low = tolerance.lowest(case.dtypes)  # as CaseChecks.stages sets it: the case's least precise dtype
-    return checks.sample()
+    return sample(case, np.random.default_rng(seed), tolerance.lowest(case.dtypes))
 
 
 def build(case, at: dict | None = None, seed: int = 0, fn=None) -> Graph:
     """The explanation graph of ``case`` at its sample point (or ``at``). ``fn``: the impl under test (a guarded
     callable of tensors); None compares with torch autograd of the expression."""
     from .engines.symbolic import Program
-    from .runner import case_seed
+    from .model import case_seed
+    from .training.schema import TrainCase
 
-    if getattr(case, "model", None) is not None:
+    if isinstance(case, TrainCase):
         raise CaseError("explain draws gradient cases; this is a training case", case.path, case.name, "kind")
     program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
     point = sample_point(case, case_seed(case, seed))

@@ -28,8 +28,8 @@ def explain_command(path, pattern, at, svg_path, png_path, seed, impl_path, impl
                         str(path))
     code = 0
     for case in cases:
-        graph = explain.build(case, explain.parse_at(at, case), seed, impl_fn(case, impl_path, impl_sys_path,
-                                                                                no_impl))
+        fn = explain.impl_fn(case, impl_path, impl_sys_path, no_impl)
+        graph = explain.build(case, explain.parse_at(at, case), seed, fn)
         click.echo(explain.text(graph))
         if no_impl and case.impl:
             click.echo("  note: --no-impl: the impl was not imported; the reference is compared with autograd")
@@ -45,17 +45,6 @@ def explain_command(path, pattern, at, svg_path, png_path, seed, impl_path, impl
                                     case.name) from None
                 click.echo(f"  {fmt}: {safe(out)}")
     return max(code, 2 if errors else 0)
-
-
-def impl_fn(case, impl_path=(), impl_sys_path=False, no_impl=False):
-    """The case's impl behind the same boundary and guard as ``run`` (None: compare with autograd)."""
-    if not case.impl or no_impl:
-        return None
-    from .engines import impl
-
-    fn = impl.load(case.impl, case.base_dir, list(case.vars), case.impl_args, case.path, case.name, impl_path,
-                   impl_sys_path)
-    return impl.guard(fn, case.out_shape)
 
 
 def write_html(path, results, seconds: float, items, options) -> int:

@@ -181,7 +181,7 @@ def explain_svgs(items, results, options=None, limit_nodes: int = 16, limit_grap
     under ``--no-impl`` (or without the run's options) it is not drawn."""
     from .engines.impl import time_limit
     from .explain import build
-    from .explain_cli import impl_fn
+    from .explain import impl_fn
     from .explain_render import save
 
     out = {}

@@ -9,6 +9,7 @@ a repr reads ``'pass'``.
 from __future__ import annotations
 
 import enum
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -180,3 +181,11 @@ class CaseResult:
         return {"name": self.name, "file": self.file, "status": self.status, "message": self.message,
                 "seed": self.seed, "seconds": round(self.seconds, 4), "formula": self.formula,
                 "artifacts": self.artifacts, "checks": [c.to_json() for c in self.checks]}
+
+
+def case_seed(case, run_seed: int) -> int:
+    """The seed that samples a case: its own ``seed``, else one derived from the run seed and its name (both kinds
+    of case have ``name`` and ``seed``)."""
+    if case.seed is not None:
+        return case.seed
+    return (zlib.crc32(case.name.encode()) + 1_000_003 * run_seed) % 2**32

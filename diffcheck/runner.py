@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import time
-import zlib
 from pathlib import Path
 
 from .casefile import Case, is_case_file, load_file
 from .devices import not_requested
 from .errors import CaseError, DiffcheckError
-from .model import TRAINING_KINDS, CaseResult, Check, Findings, Options
+from .model import TRAINING_KINDS, CaseResult, Check, Findings, Options, case_seed
 from .training.schema import TrainCase
 
 __all__ = ["CaseResult", "Options", "blame", "case_seed", "collect", "error_result", "load", "matches",
@@ -122,13 +121,6 @@ def _with_report(result: CaseResult) -> CaseResult:
 
         result.report_text = case_text(result, verbose=True)
     return result
-
-
-def case_seed(case: Case | TrainCase, run_seed: int) -> int:
-    """The seed that samples a case: its own ``seed``, else one derived from the run seed and its name."""
-    if case.seed is not None:
-        return case.seed
-    return (zlib.crc32(case.name.encode()) + 1_000_003 * run_seed) % 2**32
 
 
 def _gradient(case: Case, options: Options, seed: int) -> Findings:

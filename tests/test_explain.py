@@ -121,7 +121,7 @@ def test_failing_impl_marks_the_input_where_its_backward_departs(tmp_path):
     code, out = cli(path)
     assert code == 1, out
     (case,) = load(path)
-    from diffcheck.explain_cli import impl_fn
+    from diffcheck.explain import impl_fn
 
     g = explain.build(case, fn=impl_fn(case))
     assert g.node("x").departs == "" and float(g.node("x").grads["impl"]) == 5.0
