@@ -100,7 +100,9 @@ class Point:
         def evaluate(inputs):
             f = program.forward(inputs, None, with_err=False, derivs=False, detached_from=fwd)
             value = f.values[out] if forward is None else forward(inputs)
-            return float(np.sum(cot * value)), program.kink_signature(f)
+            with np.errstate(invalid="ignore", over="ignore"):  # inf or nan: a step the differences reject
+                phi = float(np.sum(cot * value))
+            return phi, program.kink_signature(f)
 
         return evaluate, noise
 

@@ -49,7 +49,8 @@ Evaluator = Callable[[dict], tuple[float, list]]  # inputs -> (phi, kink signatu
 def entry_scale(x: np.ndarray) -> np.ndarray:
     """Per-entry perturbation scale: relative to the entry, with a floor from the variable's size."""
     x = np.asarray(x, dtype=float)
-    rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
+    with np.errstate(over="ignore"):  # entries near float64's largest overflow rms to inf: no step is taken there
+        rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
     scale = np.abs(x) + 0.1 * rms
     return np.where(scale > 0, scale, 1e-6)  # an all-zero variable still needs a step
 
@@ -114,7 +115,8 @@ def entrywise(evaluate: Evaluator, point: dict, var: str, indices, noise: float,
         e = np.zeros(x.size)
         e[flat] = scale[flat]
         est = directional(evaluate, point, {var: e.reshape(x.shape)}, noise, sig0, method)
-        out.append(Estimate(est.value / scale[flat], est.error / scale[flat], est.step, est.note))
+        with np.errstate(invalid="ignore"):  # no estimate (nan, inf error) stays no estimate
+            out.append(Estimate(est.value / scale[flat], est.error / scale[flat], est.step, est.note))
     return out
 
 
