@@ -70,7 +70,7 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
             check.error_matrix = np.where(np.isfinite(got - ref), got - ref, np.nan).tolist()
         check.status = "fail"
         check.message = f"{check.bad} of {check.entries} entries outside tolerance (worst {margin_text(check)})"
-        check.diagnosis = diagnose(got, ref, bad, upstream)
+        check.diagnosis = diagnose(got, ref, bad, upstream, gradient=check.var is not None)
         if ref.size > 1:
             check.details["margin_map"] = margin_map(margin, ref.shape)
     elif (no_ref | no_tol).any():
@@ -152,14 +152,15 @@ def margin_text(check: Check, digits: int = 3) -> str:
     return f"margin {m:.{digits}g}"
 
 
-def diagnose(got: np.ndarray, ref: np.ndarray, bad: np.ndarray, upstream=None) -> str:
+def diagnose(got: np.ndarray, ref: np.ndarray, bad: np.ndarray, upstream=None, gradient: bool = True) -> str:
     """One line naming the pattern of a wrong result, where the pattern is clear. ``upstream``: the cotangent the
-    gradient was computed with (a backward that returns it unchanged treats its derivative as 1)."""
+    gradient was computed with (a backward that returns it unchanged treats its derivative as 1); ``gradient``:
+    whether the result is a gradient at all (a wrong value is never "a gradient that never reached its input")."""
     if not bad.any():
         return ""
     if np.isnan(got[bad]).any():
         return "nan where the reference is finite"
-    if np.all(got == 0) and np.any(ref != 0):
+    if np.all(got == 0) and np.any(ref != 0) and gradient:
         return "all zero: the gradient never reached this input (detached, or upstream gradient ignored)"
     if upstream is not None and _passes_through(got, ref, upstream):
         return "the backward passes the upstream gradient straight through (d/dx treated as 1)"

@@ -393,3 +393,14 @@ def test_the_jvp_skip_reason_is_shown_whole(reported):
     text, _ = reported
     assert f"SKIP jvp (random direction) [float64 cpu]: impl vs symbolic (forward mode vs reverse mode) -- " \
            f"forward mode not supported by the impl: {type(info.value).__name__}: {whole}\n" in text["slightly_scaled"]
+
+
+def test_a_wrong_known_value_of_zero_is_not_called_a_gradient_that_never_arrived(write_case, tmp_path):
+    # exp(-exp(1000)) is exactly 0: a wrong expect.value = 5 is a wrong value, not a detached gradient
+    write_case('name = "zero_value"\nexpr = "sum(x * exp(-exp(y)))"\nvars.x = { shape = [3] }\n'
+               'vars.y = { shape = [3], value = [1000.0, 1000.0, 1000.0], requires_grad = false }\n'
+               'expect.value = 5.0\n')
+    code, out, report = run_json(tmp_path, tmp_path)
+    assert code == 1, out
+    assert "gradient never reached" not in out
+    assert "diagnosis: the scalar is wrong: 0 where the reference is 5" in out
