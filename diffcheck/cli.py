@@ -62,7 +62,7 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
     import time
 
     from .errors import UsageError
-    from .report import case_text, summary_line, write_json
+    from .report import case_text, summary_line
     from .runner import Options, load, matches
 
     start = time.perf_counter()
@@ -168,8 +168,8 @@ def _coloured(text: str, fancy: bool) -> str:
 
 def _end(results, quiet: bool, devices) -> None:
     """The close of a run: the failed and errored cases again, one line each; CUDA left out by --device, once."""
-    from .report import short_summary
     from .devices import not_requested
+    from .report import short_summary
 
     lines = short_summary(results)
     if lines:

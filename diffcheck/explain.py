@@ -160,7 +160,8 @@ def build(case, at: dict | None = None, seed: int = 0, fn=None) -> Graph:
             edges.append(Edge(a, i, k, formulas[k], local_value, contributions.get((i, k))))
     from .expr.ir import to_text
 
-    graph = Graph(case.name, to_text(case.ir), nodes, edges, program.out, point, "impl" if fn is not None else "autograd")
+    engine = "impl" if fn is not None else "autograd"
+    graph = Graph(case.name, to_text(case.ir), nodes, edges, program.out, point, engine)
     _input_gradients(case, program, graph, point, cot, fn)
     return graph
 

@@ -100,9 +100,10 @@ def figure(graph: Graph):
         x, y = xy(slot)
         inactive = node.adjoint is None
         face = "#fde0dc" if node.departs else ("#eeeeee" if inactive else ("#e3f0ff" if node.grads else "#fff8e1"))
-        boxes[slot] = ax.text(x, y, _node_text(node), ha="center", va="center", fontsize=9, family="monospace", parse_math=False,
-                bbox=dict(boxstyle="round,pad=0.4", fc=face, ec="darkred" if node.departs else "0.3",
-                          lw=2 if node.departs else 1))
+        boxes[slot] = ax.text(x, y, _node_text(node), ha="center", va="center", fontsize=9, family="monospace",
+                              parse_math=False, bbox=dict(boxstyle="round,pad=0.4", fc=face,
+                                                          ec="darkred" if node.departs else "0.3",
+                                                          lw=2 if node.departs else 1))
         if node.adjoint is not None and not node.grads:
             ax.text(x, y - 0.27, f"d out/d {node.name} = {show(node.adjoint, 4)}", ha="center", va="top",
                     fontsize=8.5, color="red")
@@ -117,7 +118,7 @@ def figure(graph: Graph):
                     fontweight="bold")
     for e in graph.edges:
         (x0, y0), (x1, y1) = xy(e.src), xy(e.dst)
-        src, dst = graph.nodes[e.src], graph.nodes[e.dst]
+        src = graph.nodes[e.src]
         bad = bool(src.departs)
         ax.annotate("", xy=(0.0, 0.5), xycoords=boxes[e.dst], xytext=(1.0, 0.5), textcoords=boxes[e.src],
                     arrowprops=dict(arrowstyle="->", color="darkred" if bad else "0.35", lw=1.2, shrinkA=6,

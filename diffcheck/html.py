@@ -180,8 +180,7 @@ def explain_svgs(items, results, options=None, limit_nodes: int = 16, limit_grap
     drawn against its impl (its departures marked), imported behind the run's own boundary and ``--timeout``;
     under ``--no-impl`` (or without the run's options) it is not drawn."""
     from .engines.impl import time_limit
-    from .explain import build
-    from .explain import impl_fn
+    from .explain import build, impl_fn
     from .explain_render import save
 
     out = {}
@@ -200,7 +199,7 @@ def explain_svgs(items, results, options=None, limit_nodes: int = 16, limit_grap
                 graph = build(case, seed=getattr(options, "seed", 0), fn=fn)
         except KeyboardInterrupt:
             raise
-        except BaseException:  # noqa: BLE001 - a picture is optional; the case's own checks say what is wrong
+        except BaseException:
             continue
         if len(graph.nodes) > limit_nodes:
             continue
@@ -216,7 +215,7 @@ def write(path, results, seconds: float, items=(), options=None) -> None:
 
     try:
         env = environment()
-    except Exception as exc:  # noqa: BLE001 - the report still stands without it
+    except Exception as exc:
         env = {"environment": f"unavailable: {exc}"}
     html = render(results, seconds, explain_svgs(items, results, options), env)
     with open(path, "w", encoding="utf-8") as fh:

@@ -133,8 +133,8 @@ class Findings(NamedTuple):
     """What running one case's checks returns, whatever its kind: the checks, the files written (training
     plots), and the derivative formulas (gradient cases under -v)."""
     checks: list[Check]
-    artifacts: list[str] = []
-    formula: list[str] = []
+    artifacts: list[str]
+    formula: list[str]
 
 
 @dataclass

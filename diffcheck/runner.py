@@ -50,7 +50,7 @@ def collect(paths) -> list[Path | CaseError]:
             continue
         problems: list[CaseError] = []
         walked: list[Path] = []
-        for root, dirs, names in os.walk(p, onerror=lambda e: problems.append(
+        for root, dirs, names in os.walk(p, onerror=lambda e, problems=problems, p=p: problems.append(
                 CaseError(f"cannot read the directory: {e.strerror or e}", e.filename or str(p)))):
             dirs.sort()
             for name in names:

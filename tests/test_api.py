@@ -105,7 +105,7 @@ def test_bad_var_values_are_case_errors_naming_the_key(x, message):
 
 @pytest.mark.parametrize("vars", [None, [("x", {"shape": [3]})], "x"])
 def test_vars_that_are_not_a_mapping_are_a_type_error(vars):
-    with pytest.raises(TypeError, match="^diffcheck.check: vars must be a dict of var name"):
+    with pytest.raises(TypeError, match=r"^diffcheck\.check: vars must be a dict of var name"):
         diffcheck.check("sum(x**2)", vars=vars)
 
 

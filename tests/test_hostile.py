@@ -163,7 +163,7 @@ def test_inputs_that_used_to_stop_the_run_are_errors_or_skips_and_the_good_case_
     assert result.exit_code == 2
     assert status_of(result.output, "good") == "PASS"
     for name in [*exprs, "wide"]:
-        line = next((line for line in result.output.splitlines() if f"'{name}'" in line or f"::{name} " in line))
+        line = next(line for line in result.output.splitlines() if f"'{name}'" in line or f"::{name} " in line)
         assert line.split()[0] in ("ERROR", "SKIP"), line
     assert "softplus(beta=0, threshold=20) is undefined for every input" in result.output
 

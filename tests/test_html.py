@@ -83,7 +83,8 @@ def report(tmp_path_factory):
     (d / "kern.py").write_text(KERNEL)
     page = d / "out" / "report.html"
     result = CliRunner().invoke(main, ["run", str(d / "cases.toml"), str(ROOT / "cases/train/seeds.toml"), "-k",
-                                       "good_J or bad_weight or bad_mul or name or T5", "--device", "cpu", "--html", str(page)])
+                                       "good_J or bad_weight or bad_mul or name or T5", "--device", "cpu",
+                                       "--html", str(page)])
     assert result.exit_code == 1, result.output
     return page
 

@@ -73,7 +73,7 @@ def _cycle() -> list[str] | None:
             if n.startswith(m + "."):  # a package importing its own submodules
                 continue
             if state.get(n) == 1:
-                return stack[stack.index(n):] + [n]
+                return [*stack[stack.index(n):], n]
             if n not in state and (found := visit(n)):
                 return found
         stack.pop()

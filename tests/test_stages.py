@@ -85,7 +85,8 @@ def test_a_device_left_out_is_known_by_its_field_not_by_its_message():
 
 def test_assert_ok_raises_with_the_report_the_runner_rendered():
     case = dataclasses.replace(_case(), expect=None)
-    result = diffcheck.check("sum(x * x)", {"x": np.array([1.0, 2.0])}, expect={"grad": {"x": [2.0, 5.0]}}, dtypes=["float64"])
+    result = diffcheck.check("sum(x * x)", {"x": np.array([1.0, 2.0])}, expect={"grad": {"x": [2.0, 5.0]}},
+                             dtypes=["float64"])
     assert result.status == "fail" and result.report_text
     with pytest.raises(AssertionError, match="expect_grad x"):
         result.assert_ok()

@@ -400,7 +400,7 @@ def test_a_wrong_known_value_of_zero_is_not_called_a_gradient_that_never_arrived
     write_case('name = "zero_value"\nexpr = "sum(x * exp(-exp(y)))"\nvars.x = { shape = [3] }\n'
                'vars.y = { shape = [3], value = [1000.0, 1000.0, 1000.0], requires_grad = false }\n'
                'expect.value = 5.0\n')
-    code, out, report = run_json(tmp_path, tmp_path)
+    code, out, _report = run_json(tmp_path, tmp_path)
     assert code == 1, out
     assert "gradient never reached" not in out
     assert "diagnosis: the scalar is wrong: 0 where the reference is 5" in out

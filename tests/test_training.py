@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from diffcheck.training import loops, verdicts
-from diffcheck.training.data import batches, draw
 from diffcheck.casefile import load_data
 from diffcheck.errors import CaseError
 from diffcheck.runner import Options, load, run_case
+from diffcheck.training import loops, verdicts
+from diffcheck.training.data import batches, draw
 
 from .conftest import ROOT
 

@@ -50,7 +50,7 @@ def formula(case: Case, limit: int = 400) -> list[str]:
     if isinstance(node, Call) and node.op in ("sum", "mean") and node.param("dim") is None:
         scale = node.op
         node = node.args[0]
-    if any(isinstance(n, Call) and (OPS[n.op].kind != "elementwise" or OPS[n.op].zero_grad and not OPS[n.op].mask)
+    if any(isinstance(n, Call) and (OPS[n.op].kind != "elementwise" or (OPS[n.op].zero_grad and not OPS[n.op].mask))
            for n in walk(node)):  # floor, detach: sympy would differentiate them wrongly (or forever)
         return []
     symbols = {name: sp.Symbol(name, real=True) for name in case.vars}

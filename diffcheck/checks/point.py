@@ -137,10 +137,8 @@ def sample(case: Case, rng, low: str) -> dict[str, np.ndarray]:
             base[name] = rng.integers(int(lo), int(hi), spec.shape).astype(np.float64)
         else:
             lo, hi = spec.domain
-            if np.isfinite(hi - lo):
-                x = rng.uniform(lo, hi, spec.shape)
-            else:  # [-1.7e308, 1.7e308]: hi - lo overflows numpy's uniform
-                x = 2 * rng.uniform(lo / 2, hi / 2, spec.shape)
+            wide = not np.isfinite(hi - lo)  # [-1.7e308, 1.7e308]: hi - lo overflows numpy's uniform
+            x = 2 * rng.uniform(lo / 2, hi / 2, spec.shape) if wide else rng.uniform(lo, hi, spec.shape)
             base[name] = round_to(x, low)
     return base
 

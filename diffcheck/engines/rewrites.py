@@ -99,10 +99,8 @@ def _patch_map(x_shape, p):
     ids = np.pad(ids, [(0, 0), (0, 0)] + [(q, q) for q in padding], constant_values=-1)
     axes = [np.arange(o)[:, None] * st + np.arange(k)[None, :] * dl for o, k, st, dl in
             zip(out, kernel, stride, dilation)]  # (out, kernel) per spatial dim
-    if d == 1:
-        win = ids[:, :, axes[0]]  # N, C, O, K
-    else:
-        win = ids[:, :, axes[0][:, None, :, None], axes[1][None, :, None, :]]  # N, C, Ho, Wo, kh, kw
+    # N, C, O, K in 1-D; N, C, Ho, Wo, kh, kw in 2-D
+    win = ids[:, :, axes[0]] if d == 1 else ids[:, :, axes[0][:, None, :, None], axes[1][None, :, None, :]]
     n, c = x_shape[:2]
     g = p["groups"]
     win = win.reshape(n, g, c // g, int(np.prod(out)), int(np.prod(kernel)))
@@ -112,7 +110,7 @@ def _patch_map(x_shape, p):
 def _conv(x, w, b, stride, padding, dilation, groups, shapes, d):
     from ..expr.shapes import conv_out
 
-    (n, c), (o, cg) = shapes[0][:2], shapes[1][:2]
+    n, o = shapes[0][0], shapes[1][0]
     kernel = shapes[1][2:]
     out = conv_out(shapes[0][2:], kernel, stride, padding, dilation)
     patches = _c("patches", x, kernel=tuple(kernel), stride=stride, padding=padding, dilation=dilation,

@@ -481,7 +481,7 @@ def _einsum_back(ins: Instr, arrays, errs, shapes, g, ge, with_err):
         others = [(s, a, e) for i, (s, a, e) in enumerate(zip(subs, arrays, errs)) if i != j]
         seen = set(rhs) | {ch for s, _, _ in others for ch in s}
         extra = [(ch, np.ones(sizes[ch]), 0.0) for ch in sub if ch not in seen]
-        ops = [(rhs, g, ge)] + others + extra
+        ops = [(rhs, g, ge), *others, *extra]
         eq = ",".join(s for s, _, _ in ops) + "->" + sub
         value, err = _einsum_err(eq, [a for _, a, _ in ops], [e for _, _, e in ops], with_err)
         yield ins.args[j], (np.reshape(value, shapes[j]), np.reshape(err, shapes[j]) if with_err else 0.0)
@@ -499,5 +499,5 @@ def _take_map(how: str, dim: int, x_shape, idx):
         grid[dim] = idx
         return ids[tuple(grid)]
     # "class": x[..., t] for each leading position (cross_entropy, nll_loss)
-    grid = list(np.indices(idx.shape)) + [idx]
+    grid = [*list(np.indices(idx.shape)), idx]
     return ids[tuple(grid)]

@@ -199,8 +199,8 @@ class _Lazy:
 
 def _elementwise_ops() -> list[Op]:
     sp, np, torch, F = _Lazy(_sp), _Lazy(_np), _Lazy(_torch), _Lazy(_F)
-    pw = sp.Piecewise  # noqa: F841 - a lazy function too
-    steps = lambda x: _sp().sin(_sp().pi * x)  # noqa: E731 - zero at every integer
+    pw = sp.Piecewise
+    steps = lambda x: _sp().sin(_sp().pi * x)
     return [
         _rounding("sign", lambda x: _sp().sign(x), np.sign, torch.sign, lambda x: x),
         _rounding("floor", lambda x: _sp().floor(x), np.floor, torch.floor, steps),

@@ -144,7 +144,7 @@ def apply_shape_op(op: str, xs: list, p: dict, what: str = ""):
             start, end = (normalize_dims(p[k], x.ndim, what)[0] for k in ("start_dim", "end_dim"))
             if start > end:
                 raise ExpressionError(f"{what}flatten(): start_dim comes after end_dim")
-            return np.reshape(x, x.shape[:start] + (-1,) + x.shape[end + 1:])
+            return np.reshape(x, (*x.shape[:start], -1, *x.shape[end + 1:]))
         if op == "permute":
             dims = normalize_dims(p["dims"], x.ndim, what) if len(p["dims"]) == x.ndim else None
             if dims is None or sorted(dims) != list(range(x.ndim)):
@@ -205,12 +205,12 @@ def _shape_op_shape(op: str, shapes: list, p: dict, what: str) -> Shape:
         if op == "stack":
             if len(set(shapes)) != 1:
                 raise ExpressionError(f"{what}stack() needs tensors of one shape, got {[list(s) for s in shapes]}")
-            return shapes[0][:d] + (len(shapes),) + shapes[0][d:]
+            return (*shapes[0][:d], len(shapes), *shapes[0][d:])
         rest = {s[:d] + s[d + 1:] for s in shapes}
         if len(rest) != 1:
             raise ExpressionError(f"{what}cat() needs equal sizes except in dim {p['dim']}, got "
                                   f"{[list(s) for s in shapes]}")
-        return shapes[0][:d] + (sum(s[d] for s in shapes),) + shapes[0][d + 1:]
+        return (*shapes[0][:d], sum(s[d] for s in shapes), *shapes[0][d + 1:])
     dummy = np.lib.stride_tricks.as_strided(np.zeros(1), shapes[0], [0] * len(shapes[0]))
     if op in ("tril", "triu"):
         if len(shapes[0]) < 2:
@@ -226,7 +226,7 @@ def _shape_op_shape(op: str, shapes: list, p: dict, what: str) -> Shape:
         n = 1
         for s in shape[start:end + 1]:
             n *= s
-        return shape[:start] + (n,) + shape[end + 1:]
+        return (*shape[:start], n, *shape[end + 1:])
     return tuple(apply_shape_op(op, [dummy], p, what).shape)
 
 
@@ -300,7 +300,7 @@ def _nn_shape_checked(op: str, shapes, p, what: str, d: int):
                               f"(weight is (out_channels, in_channels / groups, *kernel))")
     if b not in ((), (w[0],)):
         raise ExpressionError(f"{what}{op}(): bias must have shape [{w[0]}], got {list(b)}")
-    return (x[0], w[0]) + conv_out(x[2:], w[2:], p["stride"], p["padding"], p["dilation"], what, op)
+    return (x[0], w[0], *conv_out(x[2:], w[2:], p["stride"], p["padding"], p["dilation"], what, op))
 
 
 def is_mask(node: Node, mask_vars=frozenset()) -> bool:

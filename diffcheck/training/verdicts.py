@@ -9,8 +9,8 @@ import math
 import numpy as np
 
 from .. import tolerance as tol
-from ..model import Check
 from ..errors import CaseError
+from ..model import Check
 from .loops import Trajectory
 from .schema import SLIPS, TrainCase
 
