@@ -253,3 +253,16 @@ def test_identifiers_are_nfkc_normalised_like_python(write_case):
 def test_a_var_named_like_a_sympy_builtin_keeps_its_formula_readable(write_case):
     result = run_cli(write_case('name = "n"\nexpr = "mean(N**2)"\nvars.N = { shape = [3] }\n'), "-v")
     assert "d/dN mean(N**2) = 2*N/N_entries (per entry), N_entries = number of entries" in result.output
+
+
+def test_the_verbose_formulas_deadline_leaves_the_cases_timeout_running():
+    # -v's simplify deadline runs inside the case's --timeout: it must hand the case's timer back, not cancel it
+    import signal
+
+    from diffcheck.checks.formula import _within
+    from diffcheck.engines.impl import time_limit
+
+    with time_limit(50):
+        assert _within(2.0, lambda x: x + 1, 1) == 2
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+    assert 40 < left <= 50

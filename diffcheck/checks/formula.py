@@ -15,29 +15,16 @@ FORMULA_SECONDS = 2.0  # and simplify gets this long (where a timer signal is av
 
 
 def _within(seconds: float, fn, arg):
-    """fn(arg), or arg unchanged when fn takes longer than ``seconds`` (SIGALRM; main thread only, elsewhere
-    the size limits above are the only bound)."""
-    import signal
-    import threading
+    """fn(arg), or arg unchanged when fn takes longer than ``seconds``. The case's own timer (``--timeout``) is
+    restored afterwards by ``time_limit``; where no timer can be set (off the main thread) the size limits above
+    are the only bound and nothing is simplified."""
+    from ..engines.impl import Timeout, time_limit
 
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
-        return arg
-
-    class _Late(Exception):
-        pass
-
-    def late(*_):
-        raise _Late
-
-    old = signal.signal(signal.SIGALRM, late)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        return fn(arg)
-    except _Late:
+        with time_limit(seconds) as enforced:
+            return fn(arg) if enforced else arg
+    except Timeout:
         return arg
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def formula(case: Case, limit: int = 400) -> list[str]:
