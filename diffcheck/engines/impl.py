@@ -36,16 +36,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import CaseError
+from ..text import clip
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def clean(text, limit: int = 300) -> str:
     """Text from a case file or user code, safe to print: control characters escaped, length bounded."""
-    text = str(text)
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return clip(text, limit)
 
 
 def load(spec, base_dir: Path, var_names: list[str], args: dict, where: str, case: str, roots=(),
