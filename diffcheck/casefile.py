@@ -29,6 +29,8 @@ from .validate import Strict, check_choices, check_seed, numbers
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda")
+# what a case can also be checked under (``transforms = [...]``, ``--transform``); checks.transforms runs them
+TRANSFORMS = ("compile", "vmap", "forward", "layouts", "aliasing")
 MAX_ELEMENTS = 4_000_000  # per variable: keeps a hostile shape from exhausting memory
 MAX_NDIM = 8
 
@@ -79,6 +81,7 @@ class CaseModel(Strict):
     impl: str | None = None
     impl_args: dict[str, int | float | bool | str] = {}
     order: int = 1
+    transforms: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ class Case:
     impl: str | None = None  # "module:attribute" of the user's implementation under test
     impl_args: dict = field(default_factory=dict)
     order: int = 1  # 2 also checks Hessian-vector products
+    transforms: tuple[str, ...] = ()  # TRANSFORMS this case is also checked under
 
     @property
     def base_dir(self) -> Path:
@@ -331,12 +335,16 @@ def build_case(raw: dict, where: str = "<data>"):
     clash = set(model.impl_args) & set(model.vars)
     if clash:
         fail(f"impl_args names a var: {', '.join(sorted(clash))}", "impl_args")
+    for i, name in enumerate(model.transforms):
+        if name not in TRANSFORMS:
+            fail(f"unknown transform {clip(repr(name), 40)}: one of {', '.join(TRANSFORMS)}"
+                 f"{suggest(name, TRANSFORMS)}", f"transforms.{i}")
     expect = _expect(model.expect, specs, out_shape, fail) if model.expect is not None else None
     tolerance = _tolerance(model.tolerance, fail) if model.tolerance is not None else None
     return Case(name=model.name, path=where, expr=model.expr, ir=ir, vars=specs, out_shape=out_shape,
                 dtypes=tuple(model.dtypes), devices=tuple(model.devices), seed=model.seed,
                 description=model.description, expect=expect, tolerance=tolerance, impl=model.impl,
-                impl_args=dict(model.impl_args), order=model.order)
+                impl_args=dict(model.impl_args), order=model.order, transforms=tuple(dict.fromkeys(model.transforms)))
 
 
 def non_finite_constant(ir: Node) -> str | None:

@@ -10,6 +10,7 @@ import sys
 import click
 
 DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16")
+TRANSFORMS = ("compile", "vmap", "forward", "layouts", "aliasing")  # casefile.TRANSFORMS (not imported: --help)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,10 +55,13 @@ def main():
               help="For untrusted case files: report every impl case as skipped, importing nothing.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=300.0, show_default=True, metavar="SECONDS",
               help="Wall time per case; a case past it fails with 'timed out' and the run goes on. 0: none.")
+@click.option("--transform", "transform", multiple=True, type=click.Choice(TRANSFORMS),
+              help="Also check every selected case under this transform (repeatable), besides the transforms "
+                   "each case asks for itself.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="Write a self-contained HTML report (heatmaps of failing gradients, training plots, graphs).")
 def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, plot_dir, jobs, quiet, impl_path,
-        impl_sys_path, no_impl, timeout, html_path):
+        impl_sys_path, no_impl, timeout, transform, html_path):
     """Check every case in PATHS (files, or directories searched for *.toml)."""
     import time
 
@@ -84,7 +88,7 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
         plot_dir = os.path.splitext(html_path)[0] + "_plots"
     options = Options(devices=devices, dtypes=tuple(dtypes) or None, pattern=pattern, seed=seed, verbose=verbose,
                       plot_dir=plot_dir, impl_path=tuple(impl_path), impl_sys_path=impl_sys_path, no_impl=no_impl,
-                      timeout=timeout)
+                      timeout=timeout, transforms=tuple(transform))
     items = load(paths, pattern)
     results = []
     try:

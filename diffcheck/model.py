@@ -40,6 +40,11 @@ class Kind(_Word):
     SEMANTIC = "semantic"  # dtype/device/shape of gradients, zero upstream, determinism
     JVP = "jvp"  # an impl's forward mode against its reverse mode
     HVP = "hvp"  # Hessian-vector products (order = 2)
+    COMPILE = "compile"  # transforms: the function under torch.compile
+    VMAP = "vmap"  # batched VJPs/JVPs under torch.func.vmap against unbatched ones
+    FORWARD = "forward"  # forward-mode JVPs in every dtype and device against the reference
+    LAYOUTS = "layouts"  # non-contiguous, expanded and channels-last inputs, non-contiguous upstream gradients
+    ALIASING = "aliasing"  # two vars passed the very same tensor
     TIMEOUT = "timeout"
     CONVERGE = "converge"  # training cases
     TRAJECTORY = "trajectory"
@@ -145,12 +150,15 @@ class Options:
     seed: int = 0
     verbose: bool = False
     plot_dir: str | None = None  # training cases write a PNG each here
-    stages: tuple[str, ...] = ("reference", "autograd")  # reference: fd/expect/self-consistency; autograd: per dtype
+    # reference: fd/expect/self-consistency; autograd: per dtype; transforms: the requested transforms
+    stages: tuple[str, ...] = ("reference", "autograd", "transforms")
     impl_path: tuple[str, ...] = ()  # further roots an impl module may be found under (beside the case file's)
     impl_sys_path: bool = False  # impl modules may also come from sys.path (installed packages)
     no_impl: bool = False  # untrusted input: impl cases are skipped, nothing is imported
     timeout: float = 300.0  # seconds per case; 0: none
     fd_method: Any = None  # engines.finite's method value; None: its defaults
+    transforms: tuple[str, ...] = ()  # --transform: added to every case's own ``transforms``
+    case_transforms: bool = True  # False: run only ``transforms`` (a pytest item checks one transform)
 
 
 @dataclass

@@ -79,7 +79,7 @@ class CaseFile(pytest.File):
                 yield invalid(self.path.name if label is None else label, case)
                 continue
             params = _params(case)
-            ids = [name for name, _, _ in params]
+            ids = [name for name, *_ in params]
             if case.name in names:
                 yield invalid(case.name, CaseError("name is already used by a case in this file", str(self.path),
                                                    case.name, "name"))
@@ -107,18 +107,26 @@ def _unexpected(path, exc: Exception) -> CaseError:
     return CaseError(f"diffcheck could not load this file ({type(exc).__name__}{where}): {exc}", str(path))
 
 
-def _params(case) -> list[tuple[str, str | None, str | None]]:
-    """(item name, dtype, device) of each item of a case."""
+def _params(case) -> list[tuple[str, str | None, str | None, str | None]]:
+    """(item name, dtype, device, transform) of each item of a case."""
     from .training.schema import TrainCase
 
-    params = [] if isinstance(case, TrainCase) else [(f"{case.name}[reference]", None, None)]
-    return params + [(f"{case.name}[{dtype}-{device}]", dtype, device)
-                     for device in case.devices for dtype in case.dtypes]
+    if isinstance(case, TrainCase):
+        return [(f"{case.name}[{dtype}-{device}]", dtype, device, None)
+                for device in case.devices for dtype in case.dtypes]
+    from .casefile import TRANSFORMS
+
+    return ([(f"{case.name}[reference]", None, None, None)]
+            + [(f"{case.name}[{dtype}-{device}]", dtype, device, None)
+               for device in case.devices for dtype in case.dtypes]
+            + [(f"{case.name}[{name}-{dtype}-{device}]", dtype, device, name)
+               for name in TRANSFORMS if name in case.transforms
+               for device in case.devices for dtype in case.dtypes])
 
 
 def _items(parent, case, params):
-    for name, dtype, device in params:
-        item = CaseItem.from_parent(parent, name=name, case=case, dtype=dtype, device=device)
+    for name, dtype, device, transform in params:
+        item = CaseItem.from_parent(parent, name=name, case=case, dtype=dtype, device=device, transform=transform)
         if device == "cuda":
             item.add_marker(pytest.mark.cuda)
         yield item
@@ -148,9 +156,9 @@ class InvalidCase(_Located):
 
 
 class CaseItem(_Located):
-    def __init__(self, *, case, dtype, device, **kwargs):
+    def __init__(self, *, case, dtype, device, transform=None, **kwargs):
         super().__init__(**kwargs)
-        self.case, self.dtype, self.device = case, dtype, device
+        self.case, self.dtype, self.device, self.transform = case, dtype, device, transform
         self.add_marker(pytest.mark.diffcheck)
 
     def runtest(self):
@@ -166,8 +174,11 @@ class CaseItem(_Located):
                 "no_impl": config.getini("diffcheck_no_impl"), "timeout": _timeout(config)}
         if self.dtype is None:
             options = Options(devices=(), stages=("reference",), **impl)
-        else:
+        elif self.transform is None:
             options = Options(devices=(self.device,), dtypes=(self.dtype,), stages=("autograd",), **impl)
+        else:  # one transform, one dtype, one device
+            options = Options(devices=(self.device,), dtypes=(self.dtype,), stages=("transforms",),
+                              transforms=(self.transform,), case_transforms=False, **impl)
         self.result = run_case(self.case, options)
         if self.result.status in ("fail", "error"):
             raise CaseFailure(self.result)

@@ -1,6 +1,6 @@
 """The checks of one gradient case, as stages over a frozen sampled point:
 point (sample, lower, reference) -> reference (finite differences, expect) -> impl (self-consistency, jvp) ->
-higher (hvp) -> autograd (per dtype and device, expect). ``runner`` calls ``run_gradient_case``.
+higher (hvp) -> autograd (per dtype and device, expect) -> transforms (``transforms/``). ``runner`` calls ``run_gradient_case``.
 
 Each stage is a function ``(point) -> list[Check]`` with its own random stream (``stage_rng(seed, name)``), so
 adding a stage moves no other stage's draws; none mutates a shared result.
@@ -88,6 +88,10 @@ def _run(case: Case, options: Options, seed: int, checks: list[Check]) -> list[s
     for stage in STAGES:
         if stage.option in options.stages and stage.applies(case):
             checks += stage.run(point)
+    if "transforms" in options.stages:
+        from .transforms import requested, transforms
+
+        checks += transforms(point, requested(case, options))
     return formulas
 
 

@@ -1,0 +1,36 @@
+"""Stage ``transforms``: the case's gradients again under what runs them -- ``torch.compile``, ``vmap``, forward
+mode, odd layouts, aliased inputs. Each transform is a module here with ``run(point) -> list[Check]`` whose checks
+have the transform's name as their kind, judged in every dtype and device the run asked for; one that cannot
+apply to a case returns a ``skip`` check with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ...model import Check, Options
+from ..point import Point
+
+
+def requested(case, options: Options) -> list[str]:
+    """The transforms to run on ``case``: its own ``transforms`` (unless the run checks one transform only) and
+    the run's ``--transform``s, each once, in the order of ``casefile.TRANSFORMS``."""
+    from ...casefile import TRANSFORMS
+
+    names = set(options.transforms) | (set(case.transforms) if options.case_transforms else set())
+    return [name for name in TRANSFORMS if name in names]
+
+
+def transforms(point: Point, names: list[str]) -> list[Check]:
+    checks: list[Check] = []
+    for name in names:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            checks.append(Check(name, point.engine, "symbolic", status="skip",
+                                message=f"the {name} transform is not available in this version of diffcheck"))
+            continue
+        checks += module.run(point)
+    return checks
