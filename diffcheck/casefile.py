@@ -70,7 +70,8 @@ class ToleranceModel(Strict):
 class CaseModel(Strict):
     kind: Literal["grad"] = "grad"
     name: str
-    expr: str
+    expr: str | None = None  # None: a Python ``reference``, or the impl alone
+    reference: str | None = None
     description: str = ""
     vars: dict[str, VarModel] = {}
     dtypes: list[DtypeName] = ["float64", "float32"]
@@ -126,10 +127,10 @@ class Expect:
 class Case:
     name: str
     path: str
-    expr: str
-    ir: Node
+    expr: str | None  # None: checked against ``reference``, or the impl alone
+    ir: Node | None
     vars: dict[str, VarSpec]
-    out_shape: tuple[int, ...]
+    out_shape: tuple[int, ...] | None  # None until the reference (or impl) has run once
     dtypes: tuple[str, ...]
     devices: tuple[str, ...]
     seed: int | None
@@ -140,6 +141,12 @@ class Case:
     impl_args: dict = field(default_factory=dict)
     order: int = 1  # 2 also checks Hessian-vector products
     transforms: tuple[str, ...] = ()  # TRANSFORMS this case is also checked under
+    reference: object = None  # "module:function" (or a callable from the API): the float64 reference of the impl
+
+    @property
+    def callable_reference(self) -> bool:
+        """Whether the reference is Python code (``reference``, or the impl itself) rather than ``expr``."""
+        return self.ir is None
 
     @property
     def base_dir(self) -> Path:
@@ -159,7 +166,7 @@ EXPECT_ATOL = 1e-9
 
 MAX_FILE_BYTES = 16 * 2**20  # a case file is text; anything larger (or /dev/zero behind a link) is refused
 # Top-level keys that make a TOML file a case file (directory walks and the pytest plugin skip other TOML files).
-CASE_KEYS = ("case", "expr", "kind", "impl", "vars", "model", "train")
+CASE_KEYS = ("case", "expr", "kind", "impl", "reference", "vars", "model", "train")
 
 
 def read_toml(path: str | Path) -> dict:
@@ -300,27 +307,17 @@ def build_case(raw: dict, where: str = "<data>"):
 
     if not model.name.strip():
         fail("'name' must not be empty", "name")
-    try:
-        ir = parse(model.expr, set(model.vars))
-    except ExpressionError as exc:
-        fail(f"bad expr: {_point_at(model.expr, exc)}", "expr")
-    used = variables(ir)
-    if not used:
-        fail("expr uses no variables: there is nothing to differentiate", "expr")
-    overflow = non_finite_constant(ir)
-    if overflow:
-        fail(f"bad expr: the constant {overflow} is not finite in float64, so no dtype can evaluate the "
-             "expression; write it as a finite number", "expr")
-    for unused in sorted(set(model.vars) - used):
-        fail(f"var '{clip(unused)}' is declared but not used in expr", f"vars.{unused}")
+    ir = _expression(model, fail) if model.expr is not None else _no_expression(model, fail)
 
     specs = {vname: _var_spec(vname, vm, fail) for vname, vm in model.vars.items()}
     if not any(s.requires_grad for s in specs.values()):
         fail("no var has requires_grad = true: there is nothing to differentiate", "vars")
-    try:
-        out_shape = infer(ir, VarShapes(specs))
-    except ExpressionError as exc:
-        fail(f"shapes do not fit: {exc}", "expr")
+    out_shape = None  # a Python reference (or the impl alone) gives it when it first runs
+    if ir is not None:
+        try:
+            out_shape = infer(ir, VarShapes(specs))
+        except ExpressionError as exc:
+            fail(f"shapes do not fit: {exc}", "expr")
 
     check_seed(model.seed, fail)
     check_choices("dtypes", model.dtypes, fail)
@@ -344,7 +341,40 @@ def build_case(raw: dict, where: str = "<data>"):
     return Case(name=model.name, path=where, expr=model.expr, ir=ir, vars=specs, out_shape=out_shape,
                 dtypes=tuple(model.dtypes), devices=tuple(model.devices), seed=model.seed,
                 description=model.description, expect=expect, tolerance=tolerance, impl=model.impl,
-                impl_args=dict(model.impl_args), order=model.order, transforms=tuple(dict.fromkeys(model.transforms)))
+                impl_args=dict(model.impl_args), order=model.order, transforms=tuple(dict.fromkeys(model.transforms)),
+                reference=model.reference)
+
+
+def _expression(model: CaseModel, fail) -> Node:
+    """The parsed ``expr``: every declared var used, every constant finite."""
+    if model.reference is not None:
+        fail("give expr or reference, not both: each is the reference the impl is checked against", "reference")
+    try:
+        ir = parse(model.expr, set(model.vars))
+    except ExpressionError as exc:
+        fail(f"bad expr: {_point_at(model.expr, exc)}", "expr")
+    used = variables(ir)
+    if not used:
+        fail("expr uses no variables: there is nothing to differentiate", "expr")
+    overflow = non_finite_constant(ir)
+    if overflow:
+        fail(f"bad expr: the constant {overflow} is not finite in float64, so no dtype can evaluate the "
+             "expression; write it as a finite number", "expr")
+    for unused in sorted(set(model.vars) - used):
+        fail(f"var '{clip(unused)}' is declared but not used in expr", f"vars.{unused}")
+    return ir
+
+
+def _no_expression(model: CaseModel, fail) -> None:
+    """Without ``expr``: a Python ``reference = "module:function"`` beside the impl, or the impl alone."""
+    if model.reference is not None and not model.reference.strip():
+        fail("reference must name 'module:function'", "reference")
+    if model.impl is None:
+        what = "a reference needs an impl to check against it" if model.reference is not None else \
+            "a case needs expr (the function), or impl (checked against reference = 'module:function', or alone)"
+        fail(what, "impl" if model.reference is not None else "expr")
+    if not model.vars:
+        fail("a case without expr must declare its vars (the impl's tensor arguments)", "vars")
 
 
 def non_finite_constant(ir: Node) -> str | None:
@@ -446,7 +476,9 @@ def _array(value, shape: tuple[int, ...], key: str, fail) -> np.ndarray:
 def _expect(em: ExpectModel, specs: dict[str, VarSpec], out_shape, fail) -> Expect:
     value = None
     if em.value is not None:
-        value = _array(em.value, out_shape, "expect.value", fail)
+        # without expr the output's shape is known only once the reference runs (checked then)
+        value = _array(em.value, out_shape, "expect.value", fail) if out_shape is not None else \
+            numbers(em.value, "expect.value", fail)
     grads = {}
     for vname, raw in em.grad.items():
         if vname not in specs:

@@ -39,6 +39,7 @@ class Kind(_Word):
     EXPECT_GRAD = "expect_grad"
     SEMANTIC = "semantic"  # dtype/device/shape of gradients, zero upstream, determinism
     JVP = "jvp"  # an impl's forward mode against its reverse mode
+    PRECISION = "precision"  # the rounding noise of an impl's float64 forward (a float32 buffer inside)
     HVP = "hvp"  # Hessian-vector products (order = 2)
     COMPILE = "compile"  # transforms: the function under torch.compile
     VMAP = "vmap"  # batched VJPs/JVPs under torch.func.vmap against unbatched ones
@@ -59,6 +60,7 @@ class Engine(_Word):
     AUTOGRAD = "autograd"
     IMPL = "impl"  # a user's implementation
     SYMBOLIC = "symbolic"
+    REFERENCE = "reference"  # a case's Python reference function (``reference = "module:function"``)
     FINITE = "finite"
     DIFFCHECK = "diffcheck"  # diffcheck itself (a limit it could not enforce)
 

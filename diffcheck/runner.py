@@ -251,9 +251,18 @@ def blame_impl(checks: list[Check], failed: list[Check]) -> str:
 
 
 def _first_order_verdict(checks: list[Check], failed: list[Check]) -> str:
+    broken = next((c for c in failed if c.engine == "reference" and c.kind in ("fd", "value")), None)
+    if broken is not None:  # a Python reference that raised, or whose gradient finite differences contradict
+        if "reference_failure" in broken.details:
+            return f"the reference is wrong: {broken.message}; the impl is not judged by it"
+        return (f"the reference is wrong: its own float64 gradient disagrees with finite differences of its float64 "
+                f"forward ({broken.label}: {broken.message}); the impl's checks against it say nothing")
     crashed = next((c for c in failed if "impl_failure" in c.details), None)
     if crashed is not None:  # raised, returned a non-tensor or a wrong shape, timed out
         return crashed.message
+    internal = next((c for c in failed if "internal_precision" in c.details), None)
+    if internal is not None:  # measured rounding noise of its float64 forward, before "both wrong"
+        return internal.message
     nondet = next((c for c in failed if c.details.get("nondeterministic")), None)
     if nondet is not None:
         return ("the impl's backward is not reentrant / not deterministic: a second backward on the same graph "

@@ -22,6 +22,7 @@ from .autograd import autograd
 from .higher import hvp
 from .impl import self_consistency
 from .point import Point, build_point, entrywise_fd, first_bad_op, stage_rng
+from .pyref import precision
 from .reference import reference
 
 __all__ = ["STAGES", "Point", "Stage", "run_gradient_case", "stage_rng"]
@@ -37,6 +38,7 @@ class Stage(NamedTuple):
 STAGES = (
     Stage("reference", "reference", lambda case: True, reference),
     Stage("impl", "reference", lambda case: bool(case.impl), self_consistency),
+    Stage("precision", "reference", lambda case: bool(case.impl), precision),
     Stage("higher", "reference", lambda case: case.order == 2, hvp),
     Stage("autograd", "autograd", lambda case: True, autograd),
 )
@@ -72,14 +74,21 @@ def _run(case: Case, options: Options, seed: int, checks: list[Check]) -> list[s
         checks.append(Check("grad", "impl", "symbolic", status="skip",
                             message="impl cases are not run under --no-impl (nothing was imported)"))
         return []
-    point = build_point(case, options, seed, _function(case, options), dtypes)
+    if case.callable_reference:
+        from .pyref import prepare
+
+        point = prepare(case, options, seed, _function(case, options), dtypes, checks)
+        if point is None:  # the reference (or the impl alone) failed: reported in ``checks``
+            return []
+    else:
+        point = build_point(case, options, seed, _function(case, options), dtypes)
     fwd, _ = point.reference("float64")
     skip = _reference_skip(point, fwd)
     if skip is not None:
         checks.append(skip)
         return []
     formulas = []
-    if options.verbose:
+    if options.verbose and case.ir is not None:
         from .formula import formula
 
         formulas = formula(case)
@@ -92,6 +101,10 @@ def _run(case: Case, options: Options, seed: int, checks: list[Check]) -> list[s
         from .transforms import requested, transforms
 
         checks += transforms(point, requested(case, options))
+    if case.callable_reference:
+        from .pyref import relabel
+
+        relabel(point, checks)
     return formulas
 
 
@@ -102,7 +115,7 @@ def _function(case: Case, options: Options):
 
         fn = impl.load(case.impl, case.base_dir, list(case.vars), case.impl_args, case.path, case.name,
                        options.impl_path, options.impl_sys_path)
-        return impl.guard(fn, case.out_shape)
+        return impl.guard(fn, case.out_shape) if case.out_shape is not None else fn  # else guarded once run
     from ..engines.autograd import build
 
     return build(case.ir)
@@ -113,6 +126,9 @@ def _reference_skip(point: Point, fwd) -> Check | None:
     program, case = point.program, point.case
     out = fwd.values[program.out]
     undefined = program.outside_domain(fwd) or (first_bad_op(program, fwd) if np.any(np.isnan(out)) else None)
+    if undefined and case.callable_reference:
+        raise CaseError(f"the {point.program.who} is not finite at the sample point (choose vars.*.domain or value "
+                        "where it is defined)", case.path, case.name, "vars")
     if undefined:
         raise CaseError(f"the expression is undefined at the sample point: {undefined} (choose vars.*.domain "
                         "or value inside the ops' domains)", case.path, case.name, "vars")

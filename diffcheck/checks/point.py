@@ -116,10 +116,15 @@ def build_point(case: Case, options, seed: int, fn, dtypes: list[str]) -> Point:
     rng = np.random.default_rng(seed)  # the case seed's own stream: every sampled point is what it always was
     low = tol.lowest(case.dtypes)  # the case's, not the run's: --dtype must not move the point
     base = sample(case, rng, low)
-    try:
-        program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
-    except ExpressionError as exc:  # an op undefined for every input (softplus(beta=0)), a size limit
-        raise CaseError(str(exc), case.path, case.name, "expr") from None
+    if case.callable_reference:  # a Python reference (or the impl alone): run once for the output's shape
+        from ..engines.callable_ref import program_for
+
+        program, case, fn = program_for(case, options, base, fn, dtypes)
+    else:
+        try:
+            program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
+        except ExpressionError as exc:  # an op undefined for every input (softplus(beta=0)), a size limit
+            raise CaseError(str(exc), case.path, case.name, "expr") from None
     point = Point(case, seed, dtypes, tuple(options.devices), fn, "impl" if case.impl else "autograd", low, base,
                   program, cotangents(program.out_shape, rng, low), getattr(options, "fd_method", None))
     return point

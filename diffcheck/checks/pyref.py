@@ -1,0 +1,114 @@
+"""Cases without ``expr``: a Python ``reference`` (engines.callable_ref), or the impl alone, its own verified
+float64 backward being the reference of its lower dtypes. ``prepare`` builds their point, ``relabel`` names what
+the shared stages judged (the reference, or the impl itself, instead of the symbolic engine), and the stage
+``precision`` measures the rounding noise of an impl's float64 forward: a float32 buffer inside a float64 run is
+reported as exactly that.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..model import Check
+from .point import Point, build_point, stage_rng
+
+SPACING = 4 * 2.0**-24  # relative steps of the precision probe: each crosses a few float32 rounding boundaries
+NOISE_LIMIT = 1e-10  # float64 arithmetic stays near 1e-16 (1e-13 when ill-conditioned); float32 near 6e-8
+
+
+def prepare(case, options, seed: int, fn, dtypes, checks: list[Check]) -> Point | None:
+    """The point of a case without ``expr``, its float64 reference computed for every dtype; None (with the
+    failing check appended) where the reference, or the impl alone, fails while it runs as the reference."""
+    from ..engines.callable_ref import ReferenceFailure, failure_check
+    from ..engines.impl import Timeout
+
+    try:
+        point = build_point(case, options, seed, fn, dtypes)
+    except ReferenceFailure as exc:
+        checks.append(exc.check)
+        return None
+    try:
+        for dtype in ["float64", *dtypes]:
+            point.reference(dtype)
+    except (KeyboardInterrupt, Timeout):
+        raise
+    except BaseException as exc:  # user code: a finding about the case, never a traceback
+        checks.append(failure_check(exc, point.program.who, "backward"))
+        return None
+    return point
+
+
+def self_reference(point: Point) -> bool:
+    """Whether the impl is its own reference (a case with neither expr nor reference)."""
+    return getattr(point.program, "who", None) == "impl"
+
+
+def relabel(point: Point, checks: list[Check]) -> None:
+    """Name the engine the shared stages judged as the reference: the case's reference function, or, for the impl
+    alone, the impl's own float64 run (its backward against finite differences of its own forward is ``self_fd``).
+    Tolerances say their budget was measured (engines.callable_ref)."""
+    alone = self_reference(point)
+    for c in checks:
+        if c.engine == "symbolic":
+            if alone and c.kind == "fd":
+                c.kind, c.against = "self_fd", "finite differences of the impl's own forward"
+            c.engine = "impl" if alone else "reference"
+        if c.against.startswith("symbolic"):
+            c.against = ("float64 impl (its own, verified)" if alone else "reference") + c.against[len("symbolic"):]
+        c.tolerance = c.tolerance.replace("error budget", "measured rounding budget")
+
+
+def precision(point: Point) -> list[Check]:
+    """The float64 forward's rounding noise: second differences of the output along a random line, at two step
+    sizes (rounding noise does not shrink with the step, curvature does). Noise far above float64's is a lower
+    precision inside: a float32 buffer, a ``.float()`` somewhere."""
+    from ..engines import finite
+    from ..engines.autograd import input_tensor, to_numpy
+    from ..engines.impl import phase
+    from .probes import user_failure
+
+    import torch
+
+    x, case = point.at("float64"), point.case
+    names = [n for n in case.grad_vars]
+    rng = stage_rng(point.seed, "precision")
+    v = {n: finite.random_direction(x[n], rng) for n in names}
+    check = Check("precision", "impl", "float64 rounding noise", dtype="float64", device="cpu")
+
+    def forward(t):
+        with torch.no_grad():
+            inputs = {n: x[n] + t * v[n] if n in v else x[n] for n in x}
+            return to_numpy(point.fn(**{n: input_tensor(a, "float64", "cpu", False, case.vars[n].dtype)
+                                        for n, a in inputs.items()}))
+
+    levels = []
+    try:
+        with phase("the impl's forward"):
+            for step in (SPACING, SPACING / 2):
+                values = [forward(step * j) for j in range(-4, 5)]
+                scale = float(np.sqrt(np.mean(np.square(values[4])))) if np.size(values[4]) else 0.0
+                second = [np.sqrt(np.mean(np.square(values[j - 1] - 2 * values[j] + values[j + 1])))
+                          for j in range(1, 8)]
+                levels.append(float(np.median(second)) / 2 / scale if scale > 0 else 0.0)
+    except BaseException as exc:  # user code: the value checks report it; this probe only says so
+        failed = user_failure(exc, check, "forward")
+        if failed is None:
+            raise
+        return [failed]
+    if not all(np.isfinite(levels)):
+        check.status, check.message = "skip", "the forward is not finite along the probe line"
+        return [check]
+    noise = levels[0]
+    check.details["noise"] = noise
+    rounding = levels[1] > levels[0] / 2  # noise, not curvature (that would fall 4x with the halved step)
+    if noise > NOISE_LIMIT and rounding:
+        dtype = "float32" if noise <= 64 * 2.0**-24 else "float16 or bfloat16"
+        u = 2.0**-24 if dtype == "float32" else 2.0**-11
+        check.status = "fail"
+        check.details["internal_precision"] = {"dtype": dtype, "noise": noise}
+        check.message = (f"the impl computes in {dtype} internally: its float64 forward deviates from a smooth "
+                         f"function by ~{noise:.1g} relative (second differences along a random line; float64 "
+                         f"arithmetic gives ~1e-16, {dtype}'s unit roundoff is {u:.1g})")
+    else:
+        check.message = f"rounding noise of the float64 forward ~{noise:.1g} relative: float64 arithmetic"
+    return [check]
