@@ -14,11 +14,15 @@ from .runner import CaseResult, Options, run_case
 WHERE = "<diffcheck.check>"
 
 
-def check(expr: str, vars: dict, impl=None, *, name: str = "check", dtypes=("float64", "float32"),
-          devices=("cpu",), seed: int = 0, order: int = 1, expect: dict | None = None,
-          tolerance: dict | None = None, impl_args: dict | None = None, impl_path=(), impl_sys_path: bool = False,
-          timeout: float = 300.0) -> CaseResult:
+def check(expr: str | None = None, vars: dict | None = None, impl=None, *, reference=None, name: str = "check",
+          dtypes=("float64", "float32"), devices=("cpu",), seed: int = 0, order: int = 1,
+          expect: dict | None = None, tolerance: dict | None = None, impl_args: dict | None = None, impl_path=(),
+          impl_sys_path: bool = False, timeout: float = 300.0) -> CaseResult:
     """Check the gradient of ``expr`` (and of ``impl``, when given) like a case file would, and return the result.
+
+    Without ``expr``, ``impl`` is checked against ``reference`` (a plain torch function of the vars, run in float64,
+    or a ``"module:function"`` string), or, with neither, against itself: its float64 backward against finite
+    differences of its float64 forward, its lower dtypes against its float64 run.
 
     ``vars`` takes the case-file keys (``{"x": {"shape": [3, 4], "domain": [-3, 3]}}``); ``impl`` is a callable
     (function, ``torch.autograd.Function`` subclass, ``nn.Module`` class or instance) or a ``"module:attribute"``
@@ -31,14 +35,20 @@ def check(expr: str, vars: dict, impl=None, *, name: str = "check", dtypes=("flo
 
         diffcheck.check("sigmoid(x)", vars={"x": {"shape": [3, 4]}}, impl=MySigmoid).assert_ok()
     """
+    if vars is None:
+        raise TypeError("diffcheck.check: vars is required (a dict of var name to its case-file keys)")
     dtypes = _names(dtypes, "dtypes", ("float64", "float32"))  # the defaults of the signature
     devices = _names(devices, "devices", ("cpu",))
     case_name = name if isinstance(name, str) else None
     vars = _plain_vars(vars, case_name)
     if isinstance(expect, Mapping):
         expect = _plain_expect(expect, case_name)
-    raw = {"name": name, "expr": expr, "vars": vars, "dtypes": list(dtypes), "devices": list(devices),
-           "seed": seed, "order": order}
+    raw = {"name": name, "vars": vars, "dtypes": list(dtypes), "devices": list(devices), "seed": seed,
+           "order": order}
+    if expr is not None:
+        raw["expr"] = expr
+    if reference is not None:  # an object is put in after validation, like impl
+        raw["reference"] = reference if isinstance(reference, str) else "<python object>"
     if expect is not None:
         raw["expect"] = expect
     if tolerance is not None:
@@ -52,6 +62,10 @@ def check(expr: str, vars: dict, impl=None, *, name: str = "check", dtypes=("flo
         from dataclasses import replace
 
         case = replace(case, impl=impl, impl_args=dict(impl_args or {}))
+    if reference is not None and not isinstance(reference, str):
+        from dataclasses import replace
+
+        case = replace(case, reference=reference)
     return run_case(case, Options(devices=tuple(devices), impl_path=tuple(map(str, impl_path)),
                                   impl_sys_path=impl_sys_path, timeout=timeout))
 

@@ -99,7 +99,7 @@ def parse_at(items, case) -> dict[str, np.ndarray]:
 
 def impl_fn(case, impl_path=(), impl_sys_path=False, no_impl=False):
     """The case's impl behind the same boundary and guard as ``run`` (None: compare with autograd)."""
-    if not case.impl or no_impl:
+    if not case.impl or no_impl or case.ir is None:  # no expr: build says why there is no graph
         return None
     from .engines import impl
 
@@ -125,6 +125,9 @@ def build(case, at: dict | None = None, seed: int = 0, fn=None) -> Graph:
 
     if isinstance(case, TrainCase):
         raise CaseError("explain draws gradient cases; this is a training case", case.path, case.name, "kind")
+    if case.ir is None:
+        raise CaseError("explain draws an expression's graph; this case has no expr (a Python reference or the "
+                        "impl alone)", case.path, case.name, "expr")
     program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
     point = sample_point(case, case_seed(case, seed))
     point.update(at or {})

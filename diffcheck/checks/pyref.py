@@ -13,6 +13,8 @@ from ..model import Check
 from .point import Point, build_point, stage_rng
 
 SPACING = 4 * 2.0**-24  # relative steps of the precision probe: each crosses a few float32 rounding boundaries
+POINTS = 17  # points on the line per step size
+TRIMMED = 3  # the largest second differences left out
 NOISE_LIMIT = 1e-10  # float64 arithmetic stays near 1e-16 (1e-13 when ill-conditioned); float32 near 6e-8
 
 
@@ -59,8 +61,8 @@ def relabel(point: Point, checks: list[Check]) -> None:
 
 
 def precision(point: Point) -> list[Check]:
-    """The float64 forward's rounding noise: second differences of the output along a random line, at two step
-    sizes (rounding noise does not shrink with the step, curvature does). Noise far above float64's is a lower
+    """The float64 forward's rounding noise: second differences of the output along a random line (their trimmed
+    mean), at two step sizes (rounding noise does not shrink with the step, curvature does). Noise far above float64's is a lower
     precision inside: a float32 buffer, a ``.float()`` somewhere."""
     from ..engines import finite
     from ..engines.autograd import input_tensor, to_numpy
@@ -85,11 +87,12 @@ def precision(point: Point) -> list[Check]:
     try:
         with phase("the impl's forward"):
             for step in (SPACING, SPACING / 2):
-                values = [forward(step * j) for j in range(-4, 5)]
-                scale = float(np.sqrt(np.mean(np.square(values[4])))) if np.size(values[4]) else 0.0
-                second = [np.sqrt(np.mean(np.square(values[j - 1] - 2 * values[j] + values[j + 1])))
-                          for j in range(1, 8)]
-                levels.append(float(np.median(second)) / 2 / scale if scale > 0 else 0.0)
+                values = [forward(step * j) for j in range(-POINTS // 2, POINTS // 2 + 1)]
+                scale = float(np.sqrt(np.mean(np.square(values[POINTS // 2])))) if np.size(values[0]) else 0.0
+                second = sorted(float(np.sqrt(np.mean(np.square(values[j - 1] - 2 * values[j] + values[j + 1]))))
+                                for j in range(1, len(values) - 1))
+                kept = second[:len(second) - TRIMMED]  # a kink or jump on the line spoils one or two of them
+                levels.append(float(np.mean(kept)) / 2 / scale if scale > 0 else 0.0)
     except BaseException as exc:  # user code: the value checks report it; this probe only says so
         failed = user_failure(exc, check, "forward")
         if failed is None:
