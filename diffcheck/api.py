@@ -35,8 +35,6 @@ def check(expr: str | None = None, vars: dict | None = None, impl=None, *, refer
 
         diffcheck.check("sigmoid(x)", vars={"x": {"shape": [3, 4]}}, impl=MySigmoid).assert_ok()
     """
-    if vars is None:
-        raise TypeError("diffcheck.check: vars is required (a dict of var name to its case-file keys)")
     dtypes = _names(dtypes, "dtypes", ("float64", "float32"))  # the defaults of the signature
     devices = _names(devices, "devices", ("cpu",))
     case_name = name if isinstance(name, str) else None

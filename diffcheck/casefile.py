@@ -371,7 +371,8 @@ def _no_expression(model: CaseModel, fail) -> None:
         fail("reference must name 'module:function'", "reference")
     if model.impl is None:
         what = "a reference needs an impl to check against it" if model.reference is not None else \
-            "a case needs expr (the function), or impl (checked against reference = 'module:function', or alone)"
+            "missing required key 'expr' (the function); or give impl, checked against reference = " \
+            "'module:function' or alone"
         fail(what, "impl" if model.reference is not None else "expr")
     if not model.vars:
         fail("a case without expr must declare its vars (the impl's tensor arguments)", "vars")

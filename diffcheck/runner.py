@@ -211,7 +211,7 @@ def blame(checks: list[Check]) -> str:
     if any(c.kind in TRAINING_KINDS for c in failed):
         first = next(c for c in failed if c.kind in TRAINING_KINDS)
         return f"training: {first.label}: {first.message}"
-    if any(c.engine == "impl" for c in checks):
+    if any(c.engine in ("impl", "reference") for c in checks):  # a Python reference is only ever an impl's
         return blame_impl(checks, failed)
     kinds = {(c.kind, c.engine) for c in failed}
     fd_failed = any(k == "fd" for k, _ in kinds)
@@ -260,9 +260,6 @@ def _first_order_verdict(checks: list[Check], failed: list[Check]) -> str:
     crashed = next((c for c in failed if "impl_failure" in c.details), None)
     if crashed is not None:  # raised, returned a non-tensor or a wrong shape, timed out
         return crashed.message
-    internal = next((c for c in failed if "internal_precision" in c.details), None)
-    if internal is not None:  # measured rounding noise of its float64 forward, before "both wrong"
-        return internal.message
     nondet = next((c for c in failed if c.details.get("nondeterministic")), None)
     if nondet is not None:
         return ("the impl's backward is not reentrant / not deterministic: a second backward on the same graph "
@@ -271,6 +268,9 @@ def _first_order_verdict(checks: list[Check], failed: list[Check]) -> str:
     lower = _lower_precision(failed)
     if lower:
         return lower
+    internal = next((c for c in failed if "internal_precision" in c.details), None)
+    if internal is not None:  # measured rounding noise of its float64 forward, before "both wrong"
+        return internal.message
     kinds = {c.kind for c in failed if c.engine == "impl"}
     forward_wrong = "value" in kinds
     self_inconsistent = "self_fd" in kinds
