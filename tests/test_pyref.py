@@ -173,9 +173,9 @@ def test_the_impl_alone_checks_its_lower_dtypes_against_its_float64_run(twins):
 
 # ---- the measured tolerance model ----
 
-def mse_function(off: bool):
+def mse_function(off: bool, wrong: list | None = None):
     """mean((x @ w + b - y)**2) with a hand-written backward (the standard formula 2 r / n, not autograd's); with
-    ``off`` one entry of grad w of typical magnitude is 1.001 times too large."""
+    ``off`` one entry of grad w of typical magnitude is 1.001 times too large (its index appended to ``wrong``)."""
     import torch
 
     class Mse(torch.autograd.Function):
@@ -192,7 +192,10 @@ def mse_function(off: bool):
             gw = x.T @ r
             if off:
                 a = gw.abs().reshape(-1)
-                gw.view(-1)[int(torch.argmin((a - a.median()).abs()))] *= 1.001
+                typical = int(torch.argmin((a - a.median()).abs()))
+                gw.view(-1)[typical] *= 1.001
+                if wrong is not None:
+                    wrong.append([int(i) for i in np.unravel_index(typical, gw.shape)])
             return None, gw, r.sum(0), None
 
     return Mse
@@ -209,8 +212,9 @@ MSE_VARS = {"x": {"shape": [64, 100], "requires_grad": False}, "w": {"shape": [1
 @pytest.mark.parametrize("reference", [mse_reference, None], ids=["reference", "alone"])
 @pytest.mark.parametrize("off", [False, True])
 def test_one_entry_off_by_a_thousandth_of_a_100x100_gradient_fails_in_float32(reference, off):
-    result = diffcheck.check(None, MSE_VARS, impl=mse_function(off), reference=reference, dtypes=("float32",),
-                             seed=3)
+    wrong = []
+    result = diffcheck.check(None, MSE_VARS, impl=mse_function(off, wrong), reference=reference,
+                             dtypes=("float32",), seed=3)
     if not off:  # a correct kernel by another formula passes in float32
         assert result.status == "pass", result.message
         return
@@ -218,9 +222,12 @@ def test_one_entry_off_by_a_thousandth_of_a_100x100_gradient_fails_in_float32(re
     grad_w = [c for c in result.checks if c.var == "w" and c.status == "fail"]
     if reference is not None:  # against the verified reference: localized in float32 itself
         [f32] = [c for c in grad_w if c.kind == "grad" and c.dtype == "float32"]
-        assert f32.bad == 1 and "only entry" in f32.diagnosis
-    else:  # the impl's own float64 backward against finite differences of its forward
-        assert any(c.kind == "self_fd" for c in grad_w)
+        assert f32.bad == 1 and f32.worst[0].index in wrong and "only entry" in f32.diagnosis
+    else:  # the impl's own float64 backward against finite differences of its forward, bisected to the entry
+        localized = next(c for c in grad_w if c.kind == "self_fd" and c.details.get("probe") == "localized")
+        assert localized.bad == 1 and localized.worst[0].index in wrong
+        assert result.message.startswith("the impl's backward is wrong (self_fd w (localized)")
+        assert f"only entry {localized.worst[0].index} is wrong" in result.message
 
 
 def test_float32_budgets_are_measured_not_zero():

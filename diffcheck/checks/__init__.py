@@ -102,9 +102,11 @@ def _run(case: Case, options: Options, seed: int, checks: list[Check]) -> list[s
 
         checks += transforms(point, requested(case, options))
     if case.callable_reference:
-        from .pyref import relabel
+        from .pyref import localize, relabel, self_reference
 
         relabel(point, checks)
+        if self_reference(point):
+            localize(point, checks)
     return formulas
 
 

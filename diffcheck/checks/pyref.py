@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import tolerance as tol
+from ..compare import compare
 from ..model import Check
-from .point import Point, build_point, stage_rng
+from .point import SMALL, Point, build_point, stage_rng
 
 SPACING = 4 * 2.0**-24  # relative steps of the precision probe: each crosses a few float32 rounding boundaries
 POINTS = 17  # points on the line per step size
 TRIMMED = 3  # the largest second differences left out
 NOISE_LIMIT = 1e-10  # float64 arithmetic stays near 1e-16 (1e-13 when ill-conditioned); float32 near 6e-8
+SPLIT = 8  # localization: a failing block of entries is split into this many, each probed on its own
+KEEP = 4  # and at most this many failing blocks are followed down
 
 
 def prepare(case, options, seed: int, fn, dtypes, checks: list[Check]) -> Point | None:
@@ -115,3 +119,62 @@ def precision(point: Point) -> list[Check]:
     else:
         check.message = f"rounding noise of the float64 forward ~{noise:.1g} relative: float64 arithmetic"
     return [check]
+
+
+def localize(point: Point, checks: list[Check]) -> None:
+    """The impl alone has no reference gradient to compare entry by entry, so a failing random-direction
+    ``self_fd`` of a large var is followed down: its entries are split into SPLIT blocks, each block probed along
+    a random direction of its own, the failing ones (at most KEEP) split again, down to SMALL entries, which are
+    then differenced one by one. The entrywise check is put before the directional one, so the verdict names
+    the entries."""
+    for i, c in enumerate(list(checks)):
+        if c.kind == "self_fd" and c.status == "fail" and c.details.get("probe") == "random direction" and \
+                c.engine == "impl" and c.var in point.case.grad_vars:
+            found = _localized(point, c.var)
+            if found is not None:
+                checks.insert(checks.index(c), found)
+
+
+def _localized(point: Point, name: str) -> Check | None:
+    from ..engines import finite
+
+    evaluate, noise = point.evaluator(0)
+    x = point.at("float64")
+    g = point.reference("float64")[1][0][name]
+    shape, size = g.value.shape, g.value.size
+    if size <= SMALL:
+        return None
+    scale = finite.entry_scale(x[name]).reshape(-1)
+    flat_g, flat_err = g.value.reshape(-1), np.broadcast_to(g.err, shape).reshape(-1)
+    rng = stage_rng(point.seed, "localize")
+
+    def fails(block) -> bool:
+        v = np.zeros(size)
+        v[block] = rng.standard_normal(len(block)) * scale[block]
+        est = finite.directional(evaluate, x, {name: v.reshape(shape)}, noise, method=point.fd)
+        if not np.isfinite(est.value):
+            return False
+        allowed = point.fd.safety * est.error + tol.SAFETY * tol.UNIT_ROUNDOFF["float64"] * float(
+            np.sum(np.abs(v) * flat_err))
+        return abs(float(np.sum(flat_g * v)) - est.value) > allowed
+
+    blocks = [np.arange(size)]
+    while blocks and max(len(b) for b in blocks) > SMALL:
+        blocks = [part for b in blocks for part in np.array_split(b, SPLIT) if len(part) and fails(part)][:KEEP]
+    if not blocks:
+        return None
+    flats = np.concatenate(blocks)
+    ests = finite.entrywise(evaluate, x, name, [int(f) for f in flats], noise, method=point.fd)
+    values, errors, judged = flat_g.copy(), np.zeros(size), np.zeros(size, bool)
+    for f, e in zip(flats, ests):
+        if np.isfinite(e.value):
+            values[f], errors[f], judged[f] = e.value, e.error, True
+    allowed = point.fd.safety * errors + tol.derived(flat_err, flat_g, "float64").allowed
+    check = Check("self_fd", "impl", "finite differences of the impl's own forward", var=name, dtype="float64",
+                  device="cpu", details={"probe": "localized", "differenced": int(judged.sum())})
+    compare(check, g.value, values.reshape(shape), tol.Tolerance(allowed.reshape(shape), None, None,
+            f"{point.fd.safety:g} x Richardson error estimate + float64 budget"), fd=values.reshape(shape),
+            judge=judged.reshape(shape))
+    if check.status == "fail":
+        check.message += f" (of {int(judged.sum())} entries differenced, found by bisecting random-direction probes)"
+    return check
