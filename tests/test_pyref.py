@@ -294,3 +294,26 @@ def test_known_answers_are_judged_without_expr():
                              reference=lambda x: (x ** 2).sum(), expect={"value": 14.0, "grad": {"x": [2, 4, 6]}})
     assert result.status == "pass", result.message
     assert any(c.kind == "expect_grad" and c.engine == "reference" for c in result.checks)
+
+
+def test_no_impl_imports_no_reference_either(tmp_path):
+    (tmp_path / "ref.py").write_text(f"open({str(tmp_path / 'imported')!r}, 'w').close()\ndef f(x):\n    return x\n")
+    (tmp_path / "case.toml").write_text('name = "c"\nreference = "ref:f"\nimpl = "ref:f"\nvars.x = { shape = [2] }\n')
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "case.toml"), "--device", "cpu", "--no-impl"])
+    assert result.exit_code == 0 and "SKIP" in result.output, result.output
+    assert not (tmp_path / "imported").exists()
+
+
+@pytest.mark.parametrize("reference, needle", [
+    ("os:getcwd", "never an impl: it must be your own code"),
+    ("ref:missing", "has no attribute 'missing'"),
+    ("ref", "must be 'module:attribute'"),
+])
+def test_a_reference_goes_through_the_impl_boundary(tmp_path, reference, needle):
+    (tmp_path / "ref.py").write_text("def f(x):\n    return x\n")
+    (tmp_path / "case.toml").write_text(f'name = "c"\nreference = "{reference}"\nimpl = "ref:f"\n'
+                                        'devices = ["cpu"]\nvars.x = {{ shape = [2] }}\n'.replace("{{", "{")
+                                        .replace("}}", "}"))
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "case.toml"), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "reference" in result.output and needle in result.output
