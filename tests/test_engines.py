@@ -253,7 +253,7 @@ def produced_kinds():
 
 def test_the_kinds_under_test_are_all_the_kinds_produced():
     assert produced_kinds() == {"value", "grad", "fd", "self_fd", "expect_value", "expect_grad", "semantic",
-                                "jvp", "hvp"}
+                                "jvp", "hvp", "precision"}
 
 
 @pytest.mark.parametrize("kind", sorted(produced_kinds() - {"semantic"}))

@@ -66,17 +66,17 @@ def relabel(point: Point, checks: list[Check]) -> None:
 
 def precision(point: Point) -> list[Check]:
     """The float64 forward's rounding noise: second differences of the output along a random line (their trimmed
-    mean), at two step sizes (rounding noise does not shrink with the step, curvature does). Noise far above float64's is a lower
-    precision inside: a float32 buffer, a ``.float()`` somewhere."""
+    mean), at two step sizes (rounding noise does not shrink with the step, curvature does). Noise far above
+    float64's is a lower precision inside: a float32 buffer, a ``.float()`` somewhere."""
+    import torch
+
     from ..engines import finite
     from ..engines.autograd import input_tensor, to_numpy
     from ..engines.impl import phase
     from .probes import user_failure
 
-    import torch
-
     x, case = point.at("float64"), point.case
-    names = [n for n in case.grad_vars]
+    names = list(case.grad_vars)
     rng = stage_rng(point.seed, "precision")
     v = {n: finite.random_direction(x[n], rng) for n in names}
     check = Check("precision", "impl", "float64 rounding noise", dtype="float64", device="cpu")
