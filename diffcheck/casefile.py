@@ -146,7 +146,7 @@ class Case:
     @property
     def callable_reference(self) -> bool:
         """Whether the reference is Python code (``reference``, or the impl itself) rather than ``expr``."""
-        return self.ir is None
+        return self.expr is None
 
     @property
     def base_dir(self) -> Path:

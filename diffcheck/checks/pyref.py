@@ -25,13 +25,13 @@ KEEP = 4  # and at most this many failing blocks are followed down
 def prepare(case, options, seed: int, fn, dtypes, checks: list[Check]) -> Point | None:
     """The point of a case without ``expr``, its float64 reference computed for every dtype; None (with the
     failing check appended) where the reference, or the impl alone, fails while it runs as the reference."""
-    from ..engines.callable_ref import ReferenceFailure, failure_check
+    from ..engines.callable_ref import ReferenceFailure
     from ..engines.impl import Timeout
 
     try:
         point = build_point(case, options, seed, fn, dtypes)
     except ReferenceFailure as exc:
-        checks.append(exc.check)
+        checks.append(failure_check(exc.exception, exc.who))
         return None
     try:
         for dtype in ["float64", *dtypes]:
@@ -42,6 +42,21 @@ def prepare(case, options, seed: int, fn, dtypes, checks: list[Check]) -> Point 
         checks.append(failure_check(exc, point.program.who, "backward"))
         return None
     return point
+
+
+def failure_check(exc: BaseException, who: str, phase: str = "forward") -> Check:
+    """A failing check for the reference (or the impl alone) raising while it runs as the reference."""
+    from ..engines.impl import ImplFailure
+
+    failure = ImplFailure.of(exc, phase)
+    check = Check("value", who, "its own forward", dtype="float64", device="cpu", status="fail")
+    if who == "impl":
+        check.message = failure.message
+        check.details["impl_failure"] = dict(failure.details, message=failure.message)
+    else:
+        check.message = failure.message.replace("the impl ", "the reference ", 1)
+        check.details["reference_failure"] = dict(failure.details, message=check.message)
+    return check
 
 
 def self_reference(point: Point) -> bool:

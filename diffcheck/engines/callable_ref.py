@@ -41,11 +41,11 @@ NEIGHBOUR = 1e-3  # how far (relative) the neighbours lie
 
 
 class ReferenceFailure(Exception):
-    """The reference (or the impl alone, running as its own reference) failed when first run: ``check`` says how."""
+    """The reference (or the impl alone, running as its own reference) raised ``exception`` when first run."""
 
-    def __init__(self, check):
-        super().__init__(check.message)
-        self.check = check
+    def __init__(self, exception: BaseException, who: str):
+        super().__init__(str(exception))
+        self.exception, self.who = exception, who
 
 
 class CallableProgram:
@@ -201,22 +201,6 @@ def reference_function(case, options):
     return lambda **t: obj(**{n: t[n] for n in taken}, **args)
 
 
-def failure_check(exc: BaseException, who: str, phase: str = "forward"):
-    """A failing check for the reference (or the impl alone) raising while it runs as the reference."""
-    from ..model import Check
-    from . import impl
-
-    failure = impl.ImplFailure.of(exc, phase)
-    check = Check("value", who, "its own forward", dtype="float64", device="cpu", status="fail")
-    if who == "impl":
-        check.message = failure.message
-        check.details["impl_failure"] = dict(failure.details, message=failure.message)
-    else:
-        check.message = failure.message.replace("the impl ", "the reference ", 1)
-        check.details["reference_failure"] = dict(failure.details, message=check.message)
-    return check
-
-
 def program_for(case, options, base: dict, impl_fn, dtypes):
     """(program, case with its output shape, the guarded impl) for a case without ``expr``. Raises
     ReferenceFailure where the reference (or the impl alone) fails on its first run, CaseError where the case's
@@ -235,9 +219,9 @@ def program_for(case, options, base: dict, impl_fn, dtypes):
     except (KeyboardInterrupt, impl.Timeout):
         raise
     except BaseException as exc:  # user code: a finding about the case
-        raise ReferenceFailure(failure_check(exc, who)) from None
+        raise ReferenceFailure(exc, who) from None
     program.out_shape = tuple(np.shape(value))
-    program.fn = impl.guard(fn, program.out_shape)  # from now on a failure is an ImplFailure (see failure_check)
+    program.fn = impl.guard(fn, program.out_shape)  # from now on a failure is an ImplFailure
     expect = case.expect
     if expect is not None and expect.value is not None:
         want = np.asarray(expect.value, dtype=float)
