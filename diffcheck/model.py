@@ -75,6 +75,7 @@ class Entry:
     fd: float | None = None
     lo: float | None = None  # one-sided derivatives at a kink, when the entry sits on one
     hi: float | None = None
+    output: str | None = None  # a case with several outputs: the output ``index`` is in
 
     @property
     def rel_err(self) -> float:
@@ -117,6 +118,8 @@ class Check:
             parts.append(self.var)
         if self.details.get("probe"):  # a directional probe judges <g, v>, not the entries of g
             parts.append(f"({self.details['probe']})")
+        if self.details.get("output"):  # several outputs: one alone, the others' gradients undefined
+            parts.append(f"({self.details['output']} alone)")
         where = " ".join(p for p in (self.dtype, self.device) if p)
         return " ".join(parts) + (f" [{where}]" if where else "")
 

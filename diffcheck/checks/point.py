@@ -120,8 +120,13 @@ def build_point(case: Case, options, seed: int, fn, dtypes: list[str]) -> Point:
         program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
     except ExpressionError as exc:  # an op undefined for every input (softplus(beta=0)), a size limit
         raise CaseError(str(exc), case.path, case.name, "expr") from None
+    cots = cotangents(program.out_shape, rng, low)
+    if case.outputs:  # several outputs: value-only ones get a zero cotangent
+        from ..outputs import mask_cotangents
+
+        cots = mask_cotangents(cots, case.outputs)
     point = Point(case, seed, dtypes, tuple(options.devices), fn, "impl" if case.impl else "autograd", low, base,
-                  program, cotangents(program.out_shape, rng, low), getattr(options, "fd_method", None))
+                  program, cots, getattr(options, "fd_method", None))
     return point
 
 

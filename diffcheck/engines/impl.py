@@ -244,11 +244,15 @@ class ImplFailure(Exception):
                    "raised", phase_name, exc)
 
 
-def guard(fn: Callable, out_shape) -> Callable:
-    """``fn`` whose every failure is an ImplFailure: anything it raises, a non-tensor, a wrong shape."""
+def guard(fn: Callable, out_shape, outputs=()) -> Callable:
+    """``fn`` whose every failure is an ImplFailure: anything it raises, a non-tensor, a wrong shape. With several
+    ``outputs`` (outputs.Output) the result is a tuple or dict, checked and flattened into the one flat output;
+    ``call.parts`` gives the outputs themselves."""
     import torch
 
     out_shape = tuple(out_shape)
+    if outputs:
+        return _guard_outputs(fn, outputs)
 
     def call(**tensors):
         try:
@@ -265,6 +269,29 @@ def guard(fn: Callable, out_shape) -> Callable:
                               "shape", "forward")
         return out
 
+    return call
+
+
+def _guard_outputs(fn: Callable, outputs) -> Callable:
+    from ..outputs import Mismatch, concatenate, flatten_result
+
+    def parts(**tensors):
+        try:
+            with phase("the impl's forward"):
+                out = fn(**tensors)
+        except (KeyboardInterrupt, Timeout):
+            raise
+        except BaseException as exc:  # user code: every exception is a finding, SystemExit included
+            raise ImplFailure.of(exc, "forward") from None
+        try:
+            return flatten_result(out, outputs, clean)
+        except Mismatch as exc:
+            raise ImplFailure(exc.message, exc.what, "forward") from None
+
+    def call(**tensors):
+        return concatenate(parts(**tensors))
+
+    call.parts = parts
     return call
 
 
