@@ -82,7 +82,7 @@ def name_entries(check, outputs, got, ref, allowed, lo=None, hi=None):
     layout (for the JSON). Returns ``check``."""
     if not outputs:
         return check
-    from .compare import margins
+    from .compare import diagnose, margins
 
     for entry in check.worst:
         if len(entry.index) == 1:
@@ -97,6 +97,13 @@ def name_entries(check, outputs, got, ref, allowed, lo=None, hi=None):
         wrong = [f"{o.name} ({int(np.sum(margin[o.offset:o.offset + o.size] > 1))} of {o.size})" for o in outputs
                  if np.any(margin[o.offset:o.offset + o.size] > 1)]
         check.message += f"; wrong in output{'s' * (len(wrong) > 1)} {', '.join(wrong)}"
+        bad = [o for o in outputs if np.any(margin[o.offset:o.offset + o.size] > 1)]
+        check.details["wrong_outputs"] = [o.name for o in bad]
+        if len(bad) == 1:  # the pattern within that output, in its own shape (a transpose, one row, one entry)
+            o, part = bad[0], slice(bad[0].offset, bad[0].offset + bad[0].size)
+            pattern = diagnose(got[part].reshape(o.shape), ref[part].reshape(o.shape),
+                               (margin[part] > 1).reshape(o.shape), gradient=False)
+            check.diagnosis = f"in output {o.name}: {pattern}"
     elif check.status != "fail" and not check.message:
         check.message = "outputs " + ", ".join(o.describe() for o in outputs)
     return check
@@ -167,8 +174,8 @@ def flatten_result(out, outputs, clean):
         parts = [out[n] for n in names]
     elif isinstance(out, (tuple, list)):
         if len(out) != len(outputs):
-            raise Mismatch("returned", f"the impl returned {len(out)} outputs where {len(outputs)} are expected "
-                                         f"({', '.join(names)})")
+            raise Mismatch("returned", f"the impl returned {len(out)} outputs where {len(outputs)} "
+                                         f"{'is' if len(outputs) == 1 else 'are'} expected ({', '.join(names)})")
         parts = list(out)
     elif isinstance(out, torch.Tensor) and len(outputs) == 1:
         parts = [out]
