@@ -298,3 +298,31 @@ def test_plugin_items_of_a_multi_output_case(pytester):
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed") == 3 and outcomes.get("failed") == 3, outcomes  # reference + 2 dtypes
     assert "grad x (dx alone)" in result.stdout.str()
+
+
+def test_a_tuple_returned_for_a_single_output_expr_says_how_to_declare_several(tmp_path):
+    result = run_file(cube_case(tmp_path, "MyCube", outputs="", expr="x**3"))
+    assert result.status == "fail"
+    assert "the impl returned tuple, not a tensor (several outputs: write expr as a tuple, '(a, b)')" \
+        in result.message
+
+
+def test_the_api_takes_a_tuple_expr_and_an_impl_returning_a_tuple():
+    import torch
+
+    import diffcheck
+
+    def cube(x):
+        return x ** 3, 3 * x ** 2
+
+    assert diffcheck.check("(x**3, 3 * x**2)", {"x": {"shape": [4]}}, impl=cube).ok
+    wrong = diffcheck.check("(x**3, 3 * x**2)", {"x": {"shape": [4]}}, impl=lambda x: (x ** 3, torch.sin(x)))
+    assert wrong.status == "fail" and "in output out1" in wrong.message
+
+
+def test_double_backward_of_mycube(tmp_path):
+    path = cube_case(tmp_path, "MyCube")
+    path.write_text(path.read_text() + "order = 2\n")
+    result = run_file(path)
+    assert result.status == "pass", result.report_text
+    assert any(c.kind == "hvp" and c.status == "pass" for c in result.checks)

@@ -79,8 +79,9 @@ def on_device(point: Point, dtype: str, device: str) -> list[Check]:
                             message="gradients have their inputs' dtype, device and shape; a zero upstream "
                                     "gradient gives zero; backward run twice gives the same gradient"))
     value_tol = tol.derived(fwd.errs[out], fwd.values[out], dtype, case.tolerance)
-    value = name_entries(compare(Check("value", engine, "symbolic", dtype=dtype, device=device), res.value,
-                                 fwd.values[out], value_tol), case.outputs, res.value, fwd.values[out], value_tol.allowed)
+    value = compare(Check("value", engine, "symbolic", dtype=dtype, device=device), res.value, fwd.values[out],
+                    value_tol)
+    name_entries(value, case.outputs, res.value, fwd.values[out], value_tol.allowed)  # several outputs
     checks.append(value)
     if case.impl and value.status == "fail" and dtype == "float64":
         mark_lower_precision(value, [(res.value, fwd.values[out], fwd.errs[out])])

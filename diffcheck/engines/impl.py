@@ -263,7 +263,9 @@ def guard(fn: Callable, out_shape, outputs=()) -> Callable:
         except BaseException as exc:  # user code: every exception is a finding, SystemExit included
             raise ImplFailure.of(exc, "forward") from None
         if not isinstance(out, torch.Tensor):
-            raise ImplFailure(f"the impl returned {clean(type(out).__name__)}, not a tensor", "returned", "forward")
+            hint = " (several outputs: write expr as a tuple, '(a, b)')" if isinstance(out, tuple | list | dict) else ""
+            raise ImplFailure(f"the impl returned {clean(type(out).__name__)}, not a tensor{hint}", "returned",
+                              "forward")
         if tuple(out.shape) != out_shape:
             raise ImplFailure(f"the impl returned shape {list(out.shape)} where {list(out_shape)} is expected",
                               "shape", "forward")
