@@ -78,6 +78,11 @@ class Entry:
     output: str | None = None  # a case with several outputs: the output ``index`` is in
 
     @property
+    def where(self) -> str:
+        """The entry for people: ``[2, 0]``, or ``dx[2]`` in output ``dx`` of a case with several outputs."""
+        return f"{self.output}{self.index}" if self.output else str(self.index)
+
+    @property
     def rel_err(self) -> float:
         return self.abs_err / abs(self.ref) if self.ref else (0.0 if self.abs_err == 0 else float("inf"))
 

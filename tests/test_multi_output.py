@@ -180,7 +180,9 @@ def test_swapped_outputs_are_a_wrong_forward_in_both_outputs(tmp_path):
 def test_the_json_names_the_outputs(tmp_path):
     path = cube_case(tmp_path, "Swapped")
     report = tmp_path / "out.json"
-    CliRunner().invoke(main, ["run", str(path), "--dtype", "float64", "--json", str(report)])
+    page = tmp_path / "out.html"
+    CliRunner().invoke(main, ["run", str(path), "--dtype", "float64", "--json", str(report), "--html", str(page)])
+    assert "<td>result[0]</td>" in page.read_text()  # the HTML's worst entries are named alike
     [case] = json.loads(report.read_text())["cases"]
     value = next(c for c in case["checks"] if c["kind"] == "value")
     assert value["details"]["outputs"] == [{"name": "result", "shape": [3], "value_only": False},
