@@ -175,6 +175,7 @@ def test_swapped_outputs_are_a_wrong_forward_in_both_outputs(tmp_path):
         in out.output
     assert "wrong in outputs result (3 of 3), dx (3 of 3)" in out.output
     assert "result[0]" in out.output and "dx[0]" in out.output  # worst entries named name[index]
+    assert "worst: basis result[" in out.output or "worst: basis dx[" in out.output  # basis cotangents too
 
 
 def test_the_json_names_the_outputs(tmp_path):

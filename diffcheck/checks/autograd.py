@@ -113,7 +113,7 @@ def worst_over_cotangents(point: Point, res, grads, name, dtype, device) -> Chec
                     upstream=point.cotangents[worst_ci])
     if worst.status == "fail" and worst.worst:
         add_fd_column(point, worst, grads, worst_ci, name)
-    what = cotangent_name(worst_ci, len(point.cotangents))
+    what = cotangent_name(worst_ci, len(point.cotangents), point.case.outputs)
     worst.message = (worst.message + "; " if worst.message else "") + f"{len(res.vjps)} cotangents, worst: {what}"
     return worst
 

@@ -198,11 +198,16 @@ def scaled(grads: dict, r: float) -> dict:
     return out
 
 
-def cotangent_name(index: int, total: int) -> str:
+def cotangent_name(index: int, total: int, outputs=()) -> str:
     if index == 0:
         return "ones"
     if index <= RANDOM_COTANGENTS:
         return f"random #{index}"
+    if outputs:  # several outputs: the basis vector's entry by its output's name
+        from ..outputs import locate
+
+        output, local = locate(outputs, index - RANDOM_COTANGENTS - 1)
+        return f"basis {output.name}{local}"
     return f"basis #{index - RANDOM_COTANGENTS - 1}"
 
 
