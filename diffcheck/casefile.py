@@ -20,9 +20,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from . import outputs
 from .errors import CaseError, ExpressionError
 from .expr.ir import Node, variables
-from .expr.parse import parse
+from .expr.parse import parse_outputs
 from .expr.shapes import VarShapes, infer
 from .text import clip, safe
 from .validate import Strict, check_choices, check_seed, numbers
@@ -83,6 +84,7 @@ class CaseModel(Strict):
     impl_args: dict[str, int | float | bool | str] = {}
     order: int = 1
     transforms: list[str] = []
+    outputs: list[str] | None = None  # names of the outputs of a tuple expr (default out0, out1, ...)
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ class Case:
     impl_args: dict = field(default_factory=dict)
     order: int = 1  # 2 also checks Hessian-vector products
     transforms: tuple[str, ...] = ()  # TRANSFORMS this case is also checked under
+    outputs: tuple = ()  # outputs.Output per output of a tuple expr (ir, out_shape: the flat concatenation)
     reference: object = None  # "module:function" (or a callable from the API): the float64 reference of the impl
 
     @property
@@ -307,17 +310,25 @@ def build_case(raw: dict, where: str = "<data>"):
 
     if not model.name.strip():
         fail("'name' must not be empty", "name")
-    ir = _expression(model, fail) if model.expr is not None else _no_expression(model, fail)
+    if model.expr is not None:
+        ir, elements, names = _expression(model, fail)
+    else:
+        ir, elements, names = _no_expression(model, fail), [], []
 
     specs = {vname: _var_spec(vname, vm, fail) for vname, vm in model.vars.items()}
     if not any(s.requires_grad for s in specs.values()):
         fail("no var has requires_grad = true: there is nothing to differentiate", "vars")
-    out_shape = None  # a Python reference (or the impl alone) gives it when it first runs
+    out_shape, outs = None, ()  # a Python reference (or the impl alone) gives the shape when it first runs
     if ir is not None:
         try:
+            shapes = [infer(e, VarShapes(specs)) for e in elements] if names else []
             out_shape = infer(ir, VarShapes(specs))
         except ExpressionError as exc:
             fail(f"shapes do not fit: {exc}", "expr")
+        outs = outputs.layout(names, elements, shapes, {n for n, s in specs.items() if s.requires_grad})
+        if outs and all(o.value_only for o in outs):
+            fail("no output is differentiable (every one is a mask, an integer or detached): there is nothing to "
+                 "differentiate", "expr")
 
     check_seed(model.seed, fail)
     check_choices("dtypes", model.dtypes, fail)
@@ -336,23 +347,26 @@ def build_case(raw: dict, where: str = "<data>"):
         if name not in TRANSFORMS:
             fail(f"unknown transform {clip(repr(name), 40)}: one of {', '.join(TRANSFORMS)}"
                  f"{suggest(name, TRANSFORMS)}", f"transforms.{i}")
-    expect = _expect(model.expect, specs, out_shape, fail) if model.expect is not None else None
+    expect = _expect(model.expect, specs, out_shape, fail, outs) if model.expect is not None else None
     tolerance = _tolerance(model.tolerance, fail) if model.tolerance is not None else None
     return Case(name=model.name, path=where, expr=model.expr, ir=ir, vars=specs, out_shape=out_shape,
                 dtypes=tuple(model.dtypes), devices=tuple(model.devices), seed=model.seed,
                 description=model.description, expect=expect, tolerance=tolerance, impl=model.impl,
                 impl_args=dict(model.impl_args), order=model.order, transforms=tuple(dict.fromkeys(model.transforms)),
-                reference=model.reference)
+                reference=model.reference, outputs=outs)
 
 
-def _expression(model: CaseModel, fail) -> Node:
-    """The parsed ``expr``: every declared var used, every constant finite."""
+def _expression(model: CaseModel, fail) -> tuple[Node, list, list[str]]:
+    """The parsed ``expr`` (the flat concatenation of a tuple's elements), its elements and the outputs' names:
+    every declared var used, every constant finite."""
     if model.reference is not None:
         fail("give expr or reference, not both: each is the reference the impl is checked against", "reference")
     try:
-        ir = parse(model.expr, set(model.vars))
+        elements = parse_outputs(model.expr, set(model.vars))
     except ExpressionError as exc:
         fail(f"bad expr: {_point_at(model.expr, exc)}", "expr")
+    ir = elements[0] if len(elements) == 1 and model.outputs is None else outputs.flat_ir(elements)
+    names = _output_names(model.outputs, len(elements), fail)
     used = variables(ir)
     if not used:
         fail("expr uses no variables: there is nothing to differentiate", "expr")
@@ -362,7 +376,7 @@ def _expression(model: CaseModel, fail) -> Node:
              "expression; write it as a finite number", "expr")
     for unused in sorted(set(model.vars) - used):
         fail(f"var '{clip(unused)}' is declared but not used in expr", f"vars.{unused}")
-    return ir
+    return ir, elements, names
 
 
 def _no_expression(model: CaseModel, fail) -> None:
@@ -376,6 +390,26 @@ def _no_expression(model: CaseModel, fail) -> None:
         fail(what, "impl" if model.reference is not None else "expr")
     if not model.vars:
         fail("a case without expr must declare its vars (the impl's tensor arguments)", "vars")
+    if model.outputs is not None:
+        fail("outputs names the elements of a tuple expr; a case without expr has one output", "outputs")
+
+
+def _output_names(names, count: int, fail) -> list[str]:
+    """The outputs' names: ``outputs = [...]`` (one distinct identifier per element of the expr's tuple), or
+    out0, out1, ... for a tuple expr without it; [] for a case with one plain output."""
+    if names is None:
+        return outputs.default_names(count) if count > 1 else []
+    import re
+
+    if len(names) != count:
+        fail(f"outputs names {len(names)} output(s) but expr has {count}", "outputs")
+    for i, name in enumerate(names):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name):
+            fail(f"outputs.{i} = {clip(repr(name), 40)} must be a plain identifier (letters, digits, _)",
+                 f"outputs.{i}")
+    if len(set(names)) < len(names):
+        fail(f"outputs names {', '.join(sorted({n for n in names if names.count(n) > 1}))} twice", "outputs")
+    return list(names)
 
 
 def non_finite_constant(ir: Node) -> str | None:
@@ -474,12 +508,15 @@ def _array(value, shape: tuple[int, ...], key: str, fail) -> np.ndarray:
     return arr
 
 
-def _expect(em: ExpectModel, specs: dict[str, VarSpec], out_shape, fail) -> Expect:
+def _expect(em: ExpectModel, specs: dict[str, VarSpec], out_shape, fail, outs=()) -> Expect:
     value = None
     if em.value is not None:
-        # without expr the output's shape is known only once the reference runs (checked then)
-        value = _array(em.value, out_shape, "expect.value", fail) if out_shape is not None else \
-            numbers(em.value, "expect.value", fail)
+        if outs:
+            value = outputs.flat_expect(em.value, outs, fail)
+        elif out_shape is not None:
+            value = _array(em.value, out_shape, "expect.value", fail)
+        else:  # without expr the output's shape is known only once the reference runs (checked then)
+            value = numbers(em.value, "expect.value", fail)
     grads = {}
     for vname, raw in em.grad.items():
         if vname not in specs:

@@ -98,7 +98,7 @@ def _worst_table(check) -> str:
     for e in check.worst:
         ratio = e.abs_err / e.allowed if e.allowed else float("inf")
         fd = "-" if e.fd is None else f"{e.fd:.7g}"
-        rows.append(f"<tr><td>{escape(str(e.index))}</td><td class=num>{e.got:.7g}</td><td class=num>{e.ref:.7g}"
+        rows.append(f"<tr><td>{escape(e.where)}</td><td class=num>{e.got:.7g}</td><td class=num>{e.ref:.7g}"
                     f"</td><td class=num>{fd}</td><td class=num>{e.abs_err:.3g}</td><td class=num>{e.allowed:.3g}"
                     f"</td><td class=num>{ratio:.3g}</td></tr>")
     return f"<table class=worst>{head}{''.join(rows)}</table>"

@@ -77,6 +77,12 @@ class Entry:
     fd: float | None = None
     lo: float | None = None  # one-sided derivatives at a kink, when the entry sits on one
     hi: float | None = None
+    output: str | None = None  # a case with several outputs: the output ``index`` is in
+
+    @property
+    def where(self) -> str:
+        """The entry for people: ``[2, 0]``, or ``dx[2]`` in output ``dx`` of a case with several outputs."""
+        return f"{self.output}{self.index}" if self.output else str(self.index)
 
     @property
     def rel_err(self) -> float:
@@ -119,6 +125,8 @@ class Check:
             parts.append(self.var)
         if self.details.get("probe"):  # a directional probe judges <g, v>, not the entries of g
             parts.append(f"({self.details['probe']})")
+        if self.details.get("output"):  # several outputs: one alone, the others' gradients undefined
+            parts.append(f"({self.details['output']} alone)")
         where = " ".join(p for p in (self.dtype, self.device) if p)
         return " ".join(parts) + (f" [{where}]" if where else "")
 

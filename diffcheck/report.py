@@ -114,7 +114,7 @@ def check_lines(check: Check, detail: bool) -> list[str]:
             if e.abs_err <= e.allowed and e is not check.worst[0]:
                 continue
             fd = (f" {e.fd:14.7g}" if e.fd is not None else f" {'-':>14s}") if fd_column else ""
-            where = str(e.index)
+            where = safe(e.where)
             if probe and e.index:
                 where = f"<c{e.index[0] + 1}, J v>" if check.kind == "jvp" else f"<g, v{e.index[0] + 1}>"
             allowed = "0" if negligible(e.allowed, e.abs_err, check.dtype) else f"{e.allowed:.3g}"

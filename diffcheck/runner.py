@@ -274,11 +274,13 @@ def _first_order_verdict(checks: list[Check], failed: list[Check]) -> str:
     kinds = {c.kind for c in failed if c.engine == "impl"}
     forward_wrong = "value" in kinds
     self_inconsistent = "self_fd" in kinds
+    wrong = next((c.details["wrong_outputs"] for c in failed if c.details.get("wrong_outputs")), [])
+    where = f" in output{'s' * (len(wrong) > 1)} {', '.join(wrong)}" if wrong else ""  # several outputs
     if forward_wrong and not self_inconsistent:
-        return "the impl's forward is wrong (its value disagrees with the reference); its backward is consistent " \
-               "with its own forward"
+        return f"the impl's forward is wrong (its value disagrees with the reference{where}); its backward is " \
+               "consistent with its own forward"
     if forward_wrong:
-        return "the impl's forward and backward are both wrong"
+        return f"the impl's forward{where} and backward are both wrong"
     if self_inconsistent or "grad" in kinds:
         first = next((c for c in failed if c.kind == "grad"), failed[0])
         return f"the impl's backward is wrong ({first.label}{': ' + first.diagnosis if first.diagnosis else ''})"

@@ -19,6 +19,7 @@ from ..devices import chosen_dtypes
 from ..errors import CaseError
 from ..model import Check, Findings, Options
 from .autograd import autograd
+from .outputs import undefined_grads
 from .higher import hvp
 from .impl import self_consistency
 from .point import Point, build_point, entrywise_fd, first_bad_op, stage_rng
@@ -40,6 +41,7 @@ STAGES = (
     Stage("impl", "reference", lambda case: bool(case.impl), self_consistency),
     Stage("precision", "reference", lambda case: bool(case.impl), precision),
     Stage("higher", "reference", lambda case: case.order == 2, hvp),
+    Stage("outputs", "autograd", lambda case: len(case.outputs) > 1, undefined_grads),
     Stage("autograd", "autograd", lambda case: True, autograd),
 )
 
@@ -117,10 +119,16 @@ def _function(case: Case, options: Options):
 
         fn = impl.load(case.impl, case.base_dir, list(case.vars), case.impl_args, case.path, case.name,
                        options.impl_path, options.impl_sys_path)
-        return impl.guard(fn, case.out_shape) if case.out_shape is not None else fn  # else guarded once run
+        if case.out_shape is None:  # guarded once the reference (or the impl alone) has run
+            return fn
+        return impl.guard(fn, case.out_shape, case.outputs)
     from ..engines.autograd import build
 
-    return build(case.ir)
+    fn = build(case.ir)
+    if case.outputs:  # each output on its own too, for the checks with the others' gradients undefined
+        parts = [build(o.ir) for o in case.outputs]
+        fn.parts = lambda **tensors: [p(**tensors) for p in parts]
+    return fn
 
 
 def _reference_skip(point: Point, fwd) -> Check | None:

@@ -10,6 +10,7 @@ from ..compare import compare, worst_margin
 from ..devices import device_skips
 from ..expr.ir import Call, Const, walk
 from ..model import Check
+from ..outputs import name_entries
 from .point import Point, cotangent_name, first_bad_op
 from .probes import mark_lower_precision, missing_kernel, torch_raised, user_failure
 
@@ -77,8 +78,10 @@ def on_device(point: Point, dtype: str, device: str) -> list[Check]:
         checks.append(Check("semantic", engine, "input metadata", dtype=dtype, device=device,
                             message="gradients have their inputs' dtype, device and shape; a zero upstream "
                                     "gradient gives zero; backward run twice gives the same gradient"))
+    value_tol = tol.derived(fwd.errs[out], fwd.values[out], dtype, case.tolerance)
     value = compare(Check("value", engine, "symbolic", dtype=dtype, device=device), res.value, fwd.values[out],
-                    tol.derived(fwd.errs[out], fwd.values[out], dtype, case.tolerance))
+                    value_tol)
+    name_entries(value, case.outputs, res.value, fwd.values[out], value_tol.allowed)  # several outputs
     checks.append(value)
     if case.impl and value.status == "fail" and dtype == "float64":
         mark_lower_precision(value, [(res.value, fwd.values[out], fwd.errs[out])])
@@ -110,7 +113,7 @@ def worst_over_cotangents(point: Point, res, grads, name, dtype, device) -> Chec
                     upstream=point.cotangents[worst_ci])
     if worst.status == "fail" and worst.worst:
         add_fd_column(point, worst, grads, worst_ci, name)
-    what = cotangent_name(worst_ci, len(point.cotangents))
+    what = cotangent_name(worst_ci, len(point.cotangents), point.case.outputs)
     worst.message = (worst.message + "; " if worst.message else "") + f"{len(res.vjps)} cotangents, worst: {what}"
     return worst
 
@@ -131,8 +134,9 @@ def expect_on_autograd(point: Point, res, fwd, grads, dtype, device) -> list[Che
     expect, checks = point.case.expect, []
     if expect.value is not None:
         t = tol.expected(expect.value, expect.atol, expect.rtol, fwd.errs[point.program.out], dtype)
-        checks.append(compare(Check("expect_value", point.engine, "expect", dtype=dtype, device=device),
-                              res.value, expect.value, t))
+        checks.append(name_entries(compare(Check("expect_value", point.engine, "expect", dtype=dtype, device=device),
+                                           res.value, expect.value, t), point.case.outputs, res.value, expect.value,
+                                   t.allowed))
     for name, want in expect.grad.items():
         g = grads[0][name]
         t = tol.expected(want, expect.atol, expect.rtol, g.err, dtype)

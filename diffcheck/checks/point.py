@@ -125,8 +125,13 @@ def build_point(case: Case, options, seed: int, fn, dtypes: list[str]) -> Point:
             program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
         except ExpressionError as exc:  # an op undefined for every input (softplus(beta=0)), a size limit
             raise CaseError(str(exc), case.path, case.name, "expr") from None
+    cots = cotangents(program.out_shape, rng, low)
+    if case.outputs:  # several outputs: value-only ones get a zero cotangent
+        from ..outputs import mask_cotangents
+
+        cots = mask_cotangents(cots, case.outputs)
     point = Point(case, seed, dtypes, tuple(options.devices), fn, "impl" if case.impl else "autograd", low, base,
-                  program, cotangents(program.out_shape, rng, low), getattr(options, "fd_method", None))
+                  program, cots, getattr(options, "fd_method", None))
     return point
 
 
@@ -198,11 +203,16 @@ def scaled(grads: dict, r: float) -> dict:
     return out
 
 
-def cotangent_name(index: int, total: int) -> str:
+def cotangent_name(index: int, total: int, outputs=()) -> str:
     if index == 0:
         return "ones"
     if index <= RANDOM_COTANGENTS:
         return f"random #{index}"
+    if outputs:  # several outputs: the basis vector's entry by its output's name
+        from ..outputs import locate
+
+        output, local = locate(outputs, index - RANDOM_COTANGENTS - 1)
+        return f"basis {output.name}{local}"
     return f"basis #{index - RANDOM_COTANGENTS - 1}"
 
 

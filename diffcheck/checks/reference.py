@@ -8,6 +8,7 @@ import numpy as np
 from .. import tolerance as tol
 from ..compare import compare
 from ..model import Check
+from ..outputs import name_entries
 from .point import Point, stage_rng
 from .probes import directional_check, entrywise_check
 
@@ -42,8 +43,9 @@ def expect_on_reference(point: Point) -> list[Check]:
     checks = []
     if expect.value is not None:
         t = tol.expected(expect.value, expect.atol, expect.rtol, fwd.errs[out], "float64")
-        checks.append(compare(Check("expect_value", "symbolic", "expect", dtype="float64"), fwd.values[out],
-                              expect.value, t))
+        checks.append(name_entries(compare(Check("expect_value", "symbolic", "expect", dtype="float64"),
+                                           fwd.values[out], expect.value, t), point.case.outputs, fwd.values[out],
+                                   expect.value, t.allowed))
     for name, want in expect.grad.items():
         g = grads[0][name]
         t = tol.expected(want, expect.atol, expect.rtol, g.err, "float64")

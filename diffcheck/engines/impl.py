@@ -244,11 +244,15 @@ class ImplFailure(Exception):
                    "raised", phase_name, exc)
 
 
-def guard(fn: Callable, out_shape) -> Callable:
-    """``fn`` whose every failure is an ImplFailure: anything it raises, a non-tensor, a wrong shape."""
+def guard(fn: Callable, out_shape, outputs=()) -> Callable:
+    """``fn`` whose every failure is an ImplFailure: anything it raises, a non-tensor, a wrong shape. With several
+    ``outputs`` (outputs.Output) the result is a tuple or dict, checked and flattened into the one flat output;
+    ``call.parts`` gives the outputs themselves."""
     import torch
 
     out_shape = tuple(out_shape)
+    if outputs:
+        return _guard_outputs(fn, outputs)
 
     def call(**tensors):
         try:
@@ -259,12 +263,37 @@ def guard(fn: Callable, out_shape) -> Callable:
         except BaseException as exc:  # user code: every exception is a finding, SystemExit included
             raise ImplFailure.of(exc, "forward") from None
         if not isinstance(out, torch.Tensor):
-            raise ImplFailure(f"the impl returned {clean(type(out).__name__)}, not a tensor", "returned", "forward")
+            hint = " (several outputs: write expr as a tuple, '(a, b)')" if isinstance(out, tuple | list | dict) else ""
+            raise ImplFailure(f"the impl returned {clean(type(out).__name__)}, not a tensor{hint}", "returned",
+                              "forward")
         if tuple(out.shape) != out_shape:
             raise ImplFailure(f"the impl returned shape {list(out.shape)} where {list(out_shape)} is expected",
                               "shape", "forward")
         return out
 
+    return call
+
+
+def _guard_outputs(fn: Callable, outputs) -> Callable:
+    from ..outputs import Mismatch, concatenate, flatten_result
+
+    def parts(**tensors):
+        try:
+            with phase("the impl's forward"):
+                out = fn(**tensors)
+        except (KeyboardInterrupt, Timeout):
+            raise
+        except BaseException as exc:  # user code: every exception is a finding, SystemExit included
+            raise ImplFailure.of(exc, "forward") from None
+        try:
+            return flatten_result(out, outputs, clean)
+        except Mismatch as exc:
+            raise ImplFailure(exc.message, exc.what, "forward") from None
+
+    def call(**tensors):
+        return concatenate(parts(**tensors))
+
+    call.parts = parts
     return call
 
 

@@ -52,6 +52,24 @@ def parse(text: str, names: set[str] | frozenset[str] | None = None) -> Node:
     return _Converter(text, names).convert(tree.body, 0)
 
 
+def parse_outputs(text: str, names: set[str] | frozenset[str] | None = None) -> tuple[Node, ...]:
+    """``parse`` for a case's ``expr``, which may also be a tuple of outputs, ``(a * b, a + b)``, at the top level
+    only: one IR tree per output (one for a plain expression)."""
+    if not isinstance(text, str) or len(text) > MAX_LENGTH or not text.strip():
+        return (parse(text, names),)  # parse says what is wrong
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+        return (parse(text, names),)
+    if not isinstance(tree.body, ast.Tuple):
+        return (_Converter(text, names).convert(tree.body, 0),)
+    if len(tree.body.elts) < 2:
+        raise ExpressionError("a tuple of outputs needs at least two (write one output without the tuple)", text,
+                              tree.body.col_offset)
+    converter = _Converter(text, names)
+    return tuple(converter.convert(element, 1) for element in tree.body.elts)
+
+
 def _nfkc(name: str) -> str:
     return unicodedata.normalize("NFKC", name)
 
