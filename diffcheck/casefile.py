@@ -82,6 +82,7 @@ class CaseModel(Strict):
     impl_args: dict[str, int | float | bool | str] = {}
     order: int = 1
     transforms: list[str] = []
+    surrogate: dict[str, str] = {}  # var -> the backward rule an impl follows instead of the true derivative
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class Case:
     impl_args: dict = field(default_factory=dict)
     order: int = 1  # 2 also checks Hessian-vector products
     transforms: tuple[str, ...] = ()  # TRANSFORMS this case is also checked under
+    surrogate: dict = field(default_factory=dict)  # var -> (text, IR) of its declared backward rule, of vars and g
 
     @property
     def base_dir(self) -> Path:
@@ -311,10 +313,12 @@ def build_case(raw: dict, where: str = "<data>"):
     if overflow:
         fail(f"bad expr: the constant {overflow} is not finite in float64, so no dtype can evaluate the "
              "expression; write it as a finite number", "expr")
-    for unused in sorted(set(model.vars) - used):
-        fail(f"var '{clip(unused)}' is declared but not used in expr", f"vars.{unused}")
-
     specs = {vname: _var_spec(vname, vm, fail) for vname, vm in model.vars.items()}
+    for unused in sorted(set(model.vars) - used):
+        if model.impl is None or specs[unused].requires_grad:  # an impl may take a constant input expr does not
+            fail(f"var '{clip(unused)}' is declared but not used in expr"
+                 + (" (an impl may take one that is declared requires_grad = false)" if model.impl else ""),
+                 f"vars.{unused}")
     if not any(s.requires_grad for s in specs.values()):
         fail("no var has requires_grad = true: there is nothing to differentiate", "vars")
     try:
@@ -339,12 +343,51 @@ def build_case(raw: dict, where: str = "<data>"):
         if name not in TRANSFORMS:
             fail(f"unknown transform {clip(repr(name), 40)}: one of {', '.join(TRANSFORMS)}"
                  f"{suggest(name, TRANSFORMS)}", f"transforms.{i}")
+    surrogate = _surrogates(model, specs, out_shape, fail)
     expect = _expect(model.expect, specs, out_shape, fail) if model.expect is not None else None
     tolerance = _tolerance(model.tolerance, fail) if model.tolerance is not None else None
     return Case(name=model.name, path=where, expr=model.expr, ir=ir, vars=specs, out_shape=out_shape,
                 dtypes=tuple(model.dtypes), devices=tuple(model.devices), seed=model.seed,
                 description=model.description, expect=expect, tolerance=tolerance, impl=model.impl,
-                impl_args=dict(model.impl_args), order=model.order, transforms=tuple(dict.fromkeys(model.transforms)))
+                impl_args=dict(model.impl_args), order=model.order, transforms=tuple(dict.fromkeys(model.transforms)),
+                surrogate=surrogate)
+
+
+SURROGATE_G = "g"  # the upstream gradient's name in a surrogate rule
+
+
+def _surrogates(model: CaseModel, specs: dict[str, VarSpec], out_shape, fail) -> dict:
+    """``surrogate.<var>``: the rule, of the vars and the upstream gradient ``g`` (the output's shape), that the
+    impl's backward follows for that var instead of the true derivative; it must give the var's shape."""
+    rules = {}
+    for vname, text in model.surrogate.items():
+        key = f"surrogate.{vname}"
+        if model.impl is None:
+            fail("surrogate needs impl: it declares the gradient an impl's own backward computes", key)
+        if vname not in specs:
+            fail(f"surrogate names '{clip(vname)}', which is not a declared var", key)
+        if not specs[vname].requires_grad:
+            fail(f"var '{clip(vname)}' has requires_grad = false, so it has no gradient to declare", key)
+        if SURROGATE_G in specs:
+            fail(f"a var is named '{SURROGATE_G}', the upstream gradient's name in a surrogate: rename the var", key)
+        if model.order != 1:
+            fail("surrogate gradients are checked to first order only (order = 1)", key)
+        try:
+            ir = parse(text, set(specs) | {SURROGATE_G})
+            shape = infer(ir, VarShapes({**specs, SURROGATE_G: VarSpec(SURROGATE_G, tuple(out_shape), None,
+                                                                       (-1.0, 1.0), False)}))
+        except ExpressionError as exc:
+            fail(f"bad surrogate: {_point_at(text, exc)}", key)
+        want = specs[vname].shape
+        try:
+            fits = np.broadcast_shapes(tuple(shape), want) == want
+        except ValueError:
+            fits = False
+        if not fits:
+            fail(f"the surrogate gives shape {list(shape)}, which does not broadcast to var '{clip(vname)}''s shape "
+                 f"{list(want)} (g has the output's shape {list(out_shape)})", key)
+        rules[vname] = (text, ir)
+    return rules
 
 
 def non_finite_constant(ir: Node) -> str | None:
