@@ -361,31 +361,35 @@ def _surrogates(model: CaseModel, specs: dict[str, VarSpec], out_shape, fail) ->
     impl's backward follows for that var instead of the true derivative; it must give the var's shape."""
     rules = {}
     for vname, text in model.surrogate.items():
-        key = f"surrogate.{vname}"
+        key = f"surrogate.{clip(vname)}"
+
+        def bad(message: str):
+            fail(f"{key}: {message}", key)
+
         if model.impl is None:
-            fail("surrogate needs impl: it declares the gradient an impl's own backward computes", key)
+            bad("surrogate needs impl: it declares the gradient an impl's own backward computes")
         if vname not in specs:
-            fail(f"surrogate names '{clip(vname)}', which is not a declared var", key)
+            bad(f"'{clip(vname)}' is not a declared var")
         if not specs[vname].requires_grad:
-            fail(f"var '{clip(vname)}' has requires_grad = false, so it has no gradient to declare", key)
+            bad(f"var '{clip(vname)}' has requires_grad = false, so it has no gradient to declare")
         if SURROGATE_G in specs:
-            fail(f"a var is named '{SURROGATE_G}', the upstream gradient's name in a surrogate: rename the var", key)
+            bad(f"a var is named '{SURROGATE_G}', the upstream gradient's name in a surrogate: rename the var")
         if model.order != 1:
-            fail("surrogate gradients are checked to first order only (order = 1)", key)
+            bad("surrogate gradients are checked to first order only (order = 1)")
         try:
             ir = parse(text, set(specs) | {SURROGATE_G})
             shape = infer(ir, VarShapes({**specs, SURROGATE_G: VarSpec(SURROGATE_G, tuple(out_shape), None,
                                                                        (-1.0, 1.0), False)}))
         except ExpressionError as exc:
-            fail(f"bad surrogate: {_point_at(text, exc)}", key)
+            bad(f"bad surrogate: {_point_at(text, exc)}")
         want = specs[vname].shape
         try:
             fits = np.broadcast_shapes(tuple(shape), want) == want
         except ValueError:
             fits = False
         if not fits:
-            fail(f"the surrogate gives shape {list(shape)}, which does not broadcast to var '{clip(vname)}''s shape "
-                 f"{list(want)} (g has the output's shape {list(out_shape)})", key)
+            bad(f"the surrogate gives shape {list(shape)}, which does not broadcast to var '{clip(vname)}''s shape "
+                f"{list(want)} (g has the output's shape {list(out_shape)})")
         rules[vname] = (text, ir)
     return rules
 
