@@ -79,7 +79,7 @@ class CaseModel(Strict):
     expect: ExpectModel | None = None
     tolerance: ToleranceModel | None = None
     impl: str | None = None
-    impl_args: dict[str, int | float | bool | str] = {}
+    impl_args: dict[str, Any] = {}  # numbers, booleans, strings, lists of them; {} is None (see _impl_args)
     order: int = 1
     transforms: list[str] = []
     surrogate: dict[str, str] = {}  # var -> the backward rule an impl follows instead of the true derivative
@@ -336,6 +336,7 @@ def build_case(raw: dict, where: str = "<data>"):
         fail("impl must name 'module:attribute'", "impl")
     if model.impl_args and model.impl is None:
         fail("impl_args needs impl", "impl_args")
+    impl_args = _impl_args(model.impl_args, fail)
     clash = set(model.impl_args) & set(model.vars)
     if clash:
         fail(f"impl_args names a var: {', '.join(sorted(clash))}", "impl_args")
@@ -349,8 +350,27 @@ def build_case(raw: dict, where: str = "<data>"):
     return Case(name=model.name, path=where, expr=model.expr, ir=ir, vars=specs, out_shape=out_shape,
                 dtypes=tuple(model.dtypes), devices=tuple(model.devices), seed=model.seed,
                 description=model.description, expect=expect, tolerance=tolerance, impl=model.impl,
-                impl_args=dict(model.impl_args), order=model.order, transforms=tuple(dict.fromkeys(model.transforms)),
+                impl_args=impl_args, order=model.order, transforms=tuple(dict.fromkeys(model.transforms)),
                 surrogate=surrogate)
+
+
+def _impl_args(args: dict, fail) -> dict:
+    """``impl_args`` as the impl receives them: numbers, booleans, strings and lists of them, as written; TOML has
+    no null, so an empty table (``bias = {}``) is Python's None. Anything else is an error naming the key."""
+
+    def value(v, key: str):
+        if isinstance(v, dict):
+            if v:
+                fail(f"{key}: a table is not an impl argument; write {{}} (an empty table) for None", key)
+            return None
+        if isinstance(v, list):
+            return [value(item, f"{key}.{i}") for i, item in enumerate(v)]
+        if isinstance(v, (bool, int, float, str)):
+            return v
+        fail(f"{key}: impl arguments are numbers, booleans, strings, lists or {{}} for None, got "
+             f"{clip(type(v).__name__)}", key)
+
+    return {name: value(v, f"impl_args.{clip(name)}") for name, v in args.items()}
 
 
 SURROGATE_G = "g"  # the upstream gradient's name in a surrogate rule
