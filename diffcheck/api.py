@@ -42,7 +42,8 @@ def check(expr: str, vars: dict | None = None, impl=None, *, inputs: dict | None
         vars, from_inputs = _from_inputs(inputs, vars, case_name)
         dtypes = from_inputs if dtypes is None else dtypes
     elif vars is None:
-        raise TypeError("diffcheck.check: give the vars (vars={'x': {'shape': [3]}}) or their values (inputs=...)")
+        raise TypeError("diffcheck.check: vars must be a dict of var name to its case-file keys (vars={'x': "
+                        "{'shape': [3]}}), or give the values as inputs={'x': tensor}; got None")
     dtypes = _names(dtypes, "dtypes", ("float64", "float32"))
     devices = _names(devices, "devices", ("cpu",))
     vars = _plain_vars(vars, case_name)
