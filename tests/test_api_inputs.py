@@ -123,7 +123,8 @@ def test_api_extra_tensor_argument_follows_the_dtype_under_check():
                              impl_args={"scale": weights, "dims": [0]}, dtypes=("float64", "float32"))
     result.assert_ok()
     assert (torch.float32, torch.float32, False) in seen and (torch.float64, torch.float64, False) in seen
-    wrong = diffcheck.check("sum(x * w, dim=0)", {**x, "w": {"value": np.array([1.0, 2.0, 3.0]), "requires_grad": False}},
+    wrong = diffcheck.check("sum(x * w, dim=0)",
+                            {**x, "w": {"value": np.array([1.0, 2.0, 3.0]), "requires_grad": False}},
                             impl=lambda x, w, scale, dims: scaled(x, scale, dims),
                             impl_args={"scale": np.array([1.0, 2.0, 3.001]), "dims": [0]})
     assert wrong.status == "fail"
