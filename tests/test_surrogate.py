@@ -163,3 +163,32 @@ def test_bad_surrogate_rules_are_case_errors_naming_the_key(tmp_path, expr, extr
 def test_surrogate_needs_an_impl(write_case):
     code, out = run(write_case('name = "s"\nexpr = "x"\nvars.x = { shape = [2] }\nsurrogate.x = "g"\n'))
     assert code == 2 and "surrogate needs impl" in out, out
+
+
+def test_explain_says_the_departure_is_declared():
+    result = CliRunner().invoke(main, ["explain", str(SHIPPED / "surrogate.toml"), "-k", "gradient_reversal"])
+    assert "DEPARTS" in result.output
+    assert "surrogate.x = '-0.5 * g' is declared" in result.output
+
+
+def test_api_takes_surrogate():
+    import torch
+
+    import diffcheck
+
+    class Reverse(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return -g
+
+    x = {"x": {"shape": [3]}}
+    result = diffcheck.check("x", x, impl=Reverse, surrogate={"x": "-g"})
+    result.assert_ok()
+    assert {c.against for c in result.checks if c.kind == "grad"} == {"surrogate"}
+    assert diffcheck.check("x", x, impl=Reverse, surrogate={"x": "g"}).status == "fail"
+    with pytest.raises(diffcheck.CaseError, match="surrogate.x"):
+        diffcheck.check("x", x, impl=Reverse, surrogate={"x": "unsqueeze(g, 0)"})
