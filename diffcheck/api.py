@@ -7,17 +7,18 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from .casefile import build_case
+from .casefile import DTYPES, build_case
 from .errors import CaseError
 from .runner import CaseResult, Options, run_case
 
 WHERE = "<diffcheck.check>"
 
 
-def check(expr: str | None = None, vars: dict | None = None, impl=None, *, reference=None, name: str = "check",
-          dtypes=("float64", "float32"), devices=("cpu",), seed: int = 0, order: int = 1,
-          expect: dict | None = None, tolerance: dict | None = None, impl_args: dict | None = None, impl_path=(),
-          impl_sys_path: bool = False, timeout: float = 300.0) -> CaseResult:
+def check(expr: str | None = None, vars: dict | None = None, impl=None, *, reference=None,
+          inputs: dict | None = None, name: str = "check", dtypes=None, devices=("cpu",), seed: int = 0,
+          order: int = 1, expect: dict | None = None, tolerance: dict | None = None, impl_args: dict | None = None,
+          impl_path=(), impl_sys_path: bool = False, timeout: float = 300.0,
+          surrogate: dict | None = None) -> CaseResult:
     """Check the gradient of ``expr`` (and of ``impl``, when given) like a case file would, and return the result.
 
     Without ``expr``, ``impl`` is checked against ``reference`` (a plain torch function of the vars, run in float64,
@@ -31,13 +32,25 @@ def check(expr: str | None = None, vars: dict | None = None, impl=None, *, refer
     take one name or a sequence (torch dtypes and devices too); None means the default. An impl string is looked
     up under the current directory and ``impl_path`` (from sys.path only with ``impl_sys_path``). ``timeout``
     bounds the case's seconds (0: none; enforced in the main thread only). The result's
-    ``assert_ok()`` raises AssertionError with the localized report unless it passed::
+    ``assert_ok()`` raises AssertionError with the localized report unless it passed.
+
+    ``inputs`` takes real values, var name -> tensor or numpy array, in the order an ``autograd.Function`` takes
+    them: a float tensor's dtype sets the dtypes checked (unless ``dtypes`` is given), an int64/bool one becomes an
+    int64/bool var, and ``requires_grad=False`` holds it constant; an entry of ``vars`` with the same name overrides
+    those keys (``{"x": {"requires_grad": True}}``). ``impl_args`` may also hold None, lists and tensors (a float
+    tensor follows the dtype and device under check). ``surrogate`` is the case file's ``surrogate`` table::
 
         diffcheck.check("sigmoid(x)", vars={"x": {"shape": [3, 4]}}, impl=MySigmoid).assert_ok()
     """
-    dtypes = _names(dtypes, "dtypes", ("float64", "float32"))  # the defaults of the signature
-    devices = _names(devices, "devices", ("cpu",))
     case_name = name if isinstance(name, str) else None
+    if inputs is not None:
+        vars, from_inputs = _from_inputs(inputs, vars, case_name)
+        dtypes = from_inputs if dtypes is None else dtypes
+    elif vars is None:
+        raise TypeError("diffcheck.check: vars must be a dict of var name to its case-file keys (vars={'x': "
+                        "{'shape': [3]}}), or give the values as inputs={'x': tensor}; got None")
+    dtypes = _names(dtypes, "dtypes", ("float64", "float32"))
+    devices = _names(devices, "devices", ("cpu",))
     vars = _plain_vars(vars, case_name)
     if isinstance(expect, Mapping):
         expect = _plain_expect(expect, case_name)
@@ -53,19 +66,100 @@ def check(expr: str | None = None, vars: dict | None = None, impl=None, *, refer
         raw["tolerance"] = tolerance
     if impl is not None:  # an object is put in after validation; a placeholder lets impl_args through
         raw["impl"] = impl if isinstance(impl, str) else "<python object>"
-    if impl_args:
-        raw["impl_args"] = impl_args
+    if impl_args:  # None, tensors and arrays are put in after validation; {} (None) holds their place
+        raw["impl_args"] = {k: v if _plain_arg(v) else {} for k, v in dict(impl_args).items()}
+    if surrogate is not None:
+        raw["surrogate"] = surrogate
     case = build_case(raw, "<diffcheck.check>")
+    if impl_args and not all(_plain_arg(v) for v in dict(impl_args).values()):
+        from dataclasses import replace
+
+        case = replace(case, impl_args={k: _impl_arg(v) for k, v in dict(impl_args).items()})
     if impl is not None and not isinstance(impl, str):
         from dataclasses import replace
 
-        case = replace(case, impl=impl, impl_args=dict(impl_args or {}))
+        case = replace(case, impl=impl)
     if reference is not None and not isinstance(reference, str):
         from dataclasses import replace
 
         case = replace(case, reference=reference)
     return run_case(case, Options(devices=tuple(devices), impl_path=tuple(map(str, impl_path)),
                                   impl_sys_path=impl_sys_path, timeout=timeout))
+
+
+def _plain_arg(value) -> bool:
+    """Whether an impl argument is one a case file can write (number, boolean, string, list of them)."""
+    if isinstance(value, list):
+        return all(_plain_arg(v) for v in value)
+    return isinstance(value, (bool, int, float, str))
+
+
+def _impl_arg(value):
+    """An impl argument from the API as the impl gets it: a numpy array as a tensor, the rest as given."""
+    if isinstance(value, (np.ndarray, np.generic)) and not isinstance(value, np.str_):
+        import torch
+
+        return torch.as_tensor(np.asarray(value))
+    if isinstance(value, list):
+        return [_impl_arg(v) for v in value]
+    return value
+
+
+def _from_inputs(inputs, vars, case_name: str | None) -> tuple[dict, list[str]]:
+    """``inputs`` (name -> tensor or array) as ``vars`` entries, in their order, with ``vars``' own keys on top;
+    and the float dtypes they hold (their order of first appearance; float64 where none is a float tensor)."""
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"diffcheck.check: inputs must be a dict of var name to a tensor or numpy array, got "
+                        f"{type(inputs).__name__}")
+    if vars is not None and not isinstance(vars, Mapping):
+        raise TypeError(f"diffcheck.check: vars must be a dict, got {type(vars).__name__}")
+    overrides = dict(vars or {})
+    merged, dtypes = {}, []
+    for vname, value in inputs.items():
+        spec, dtype = _input_spec(value, f"inputs.{vname}", case_name)
+        own = overrides.pop(vname, {})
+        if not isinstance(own, Mapping):
+            raise CaseError(f"vars.{vname} overrides inputs.{vname}: it must be a dict of case-file keys",
+                            WHERE, case_name, f"vars.{vname}")
+        merged[vname] = {**spec, **own}
+        if dtype is not None and dtype not in dtypes:
+            dtypes.append(dtype)
+    merged.update(overrides)
+    constant = [n for n, spec in merged.items() if spec.get("requires_grad") is False and "dtype" not in spec]
+    if constant and not any(spec.get("requires_grad", "dtype" not in spec) for spec in merged.values()):
+        raise CaseError(f"no var is differentiated: the tensors given for {', '.join(map(str, constant))} have "
+                        "requires_grad=False (create them with requires_grad=True, or override with "
+                        "vars={name: {'requires_grad': True}})", WHERE, case_name, "inputs")
+    return merged, dtypes or ["float64"]
+
+
+def _input_spec(value, key: str, case_name: str | None) -> tuple[dict, str | None]:
+    """One input's case-file keys (value, shape, dtype of int64/bool ones, requires_grad of a tensor) and its
+    float dtype name (None for int64/bool and non-float arrays)."""
+    if _is_tensor(value):
+        torch = sys.modules["torch"]
+        kind = str(value.dtype).removeprefix("torch.")
+        if value.dtype == torch.bool or not (value.is_floating_point() or value.is_complex()):
+            values = value.detach().cpu().numpy()
+            typed = {"dtype": "bool" if value.dtype == torch.bool else "int64", "shape": list(values.shape),
+                     "value": values.tolist()}
+            return typed, None
+        array = _array(value, key, case_name)
+        spec = {"shape": list(array[0].shape), "value": array[0].tolist(), "requires_grad": value.requires_grad}
+        if kind not in DTYPES:
+            raise CaseError(f"{key}: a tensor of {value.dtype}; diffcheck checks {', '.join(DTYPES)}",
+                            WHERE, case_name, key)
+        return spec, kind
+    if isinstance(value, (np.ndarray, np.generic)):
+        values = np.asarray(value)
+        if values.dtype.kind in "biu":
+            return {"dtype": "bool" if values.dtype.kind == "b" else "int64", "shape": list(values.shape),
+                    "value": values.tolist()}, None
+        array = _array(values, key, case_name)
+        kind = str(values.dtype)
+        return {"shape": list(array[0].shape), "value": array[0].tolist()}, kind if kind in DTYPES else None
+    raise TypeError(f"diffcheck.check: inputs.{key.split('.', 1)[1]} must be a tensor or a numpy array, got "
+                    f"{type(value).__name__} (numbers and case-file keys go in vars=)")
 
 
 def _names(value, arg: str, default: tuple) -> list:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from . import outputs
 from .errors import CaseError, ExpressionError
 from .expr.ir import Node, variables
-from .expr.parse import parse_outputs
+from .expr.parse import parse, parse_outputs
 from .expr.shapes import VarShapes, infer
 from .text import clip, safe
 from .validate import Strict, check_choices, check_seed, numbers
@@ -81,10 +81,11 @@ class CaseModel(Strict):
     expect: ExpectModel | None = None
     tolerance: ToleranceModel | None = None
     impl: str | None = None
-    impl_args: dict[str, int | float | bool | str] = {}
+    impl_args: dict[str, Any] = {}  # numbers, booleans, strings, lists of them; {} is None (see _impl_args)
     order: int = 1
     transforms: list[str] = []
     outputs: list[str] | None = None  # names of the outputs of a tuple expr (default out0, out1, ...)
+    surrogate: dict[str, str] = {}  # var -> the backward rule an impl follows instead of the true derivative
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class Case:
     def callable_reference(self) -> bool:
         """Whether the reference is Python code (``reference``, or the impl itself) rather than ``expr``."""
         return self.expr is None
+    surrogate: dict = field(default_factory=dict)  # var -> (text, IR) of its declared backward rule, of vars and g
 
     @property
     def base_dir(self) -> Path:
@@ -316,6 +318,11 @@ def build_case(raw: dict, where: str = "<data>"):
         ir, elements, names = _no_expression(model, fail), [], []
 
     specs = {vname: _var_spec(vname, vm, fail) for vname, vm in model.vars.items()}
+    for unused in sorted(set(model.vars) - (variables(ir) if ir is not None else set(model.vars))):
+        if model.impl is None or specs[unused].requires_grad:  # an impl may take a constant input expr does not
+            fail(f"var '{clip(unused)}' is declared but not used in expr"
+                 + (" (an impl may take one that is declared requires_grad = false)" if model.impl else ""),
+                 f"vars.{unused}")
     if not any(s.requires_grad for s in specs.values()):
         fail("no var has requires_grad = true: there is nothing to differentiate", "vars")
     out_shape, outs = None, ()  # a Python reference (or the impl alone) gives the shape when it first runs
@@ -340,6 +347,7 @@ def build_case(raw: dict, where: str = "<data>"):
         fail("impl must name 'module:attribute'", "impl")
     if model.impl_args and model.impl is None:
         fail("impl_args needs impl", "impl_args")
+    impl_args = _impl_args(model.impl_args, fail)
     clash = set(model.impl_args) & set(model.vars)
     if clash:
         fail(f"impl_args names a var: {', '.join(sorted(clash))}", "impl_args")
@@ -347,13 +355,14 @@ def build_case(raw: dict, where: str = "<data>"):
         if name not in TRANSFORMS:
             fail(f"unknown transform {clip(repr(name), 40)}: one of {', '.join(TRANSFORMS)}"
                  f"{suggest(name, TRANSFORMS)}", f"transforms.{i}")
+    surrogate = _surrogates(model, specs, out_shape, outs, fail)
     expect = _expect(model.expect, specs, out_shape, fail, outs) if model.expect is not None else None
     tolerance = _tolerance(model.tolerance, fail) if model.tolerance is not None else None
     return Case(name=model.name, path=where, expr=model.expr, ir=ir, vars=specs, out_shape=out_shape,
                 dtypes=tuple(model.dtypes), devices=tuple(model.devices), seed=model.seed,
                 description=model.description, expect=expect, tolerance=tolerance, impl=model.impl,
-                impl_args=dict(model.impl_args), order=model.order, transforms=tuple(dict.fromkeys(model.transforms)),
-                reference=model.reference, outputs=outs)
+                impl_args=impl_args, order=model.order, transforms=tuple(dict.fromkeys(model.transforms)),
+                reference=model.reference, outputs=outs, surrogate=surrogate)
 
 
 def _expression(model: CaseModel, fail) -> tuple[Node, list, list[str]]:
@@ -374,8 +383,6 @@ def _expression(model: CaseModel, fail) -> tuple[Node, list, list[str]]:
     if overflow:
         fail(f"bad expr: the constant {overflow} is not finite in float64, so no dtype can evaluate the "
              "expression; write it as a finite number", "expr")
-    for unused in sorted(set(model.vars) - used):
-        fail(f"var '{clip(unused)}' is declared but not used in expr", f"vars.{unused}")
     return ir, elements, names
 
 
@@ -410,6 +417,70 @@ def _output_names(names, count: int, fail) -> list[str]:
     if len(set(names)) < len(names):
         fail(f"outputs names {', '.join(sorted({n for n in names if names.count(n) > 1}))} twice", "outputs")
     return list(names)
+
+
+def _impl_args(args: dict, fail) -> dict:
+    """``impl_args`` as the impl receives them: numbers, booleans, strings and lists of them, as written; TOML has
+    no null, so an empty table (``bias = {}``) is Python's None. Anything else is an error naming the key."""
+
+    def value(v, key: str):
+        if isinstance(v, dict):
+            if v:
+                fail(f"{key}: a table is not an impl argument; write {{}} (an empty table) for None", key)
+            return None
+        if isinstance(v, list):
+            return [value(item, f"{key}.{i}") for i, item in enumerate(v)]
+        if isinstance(v, (bool, int, float, str)):
+            return v
+        fail(f"{key}: impl arguments are numbers, booleans, strings, lists or {{}} for None, got "
+             f"{clip(type(v).__name__)}", key)
+
+    return {name: value(v, f"impl_args.{clip(name)}") for name, v in args.items()}
+
+
+SURROGATE_G = "g"  # the upstream gradient's name in a surrogate rule
+
+
+def _surrogates(model: CaseModel, specs: dict[str, VarSpec], out_shape, outs, fail) -> dict:
+    """``surrogate.<var>``: the rule, of the vars and the upstream gradient ``g`` (the output's shape), that the
+    impl's backward follows for that var instead of the true derivative; it must give the var's shape."""
+    rules = {}
+    for vname, text in model.surrogate.items():
+        key = f"surrogate.{clip(vname)}"
+
+        def bad(message: str):
+            fail(f"{key}: {message}", key)
+
+        if model.impl is None:
+            bad("surrogate needs impl: it declares the gradient an impl's own backward computes")
+        if out_shape is None:
+            bad("surrogate needs expr: the impl's forward is still checked against it")
+        if outs:
+            bad("surrogate rules are supported for one output only (g would be the flat concatenation)")
+        if vname not in specs:
+            bad(f"'{clip(vname)}' is not a declared var")
+        if not specs[vname].requires_grad:
+            bad(f"var '{clip(vname)}' has requires_grad = false, so it has no gradient to declare")
+        if SURROGATE_G in specs:
+            bad(f"a var is named '{SURROGATE_G}', the upstream gradient's name in a surrogate: rename the var")
+        if model.order != 1:
+            bad("surrogate gradients are checked to first order only (order = 1)")
+        try:
+            ir = parse(text, set(specs) | {SURROGATE_G})
+            shape = infer(ir, VarShapes({**specs, SURROGATE_G: VarSpec(SURROGATE_G, tuple(out_shape), None,
+                                                                       (-1.0, 1.0), False)}))
+        except ExpressionError as exc:
+            bad(f"bad surrogate: {_point_at(text, exc)}")
+        want = specs[vname].shape
+        try:
+            fits = np.broadcast_shapes(tuple(shape), want) == want
+        except ValueError:
+            fits = False
+        if not fits:
+            bad(f"the surrogate gives shape {list(shape)}, which does not broadcast to var '{clip(vname)}''s shape "
+                f"{list(want)} (g has the output's shape {list(out_shape)})")
+        rules[vname] = (text, ir)
+    return rules
 
 
 def non_finite_constant(ir: Node) -> str | None:

@@ -295,6 +295,9 @@ def _input_gradients(case, program, graph: Graph, point, cot, fn) -> None:
     if fn is not None and graph.departures:
         graph.notes.append("the impl exposes no intermediates: its backward is compared with the chain rule per "
                            "input, at the edges into each input")
+    for name, (text, _) in case.surrogate.items():  # the graph shows the true chain rule, never the declared one
+        graph.notes.append(f"surrogate.{name} = {text!r} is declared: the impl's gradient of {name} is meant to "
+                           "depart from the chain rule here; 'diffcheck run' judges it against the declared rule")
 
 
 def _finite_differences(program, point, cot, grad_vars) -> dict[str, np.ndarray]:

@@ -93,7 +93,8 @@ def _run(case: Case, options: Options, seed: int, checks: list[Check]) -> list[s
     if options.verbose and case.ir is not None:
         from .formula import formula
 
-        formulas = formula(case)
+        formulas = formula(case) + [f"surrogate d/d{n} := {text} (declared; g is the upstream gradient)"
+                                    for n, (text, _) in case.surrogate.items()]
     if "reference" in options.stages:
         point = replace(point, fd_full=entrywise_fd(point))
     for stage in STAGES:

@@ -11,6 +11,7 @@ from ..devices import device_skips
 from ..expr.ir import Call, Const, walk
 from ..model import Check
 from ..outputs import name_entries
+from ..text import clip
 from .point import Point, cotangent_name, first_bad_op
 from .probes import mark_lower_precision, missing_kernel, torch_raised, user_failure
 
@@ -32,7 +33,7 @@ def on_device(point: Point, dtype: str, device: str) -> list[Check]:
     from ..engines.impl import phase
 
     case, engine, out = point.case, point.engine, point.program.out
-    fwd, grads = point.reference(dtype)
+    fwd, grads = point.expected(dtype)
 
     def skip(message):
         return [Check("grad", engine, "symbolic", dtype=dtype, device=device, status="skip", message=message)]
@@ -42,7 +43,7 @@ def on_device(point: Point, dtype: str, device: str) -> list[Check]:
     literal = unrepresentable_literal(case.ir, dtype) if case.ir is not None else None
     if literal:
         return skip(literal)
-    jump = point.program.near_jump(fwd, tol.UNIT_ROUNDOFF[dtype])
+    jump = point.program.near_jump(fwd, tol.UNIT_ROUNDOFF[dtype]) or point.surrogate_jump(dtype)
     if jump:  # a mask or floor may flip in this dtype: reported, never a false failure
         return skip(jump)
     peak = max([fwd.peak] + [float(np.max(np.abs(g.value), initial=0.0))
@@ -98,23 +99,27 @@ def on_device(point: Point, dtype: str, device: str) -> list[Check]:
 def worst_over_cotangents(point: Point, res, grads, name, dtype, device) -> Check:
     """Judge every cotangent's VJP; report the one with the worst margin in full."""
     margins, tolerances = [], []
+    against = "surrogate" if name in point.surrogates else "symbolic"
     for vjp, ref in zip(res.vjps, grads):
         g = ref[name]
         if not np.all(np.isfinite(g.value)):
-            return Check("grad", point.engine, "symbolic", var=name, dtype=dtype, device=device, status="skip",
+            return Check("grad", point.engine, against, var=name, dtype=dtype, device=device, status="skip",
                          message="the reference gradient is not finite at this point (a singularity)")
         tolerances.append(tol.derived(g.err, g.value, dtype, point.case.tolerance))
         margins.append(worst_margin(vjp[name], g.value, tolerances[-1].allowed, g.lo, g.hi))
     worst_ci = int(np.argmax(margins))
     g = grads[worst_ci][name]
-    worst = compare(Check("grad", point.engine, "symbolic", var=name, dtype=dtype, device=device),
+    surrogate = name in point.surrogates  # finite differences of the forward say nothing about a declared rule
+    worst = compare(Check("grad", point.engine, against, var=name, dtype=dtype, device=device),
                     res.vjps[worst_ci][name], g.value, tolerances[worst_ci],
-                    lo=g.lo, hi=g.hi, fd=point.fd_values(name) if worst_ci == 0 else None,
+                    lo=g.lo, hi=g.hi, fd=point.fd_values(name) if worst_ci == 0 and not surrogate else None,
                     upstream=point.cotangents[worst_ci])
-    if worst.status == "fail" and worst.worst:
+    if worst.status == "fail" and worst.worst and not surrogate:
         add_fd_column(point, worst, grads, worst_ci, name)
     what = cotangent_name(worst_ci, len(point.cotangents), point.case.outputs)
     worst.message = (worst.message + "; " if worst.message else "") + f"{len(res.vjps)} cotangents, worst: {what}"
+    if surrogate:
+        worst.message += f"; declared surrogate.{name} = {clip(repr(point.case.surrogate[name][0]), 80)}"
     return worst
 
 

@@ -38,7 +38,13 @@ def self_consistency(point: Point) -> list[Check]:
             evaluate, noise = point.evaluator(ci, impl_forward)
             for name in point.case.grad_vars:
                 got, g = res.vjps[ci][name], grads[ci][name]
-                if not np.all(np.isfinite(g.value)):
+                if not np.all(np.isfinite(g.value)) or (name in point.surrogates and ci):
+                    continue
+                if name in point.surrogates:
+                    checks.append(Check("self_fd", "impl", "finite differences of the impl's own forward", var=name,
+                                        dtype="float64", device="cpu", status="skip",
+                                        message=f"surrogate.{name} declares a backward that is not the derivative "
+                                                "of the forward, so finite differences of the forward do not apply"))
                     continue
                 if g.value.size <= SMALL and ci == 0:
                     diffs = difference_entries(evaluate, x, name, g.value.shape, noise, point.fd)
@@ -66,6 +72,11 @@ def jvp_check(point: Point, res, grads, rng) -> list[Check]:
     v = {n: finite.random_direction(x[n], rng) for n in names}
     check = Check("jvp", "impl", "symbolic (forward mode vs reverse mode)", dtype="float64", device="cpu",
                   details={"probe": "random direction"})
+    if point.surrogates:  # a declared backward rule (nonlinear in g, perhaps) says nothing about forward mode
+        check.status = "skip"
+        check.message = (f"surrogate gradients are declared for {', '.join(point.surrogates)}: forward mode has no "
+                         "declared rule to be judged against")
+        return [check]
     try:
         jv = jvp(point.fn, x, names, v, "float64", "cpu", point.var_dtypes)
     except Exception as exc:  # forward mode is optional for a custom Function

@@ -42,6 +42,7 @@ class Point:
     fd_method: Any = None  # Options.fd_method, carried for engines.finite
     fd_full: dict[str, tuple] = field(default_factory=dict)  # var -> (values, errors, notes) of small vars
     refs: dict[bytes, tuple] = field(default_factory=dict, repr=False)  # the reference cache
+    surrogates: dict[str, Any] = field(default_factory=dict)  # var -> Program of its declared surrogate rule
 
     @property
     def fd(self):
@@ -74,6 +75,45 @@ class Point:
                     grads.append(scaled(grads[0], float(c)) if np.ndim(c) == 0 else self.program.gradient(fwd, c))
             self.refs[key] = (fwd, grads)
         return self.refs[key]
+
+    def expected(self, dtype: str):
+        """What the judged backward must give: ``reference(dtype)`` with each surrogate var's gradient replaced by
+        its declared rule evaluated at every cotangent (g), with that evaluation's own rounding budget. The one
+        place where a surrogate stands in for the true derivative."""
+        fwd, grads = self.reference(dtype)
+        if not self.surrogates or not grads:
+            return fwd, grads
+        key = b"surrogate" + b"".join(np.ascontiguousarray(v).tobytes() for v in self.at(dtype).values())
+        if key not in self.refs:
+            self.refs[key] = (fwd, [{**g, **{n: self.surrogate_gradient(n, dtype, c) for n in self.surrogates}}
+                                    for g, c in zip(grads, self.cotangents)])
+        return self.refs[key]
+
+    def surrogate_gradient(self, name: str, dtype: str, cotangent):
+        """The surrogate rule of ``name`` at ``dtype``'s point with g = ``cotangent``: a Gradient without a kink
+        hull (the rule is the answer as declared)."""
+        from ..casefile import SURROGATE_G
+        from ..engines.symbolic import Gradient
+
+        program, shape = self.surrogates[name], self.case.vars[name].shape
+        inputs = {**self.at(dtype), SURROGATE_G: np.broadcast_to(cotangent, self.program.out_shape)}
+        fwd = program.forward(inputs, kink_u=tol.UNIT_ROUNDOFF[self.low])
+        value = np.array(np.broadcast_to(fwd.values[program.out], shape))
+        return Gradient(value, np.array(np.broadcast_to(fwd.errs[program.out], shape)), value, value)
+
+    def surrogate_jump(self, dtype: str) -> str | None:
+        """Why ``dtype`` may evaluate a surrogate's mask on the other side (an entry within rounding distance of
+        its jump), or None."""
+        from ..casefile import SURROGATE_G
+
+        for name, program in self.surrogates.items():
+            for c in self.cotangents:
+                inputs = {**self.at(dtype), SURROGATE_G: np.broadcast_to(c, self.program.out_shape)}
+                why = program.near_jump(program.forward(inputs, kink_u=tol.UNIT_ROUNDOFF[self.low]),
+                                        tol.UNIT_ROUNDOFF[dtype])
+                if why:
+                    return f"surrogate.{name}: {why}"
+        return None
 
     def finite(self, fwd) -> bool:
         return bool(np.all(np.isfinite(fwd.values[self.program.out])))
@@ -131,8 +171,23 @@ def build_point(case: Case, options, seed: int, fn, dtypes: list[str]) -> Point:
 
         cots = mask_cotangents(cots, case.outputs)
     point = Point(case, seed, dtypes, tuple(options.devices), fn, "impl" if case.impl else "autograd", low, base,
-                  program, cots, getattr(options, "fd_method", None))
+                  program, cots, getattr(options, "fd_method", None), surrogates=surrogate_programs(case))
     return point
+
+
+def surrogate_programs(case: Case) -> dict:
+    """The lowered ``surrogate`` rules, one program per var, over the vars and g (the output's shape)."""
+    from ..casefile import SURROGATE_G
+    from ..engines.symbolic import Program
+
+    shapes = {**{n: v.shape for n, v in case.vars.items()}, SURROGATE_G: case.out_shape}
+    programs = {}
+    for name, (_, ir) in case.surrogate.items():
+        try:
+            programs[name] = Program(ir, shapes, ())
+        except ExpressionError as exc:
+            raise CaseError(str(exc), case.path, case.name, f"surrogate.{name}") from None
+    return programs
 
 
 def sample(case: Case, rng, low: str) -> dict[str, np.ndarray]:

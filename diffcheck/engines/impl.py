@@ -10,7 +10,8 @@ or private names, and (without the opt-in) must end at code defined under a root
 is used as given: that is the user's own code.
 
 What the attribute may be:
-- a function: called with the case's vars as keyword arguments (and ``impl_args`` as further keywords);
+- a function: called with the case's vars as keyword arguments (and ``impl_args`` as further keywords; a float
+  tensor among them follows the dtype and device under check, see ``bind``);
 - a ``torch.autograd.Function`` subclass: ``.apply`` is called with the vars positionally, in the order the
   case declares them, then the values of ``impl_args`` in the order written (``MyElu.apply(x, alpha)``);
 - an ``nn.Module`` subclass (instantiated with ``impl_args`` as keyword arguments) or instance: vars named
@@ -205,8 +206,8 @@ def resolve(obj, var_names: list[str], args: dict, where: str = "", case: str = 
     spec = spec or getattr(obj, "__name__", type(obj).__name__)
     attr_path = clean(spec.split(":")[-1])
     if isinstance(obj, type) and issubclass(obj, torch.autograd.Function):
-        function, extra = obj, list(args.values())
-        return lambda **t: function.apply(*[t[n] for n in var_names], *extra)
+        function = obj
+        return lambda **t: function.apply(*[t[n] for n in var_names], *bind(args, t).values())
     if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
         try:
             obj = obj(**args)
@@ -220,8 +221,29 @@ def resolve(obj, var_names: list[str], args: dict, where: str = "", case: str = 
     if not callable(obj):
         fail(f"impl {clean(repr(spec))} is not callable")
     if args:
-        return lambda **t: obj(**t, **args)
+        return lambda **t: obj(**t, **bind(args, t))
     return obj
+
+
+def bind(args: dict, tensors: dict) -> dict:
+    """``impl_args`` for one call: a float tensor (inside a list too) follows the dtype and device under check
+    (those of the call's first float input), any other tensor only the device; it is never differentiated.
+    Numbers, strings, None and the rest pass as given."""
+    import torch
+
+    first = next((t for t in tensors.values() if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
+    if first is None:
+        return args
+
+    def convert(v):
+        if isinstance(v, torch.Tensor):
+            v = v.detach()
+            return v.to(device=first.device, dtype=first.dtype) if v.is_floating_point() else v.to(first.device)
+        if isinstance(v, (list, tuple)):
+            return type(v)(convert(item) for item in v)
+        return v
+
+    return {k: convert(v) for k, v in args.items()}
 
 
 class ImplFailure(Exception):
