@@ -47,6 +47,7 @@ class Edge:
     local_value: np.ndarray | None  # its value where it is elementwise
     contribution: np.ndarray | None  # the adjoint flowing back along this edge: d out / d dst * local
     departs: str = ""  # the impl's backward first departs from the chain rule on this edge (explain_steps)
+    mark: str = ""  # that, in a few words for the picture
 
     @property
     def active(self) -> bool:

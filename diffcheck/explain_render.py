@@ -86,8 +86,7 @@ def figure(graph: Graph):
     label = max([len(line) for e in graph.edges for t in _edge_texts(graph, e) for line in t.splitlines()] + [0])
     col_w = max(COL_W, 0.075 * (box + label) + 0.4)  # a box and an edge label side by side at 8.5-9 points
     row_h = ROW_H * (1.35 if any(n.shape for n in graph.nodes.values()) else 1.0)
-    noted = [s for s, n in graph.nodes.items() if n.departs and
-             (not _stepped(graph) or any(e.departs for e in graph.edges if e.src == s))]
+    noted = [s for s, n in graph.nodes.items() if n.departs and not _stepped(graph)]  # else the marked edge's
     extra = 1.0 if noted else 0.0  # room for the departure note
     extra += 0.6 if any(e.departs for e in graph.edges) else 0.0  # and for a marked edge's
     width, height = max(8.0, col_w * cols + 1.0), max(3.2, row_h * rows + 1.6) + 1.4 * extra
@@ -96,8 +95,11 @@ def figure(graph: Graph):
     ax.set_xlim(-0.6, cols - 0.4)
     ax.set_ylim(-rows / 2 - 0.45 - extra, rows / 2 + 0.05)
     ax.axis("off")
+    where = next((n.split(" (")[0].split(";")[0] for n in graph.notes if n.startswith(graph.localisation)), "") \
+        if graph.localisation else ""  # "per step: the impl's intermediates t1, t2 were matched"
     fig.suptitle(f"{graph.expr}\nforward left to right, values in the nodes; backward in red: "
-                 "d out/d src = d out/d dst x d dst/d src", fontsize=10, parse_math=False)
+                 "d out/d src = d out/d dst x d dst/d src" + (f"\nthe impl's departure, {where}" if where else ""),
+                 fontsize=10, parse_math=False)
 
     def xy(slot):
         c, r = pos[slot]
@@ -143,10 +145,8 @@ def figure(graph: Graph):
             ax.text(mx, my - 0.07, backward, ha="center", va="top", fontsize=8.5,
                     color="red" if not bad else "darkred", fontweight="bold" if bad else "normal")
         if e.departs:
-            import textwrap
-
             drop = 0.1 * (1 + backward.count("\n"))
-            ax.text(mx, my - 0.12 - drop, "impl's backward DEPARTS here:\n" + textwrap.fill(e.departs, 46),
+            ax.text(mx, my - 0.12 - drop, "impl's backward DEPARTS here:\n" + e.mark,
                     ha="center", va="top", fontsize=8, color="darkred", fontweight="bold",
                     bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="red", ls="--"))
     return fig

@@ -33,11 +33,11 @@ def localise(program, graph: Graph, point: dict, cot, fn, grad_vars) -> None:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # user code runs again here: whatever it does, the per-input verdicts stand
-        from .engines.impl import Timeout
+        from .engines.impl import Timeout, clean
 
         if isinstance(exc, Timeout):
             raise
-        how = f"per input: recording the impl's intermediates raised {type(exc).__name__}"
+        how = f"per input: recording the impl's intermediates raised {clean(type(exc).__name__, 80)}"
     graph.localisation = how.split(":")[0]
     graph.notes.append(how)
 
@@ -62,7 +62,8 @@ def _localise(program, graph: Graph, point, cot, fn, grad_vars) -> str:
     where = "" if second is not None else " (at this point only: a second point was not usable)"
     if not marked:
         return f"per input: the impl's intermediates {names} were matched{where}, but no departing step was found"
-    return (f"per step: the impl's intermediates {names} were matched (same shape and forward value{where}); the "
+    return (f"per step: the impl's intermediates {names} were matched (same shape and forward value, here "
+            f"{'and at a nearby point' if second is not None else 'only: a second point was not usable'}); the "
             "marked edge is where its adjoints stop agreeing with the chain rule")
 
 
@@ -107,8 +108,8 @@ def _record(fn, point, grad_vars, cot, backward: bool):
 def _second_point(program, point, fn, grad_vars, recs):
     """(symbolic forward, recorded values) at a nearby point where the impl records the same sequence; else None."""
     rng = np.random.default_rng(20261201)
-    other = {n: np.asarray(v, float) + PERTURB * (1 + np.abs(v)) * rng.uniform(0.5, 1.0, np.shape(v))
-             for n, v in point.items()}
+    other = {n: np.asarray(v, float) + (PERTURB * (1 + np.abs(v)) * rng.uniform(0.5, 1.0, np.shape(v))
+                                        if n in grad_vars else 0.0) for n, v in point.items()}
     fwd = program.forward(other, kink_u=2.0**-53)
     if not all(np.all(np.isfinite(v)) for v in fwd.values if v is not None):
         return None
@@ -247,12 +248,15 @@ def _mark(graph: Graph, agrees: dict[int, bool]) -> list:
                 agree = show(dst.impl_adjoint if dst.impl_adjoint is not None else dst.adjoint, 4)
                 e.departs = (f"the backward of {dst.name} = {dst.op}({', '.join(dst.args)}): d out/d {dst.name} "
                              f"agrees ({agree}), {node.impl_says}")
+                e.mark = f"d out/d {dst.name} agrees,\nd out/d {node.name} does not"
             else:
                 hidden, near = _hidden(e.dst, readers, agrees)
                 names = ", ".join(graph.nodes[s].name for s in sorted(hidden))
                 e.departs = (f"between {', '.join(graph.nodes[s].name for s in near)} (agrees) and {node.name}, "
                              f"through {names} (not matched: inside an opaque step, such as a custom Function), "
                              f"{node.impl_says}")
+                e.mark = f"between {', '.join(graph.nodes[s].name for s in near)} (agrees)\nand {node.name}; " \
+                    f"{names} unmatched"
             marked.append(e)
     return marked
 
