@@ -6,8 +6,8 @@ its intermediates recorded by autograd. Its forward runs under a ``TorchFunction
 op reads or returns that has a ``grad_fn`` (a custom Function's inside runs under no_grad and is not seen; its
 output is seen where the next op reads it); one backward with the explain graph's upstream gradient (ones) then
 gives, in each one's ``.grad`` (``retain_grad``: after the tensor's own hooks), the adjoint the impl's backward
-delivered there. A recorded tensor stands for a node of the symbolic graph when it has the node's shape and forward value
-within the float64 budget at the point and at a second, nearby point (one coincidence of values is not a match);
+delivered there. A recorded tensor stands for a node of the symbolic graph when it has the node's shape and forward
+value within the float64 budget at the point and at a second, nearby point (one coincidence of values is not a match);
 a node that several recorded tensors match takes the sum of their adjoints, leaving out those that are autograd
 ancestors of another (``s.detach() + 3 * (s - s.detach())`` re-creates ``s``: the last one is the node), and a
 tensor that matches two nodes matches neither. The adjoints are compared with the chain rule's under the derived
@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .explain import Graph, show
 
 PERTURB = 2.0**-7  # the second point: each entry moved by this much relative to (1 + |x|)
 
 
-def localise(program, graph: Graph, point: dict, cot, fn, grad_vars) -> None:
+def localise(program, graph, point: dict, cot, fn, grad_vars) -> None:
     """Mark the departing edges of ``graph`` (``Edge.departs``) and say in ``graph.notes`` how it was localised.
     Only called for an impl whose input gradients depart; anything that goes wrong here leaves it per input."""
     try:
@@ -42,7 +41,7 @@ def localise(program, graph: Graph, point: dict, cot, fn, grad_vars) -> None:
     graph.notes.append(how)
 
 
-def _localise(program, graph: Graph, point, cot, fn, grad_vars) -> str:
+def _localise(program, graph, point, cot, fn, grad_vars) -> str:
     fwd = program.forward(point, kink_u=2.0**-53)
     if any(mask.any() for mask in fwd.kinks.values()):
         return ("per input: an entry sits on a kink here, where the adjoints of the steps are not single values "
@@ -131,7 +130,7 @@ def _close(got, ref, err) -> bool:
     return bool(np.all(np.abs(got - ref) <= tolerance.derived(err, ref, "float64").allowed))
 
 
-def _match(program, graph: Graph, fwd, recs, adjoints, second) -> dict[int, np.ndarray]:
+def _match(program, graph, fwd, recs, adjoints, second) -> dict[int, np.ndarray]:
     """slot -> the impl's adjoint there, for the intermediate nodes a recorded tensor unambiguously stands for."""
     cands: dict[int, list[int]] = {}
     for slot, node in graph.nodes.items():
@@ -193,7 +192,7 @@ def _reverse_errs(program, fwd, cot) -> dict[int, tuple]:
     return out
 
 
-def _verdicts(program, graph: Graph, fwd, cot, matched) -> dict[int, bool]:
+def _verdicts(program, graph, fwd, cot, matched) -> dict[int, bool]:
     """slot -> whether the impl's adjoint there agrees with the chain rule: the output (its upstream gradient is
     given), the matched intermediates, and the differentiated inputs (judged already)."""
     from . import tolerance
@@ -219,7 +218,7 @@ def _verdicts(program, graph: Graph, fwd, cot, matched) -> dict[int, bool]:
     return agrees
 
 
-def _mark(graph: Graph, agrees: dict[int, bool]) -> list:
+def _mark(graph, agrees: dict[int, bool]) -> list:
     """Mark the edges into each first disagreeing node (no known node downstream of it disagrees)."""
     readers: dict[int, list[int]] = {}
     for e in graph.edges:
@@ -245,7 +244,7 @@ def _mark(graph: Graph, agrees: dict[int, bool]) -> list:
                 continue
             dst = graph.nodes[e.dst]
             if e.dst in agrees:
-                agree = show(dst.impl_adjoint if dst.impl_adjoint is not None else dst.adjoint, 4)
+                agree = _brief(dst.impl_adjoint if dst.impl_adjoint is not None else dst.adjoint)
                 e.departs = (f"the backward of {dst.name} = {dst.op}({', '.join(dst.args)}): d out/d {dst.name} "
                              f"agrees ({agree}), {node.impl_says}")
                 e.mark = f"d out/d {dst.name} agrees,\nd out/d {node.name} does not"
@@ -259,6 +258,12 @@ def _mark(graph: Graph, agrees: dict[int, bool]) -> list:
                     f"{names} unmatched"
             marked.append(e)
     return marked
+
+
+def _brief(x) -> str:
+    """A value in a message (explain.show's job; this module must not import explain: explain imports it)."""
+    x = np.asarray(x, dtype=float)
+    return f"{float(x):.6g}" if x.ndim == 0 else np.array2string(x, precision=4, threshold=6, separator=", ")
 
 
 def _hidden(start: int, readers: dict, agrees: dict) -> tuple[list[int], list[int]]:
