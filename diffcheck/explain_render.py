@@ -86,7 +86,7 @@ def figure(graph: Graph):
     label = max([len(line) for e in graph.edges for t in _edge_texts(graph, e) for line in t.splitlines()] + [0])
     col_w = max(COL_W, 0.075 * (box + label) + 0.4)  # a box and an edge label side by side at 8.5-9 points
     row_h = ROW_H * (1.35 if any(n.shape for n in graph.nodes.values()) else 1.0)
-    noted = [s for s, n in graph.nodes.items() if n.departs and not _stepped(graph)]  # else the marked edge's
+    noted = [s for s, n in graph.nodes.items() if n.departs and not _stepped(graph)]  # per step: the edge says it
     extra = 1.0 if noted else 0.0  # room for the departure note
     extra += 0.6 if any(e.departs for e in graph.edges) else 0.0  # and for a marked edge's
     width, height = max(8.0, col_w * cols + 1.0), max(3.2, row_h * rows + 1.6) + 1.4 * extra
