@@ -34,6 +34,8 @@ class Node:
     # for an input: the gradient by each engine ("symbolic", "autograd" or "impl", "finite differences")
     grads: dict[str, np.ndarray] = field(default_factory=dict)
     departs: str = ""  # why the impl's gradient of this input departs from the chain rule
+    impl_adjoint: np.ndarray | None = None  # an intermediate matched in the impl: the adjoint its backward gave
+    impl_says: str = ""  # where that (or an input's gradient) disagrees with the chain rule
 
 
 @dataclass
@@ -44,6 +46,8 @@ class Edge:
     local: str  # the local derivative d dst / d src, as a formula ("x", "3", "1/n", "g @ B^T")
     local_value: np.ndarray | None  # its value where it is elementwise
     contribution: np.ndarray | None  # the adjoint flowing back along this edge: d out / d dst * local
+    departs: str = ""  # the impl's backward first departs from the chain rule on this edge (explain_steps)
+    mark: str = ""  # that, in a few words for the picture
 
     @property
     def active(self) -> bool:
@@ -61,6 +65,7 @@ class Graph:
     engine: str  # "autograd" or "impl": who the graph's inputs are compared with
     departures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    localisation: str = ""  # for a failing impl: "per step" (edges marked) or "per input"
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes.values() if n.name == name)
@@ -292,9 +297,10 @@ def _input_gradients(case, program, graph: Graph, point, cot, fn) -> None:
             node.departs = (f"{label} gives {w.got:.6g}{where} where the chain rule gives {w.ref:.6g} "
                             f"(margin {check.margin:.3g}{'; ' + check.diagnosis if check.diagnosis else ''})")
             graph.departures.append(f"d out/d {name}: {node.departs}")
-    if fn is not None and graph.departures:
-        graph.notes.append("the impl exposes no intermediates: its backward is compared with the chain rule per "
-                           "input, at the edges into each input")
+    if fn is not None and any(n.departs for n in graph.nodes.values()):
+        from .explain_steps import localise
+
+        localise(program, graph, point, cot, fn, case.grad_vars)
     for name, (text, _) in case.surrogate.items():  # the graph shows the true chain rule, never the declared one
         graph.notes.append(f"surrogate.{name} = {text!r} is declared: the impl's gradient of {name} is meant to "
                            "depart from the chain rule here; 'diffcheck run' judges it against the declared rule")
@@ -356,6 +362,8 @@ def text(graph: Graph) -> str:
         lines.append(f"  {src.name:>6s} <- {dst.name:<6s} d{dst.name}/d{src.name} = {e.local}{local};  "
                      f"d out/d{dst.name} * d{dst.name}/d{src.name} = {show(dst.adjoint)} * "
                      f"{show(e.local_value) if e.local_value is not None else e.local} = {show(e.contribution)}")
+        if e.departs:
+            lines.append(f"         DEPARTS from the chain rule on this edge: {e.departs}")
     lines.append("gradients of the inputs:")
     for n in graph.nodes.values():
         if not n.grads:
@@ -364,7 +372,9 @@ def text(graph: Graph) -> str:
         for engine, g in n.grads.items():
             lines.append(f"    {engine:>18s}: {show(g, 12)}")
         if n.departs:
-            lines.append(f"    DEPARTS from the chain rule: {n.departs}")
+            stepped = graph.localisation == "per step" and not any(e.departs for e in graph.edges if e.src == n.slot)
+            lines.append(f"    {'wrong (from the step marked above)' if stepped else 'DEPARTS from the chain rule'}: "
+                         f"{n.departs}")
     for note in graph.departures:
         if not note.startswith("d out/d"):
             lines.append(f"  {note}")

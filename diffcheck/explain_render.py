@@ -51,7 +51,7 @@ def _grad_text(node, engine: str) -> str:
     lines = [f"d out/d {node.name} = {show(node.grads.get('symbolic'), 4)} (symbolic)"]
     for key, label in ((engine, engine), ("finite differences", "finite diff.")):
         if key in node.grads:
-            lines.append(f"{label}: {show(node.grads[key], 4)}")
+            lines.append(f"{label}: {show(node.grads[key], 4)}{' (wrong)' if key == engine and node.departs else ''}")
     return "\n".join(lines)
 
 
@@ -70,6 +70,11 @@ def _edge_texts(graph: Graph, e) -> tuple[str, str]:
     return forward, f"d out/d {src.name} {share}= {show(dst.adjoint, 3)} x {factor} = {show(e.contribution, 3)}"
 
 
+def _stepped(graph: Graph) -> bool:
+    """Whether the impl's departure is marked per step (on edges) rather than per input."""
+    return any(e.departs for e in graph.edges)
+
+
 def figure(graph: Graph):
     """A matplotlib Figure of the graph (no pyplot: nothing global, works headless)."""
     from matplotlib.figure import Figure
@@ -81,15 +86,20 @@ def figure(graph: Graph):
     label = max([len(line) for e in graph.edges for t in _edge_texts(graph, e) for line in t.splitlines()] + [0])
     col_w = max(COL_W, 0.075 * (box + label) + 0.4)  # a box and an edge label side by side at 8.5-9 points
     row_h = ROW_H * (1.35 if any(n.shape for n in graph.nodes.values()) else 1.0)
-    extra = 1.0 if any(n.departs for n in graph.nodes.values()) else 0.0  # room for the departure note
+    noted = [s for s, n in graph.nodes.items() if n.departs and not _stepped(graph)]  # per step: the edge says it
+    extra = 1.0 if noted else 0.0  # room for the departure note
+    extra += 0.6 if any(e.departs for e in graph.edges) else 0.0  # and for a marked edge's
     width, height = max(8.0, col_w * cols + 1.0), max(3.2, row_h * rows + 1.6) + 1.4 * extra
     fig = Figure(figsize=(width, height))
     ax = fig.add_axes((0, 0, 1, 0.86))
     ax.set_xlim(-0.6, cols - 0.4)
     ax.set_ylim(-rows / 2 - 0.45 - extra, rows / 2 + 0.05)
     ax.axis("off")
+    where = next((n.split(" (")[0].split(";")[0] for n in graph.notes if n.startswith(graph.localisation)), "") \
+        if graph.localisation else ""  # "per step: the impl's intermediates t1, t2 were matched"
     fig.suptitle(f"{graph.expr}\nforward left to right, values in the nodes; backward in red: "
-                 "d out/d src = d out/d dst x d dst/d src", fontsize=10, parse_math=False)
+                 "d out/d src = d out/d dst x d dst/d src" + (f"\nthe impl's departure, {where}" if where else ""),
+                 fontsize=10, parse_math=False)
 
     def xy(slot):
         c, r = pos[slot]
@@ -105,23 +115,27 @@ def figure(graph: Graph):
                                                           ec="darkred" if node.departs else "0.3",
                                                           lw=2 if node.departs else 1))
         if node.adjoint is not None and not node.grads:
-            ax.text(x, y - 0.27, f"d out/d {node.name} = {show(node.adjoint, 4)}", ha="center", va="top",
-                    fontsize=8.5, color="red")
+            impl = "" if node.impl_adjoint is None else f"\nimpl: {show(node.impl_adjoint, 4)}"
+            ax.text(x, y - 0.27, f"d out/d {node.name} = {show(node.adjoint, 4)}{impl}", ha="center", va="top",
+                    fontsize=8.5, color="darkred" if node.impl_says else "red",
+                    fontweight="bold" if node.impl_says else "normal")
         if node.grads:
             ax.text(x, y - 0.27, _grad_text(node, graph.engine), ha="center", va="top", fontsize=8.5, color="red")
         if node.departs:
             import textwrap
 
             lines = 2 + len(node.grads)
-            ax.text(x, y - 0.3 - 0.11 * lines, "departs from the chain rule here:\n" +
-                    textwrap.fill(node.departs, 44), ha="center", va="top", fontsize=8, color="darkred",
-                    fontweight="bold")
+            if slot in noted:
+                ax.text(x, y - 0.3 - 0.11 * lines, "departs from the chain rule here:\n" +
+                        textwrap.fill(node.departs, 44), ha="center", va="top", fontsize=8, color="darkred",
+                        fontweight="bold")
     for e in graph.edges:
         (x0, y0), (x1, y1) = xy(e.src), xy(e.dst)
         src = graph.nodes[e.src]
-        bad = bool(src.departs)
+        bad = bool(e.departs) if _stepped(graph) else bool(src.departs)
         ax.annotate("", xy=(0.0, 0.5), xycoords=boxes[e.dst], xytext=(1.0, 0.5), textcoords=boxes[e.src],
-                    arrowprops=dict(arrowstyle="->", color="darkred" if bad else "0.35", lw=1.2, shrinkA=6,
+                    arrowprops=dict(arrowstyle="->", color="red" if e.departs else "darkred" if bad else "0.35",
+                                    lw=2.4 if e.departs else 1.2, ls="--" if e.departs else "-", shrinkA=6,
                                     shrinkB=6))
         t = 1 - 0.5 / max(x1 - x0, 1.0)  # half a column before the destination: long edges clear the nodes between
         mx, my = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
@@ -130,6 +144,11 @@ def figure(graph: Graph):
         if backward:
             ax.text(mx, my - 0.07, backward, ha="center", va="top", fontsize=8.5,
                     color="red" if not bad else "darkred", fontweight="bold" if bad else "normal")
+        if e.departs:
+            drop = 0.1 * (1 + backward.count("\n"))
+            ax.text(mx, my - 0.12 - drop, "impl's backward DEPARTS here:\n" + e.mark,
+                    ha="center", va="top", fontsize=8, color="darkred", fontweight="bold",
+                    bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="red", ls="--"))
     return fig
 
 

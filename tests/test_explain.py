@@ -137,3 +137,173 @@ def test_failing_impl_marks_the_input_where_its_backward_departs(tmp_path):
 def test_the_explain_cases_pass_as_gradient_cases(name):
     result = CliRunner().invoke(main, ["run", str(SEEDS), "-k", name, "--device", "cpu"])
     assert result.exit_code == 0, result.output
+
+
+STEPS_IMPL = '''
+import torch
+
+
+class Exp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h):
+        e = h.exp()
+        ctx.save_for_backward(e)
+        return e
+
+    @staticmethod
+    def backward(ctx, g):
+        (e,) = ctx.saved_tensors
+        return WRONG * g * e
+
+
+class ExpMul(torch.autograd.Function):
+    """exp(x*y) in one opaque step; its gradient of y is wrong."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        e = torch.exp(x * y)
+        ctx.save_for_backward(x, y, e)
+        return e
+
+    @staticmethod
+    def backward(ctx, g):
+        x, y, e = ctx.saved_tensors
+        return g * e * y, g * e * (y if WRONG != 1 else x)
+
+
+class Whole(torch.autograd.Function):
+    """3*exp(x*y) + z as a single custom Function: nothing inside is exposed."""
+
+    @staticmethod
+    def forward(ctx, x, y, z):
+        ctx.save_for_backward(x, y)
+        return 3 * torch.exp(x * y) + z
+
+    @staticmethod
+    def backward(ctx, g):
+        x, y = ctx.saved_tensors
+        e = torch.exp(x * y)
+        return 3 * g * e * y, 3 * g * e * (y if WRONG != 1 else x), g
+
+
+def mid(x, y, z):
+    return 3 * Exp.apply(x * y) + z
+
+
+def opaque(x, y, z):
+    return 3 * ExpMul.apply(x, y) + z
+
+
+def detach(x, y, z):
+    s = torch.sin(x * y)
+    s = s.detach() + WRONG * (s - s.detach())  # the same value; the gradient through sin is scaled
+    return 3 * torch.exp(s) + z
+
+
+def hook(x, y, z):
+    h = x * y
+    h.register_hook(lambda g: WRONG * g)  # scales the gradient leaving h
+    return 3 * torch.exp(torch.sin(h)) + z
+
+
+def twice(x, y, z):
+    """sin(x*y) computed twice and squared as a product: another formula, same gradient, but for exp(z)."""
+    a = torch.sin(x * y)
+    b = torch.sin(x * y)
+    return 3 * torch.exp(a * b) * Exp.apply(z)
+'''
+
+STEPS_CASE = '''
+name = "{name}"
+expr = "{expr}"
+impl = "kern:{name}"
+vars.x = {{ shape = [], value = 0.5 }}
+vars.y = {{ shape = [], value = 1.5 }}
+vars.z = {{ shape = [], value = 0.3 }}
+'''
+EXP = "3*exp(x*y) + z"
+SIN = "3*exp(sin(x*y)) + z"
+
+
+def steps_graph(tmp_path, name, expr, wrong):
+    """The impl ``name`` (WRONG = 2: a wrong step; WRONG = 1: its correct twin) through the CLI and as a graph."""
+    (tmp_path / "kern.py").write_text(f"WRONG = {wrong}\n" + STEPS_IMPL)
+    path = tmp_path / "case.toml"
+    path.write_text(STEPS_CASE.format(name=name, expr=expr))
+    code, out = cli(path)
+    (case,) = load(path)
+    g = explain.build(case, fn=explain.impl_fn(case))
+    marked = [(g.nodes[e.src].name, g.nodes[e.dst].name, g.nodes[e.dst].op) for e in g.edges if e.departs]
+    return code, out, g, marked
+
+
+@pytest.mark.parametrize("name, expr, want", [
+    ("mid", EXP, ("t1", "t2", "exp")),  # a custom Function with a wrong backward in the middle of torch ops
+    ("detach", SIN, ("t1", "t2", "sin")),  # s.detach() + 2 * (s - s.detach()): the value of sin, twice its gradient
+    ("hook", SIN, ("t1", "t2", "sin")),  # a hook doubling the gradient of x*y: it leaves sin's backward wrong
+])
+def test_a_wrong_step_inside_an_impl_of_torch_ops_is_marked_on_that_edge(tmp_path, name, expr, want):
+    code, out, g, marked = steps_graph(tmp_path, name, expr, wrong=2)
+    assert code == 1, out
+    assert marked == [want]  # the step, not the edges into x and y
+    assert g.localisation == "per step" and g.node("x").departs and g.node("y").departs
+    assert not g.edge("x", "t1").departs and not g.edge("y", "t1").departs
+    assert float(g.node("t1").impl_adjoint) == pytest.approx(2 * float(g.node("t1").adjoint), rel=1e-12)
+    assert float(g.node("t2").impl_adjoint) == pytest.approx(float(g.node("t2").adjoint), rel=1e-12)
+    src, dst, op = want
+    assert f"DEPARTS from the chain rule on this edge: the backward of {dst} = {op}({src}): d out/d {dst} agrees" \
+        in out
+    assert "per step: the impl's intermediates t1, t2, t3" in out
+    assert "wrong (from the step marked above): impl gives" in out
+
+
+@pytest.mark.parametrize("name, expr", [("mid", EXP), ("detach", SIN), ("hook", SIN), ("opaque", EXP),
+                                        ("Whole", EXP)])
+def test_the_correct_twins_mark_nothing(tmp_path, name, expr):
+    code, out, g, marked = steps_graph(tmp_path, name, expr, wrong=1)
+    assert code == 0, out
+    assert marked == [] and g.localisation == "" and "DEPARTS" not in out and "per step" not in out
+
+
+def test_a_departure_inside_an_opaque_custom_function_is_marked_on_the_edges_into_its_inputs(tmp_path):
+    """exp(x*y) as one custom Function: t1 = x*y is inside it, unseen; t2 (its output) still agrees."""
+    code, out, g, marked = steps_graph(tmp_path, "opaque", EXP, wrong=2)
+    assert code == 1, out
+    assert marked == [("y", "t1", "mul")]  # y's gradient is wrong, x's is right
+    assert "between t2 (agrees) and y, through t1 (not matched: inside an opaque step" in out
+    assert "per step: the impl's intermediates t2, t3 were matched" in out
+
+
+def test_a_single_custom_function_is_localised_per_input_and_says_so(tmp_path):
+    code, out, g, marked = steps_graph(tmp_path, "Whole", EXP, wrong=2)
+    assert code == 1, out
+    assert marked == [] and g.localisation == "per input"
+    assert g.node("y").departs and not g.node("x").departs
+    assert "per input: the impl exposes no intermediates" in out
+    assert "DEPARTS from the chain rule: impl gives" in out
+
+
+def test_another_formula_with_repeated_intermediates_does_not_move_the_mark(tmp_path):
+    """sin(x*y) computed twice: each node's adjoint is the sum over its copies, so the x, y side agrees and only
+    the wrong exp(z) step is marked."""
+    code, out, g, marked = steps_graph(tmp_path, "twice", "3*exp(sin(x*y)**2) * exp(z)", wrong=2)
+    assert code == 1, out
+    assert marked == [("z", "t6", "exp")]
+    assert not g.node("x").departs and not g.node("y").departs
+    assert float(g.node("t2").impl_adjoint) == pytest.approx(float(g.node("t2").adjoint), rel=1e-12)
+
+
+def test_the_marked_step_is_drawn_and_in_the_html_report(tmp_path):
+    (tmp_path / "kern.py").write_text("WRONG = 2\n" + STEPS_IMPL)
+    path = tmp_path / "case.toml"
+    path.write_text(STEPS_CASE.format(name="mid", expr=EXP))
+    svg = tmp_path / "g.svg"
+    code, out = cli(path, "--svg", svg, "--png", tmp_path / "g.png")
+    assert code == 1, out
+    text = svg.read_text()
+    assert "DEPARTS here:" in text and "stroke-dasharray" in text
+    page = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["run", str(path), "--device", "cpu", "--html", str(page)])
+    assert result.exit_code == 1, result.output
+    html = page.read_text()
+    assert "DEPARTS here:" in html and "d out/d t2 agrees," in html and "d out/d t1 does not" in html
