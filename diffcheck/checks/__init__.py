@@ -1,6 +1,7 @@
 """The checks of one gradient case, as stages over a frozen sampled point:
 point (sample, lower, reference) -> reference (finite differences, expect) -> impl (self-consistency, jvp) ->
-higher (hvp) -> autograd (per dtype and device, expect) -> transforms (``transforms/``). ``runner`` calls ``run_gradient_case``.
+higher (hvp) -> outputs (each of several outputs alone) -> autograd (per dtype and device, expect) -> transforms
+(``transforms/``). ``runner`` calls ``run_gradient_case``.
 
 Each stage is a function ``(point) -> list[Check]`` with its own random stream (``stage_rng(seed, name)``), so
 adding a stage moves no other stage's draws; none mutates a shared result.
@@ -19,9 +20,9 @@ from ..devices import chosen_dtypes
 from ..errors import CaseError
 from ..model import Check, Findings, Options
 from .autograd import autograd
-from .outputs import undefined_grads
 from .higher import hvp
 from .impl import self_consistency
+from .outputs import undefined_grads
 from .point import Point, build_point, entrywise_fd, first_bad_op, stage_rng
 from .pyref import precision
 from .reference import reference
