@@ -1,0 +1,146 @@
+"""diffcheck.gradcheck / gradgradcheck as drop-ins for torch's: a gradcheck-style test suite rewritten, the
+bugs it must catch (also in float32, where torch's gradcheck cannot be used) and the correct twins it must pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import diffcheck
+
+
+class MyExp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = x.exp()
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * y
+
+
+class OneEntryOff(MyExp):
+    """Right everywhere but entry [0, 3], off by 0.1%."""
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        grad = (g * y).clone()
+        grad[0, 3] *= 1.001
+        return grad
+
+
+class Cube(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x**3
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * 3 * x**2
+
+
+class CubeDetached(Cube):
+    """First order right; second order wrong: the saved input is detached, so double backward loses a term."""
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * 3 * x.detach() ** 2
+
+
+def _x(*shape, dtype=torch.float64):
+    return torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+
+
+def test_a_gradcheck_test_rewritten_side_by_side():
+    x = _x(4, 5)
+    assert torch.autograd.gradcheck(MyExp.apply, (x,))  # before
+    assert diffcheck.gradcheck(MyExp.apply, (x,))  # after: same call, same answer for a correct Function
+
+
+def test_a_wrong_entry_raises_a_runtime_error_with_the_localized_report():
+    with pytest.raises(RuntimeError) as info:
+        diffcheck.gradcheck(OneEntryOff.apply, (_x(4, 5),))
+    assert isinstance(info.value, diffcheck.GradcheckError)
+    assert "only entry [0, 3] is wrong" in str(info.value)
+    assert info.value.result.status == "fail"
+
+
+def test_raise_exception_false_returns_false():
+    assert diffcheck.gradcheck(OneEntryOff.apply, (_x(4, 5),), raise_exception=False) is False
+    assert diffcheck.gradcheck(MyExp.apply, (_x(4, 5),), raise_exception=False) is True
+
+
+def test_float32_without_false_alarms_and_with_the_bug_caught():
+    x = _x(6, 6, dtype=torch.float32)
+
+    def f(a):
+        return (a @ a).tanh()
+
+    with pytest.warns(UserWarning):  # torch itself warns that float32 "will likely fail"
+        assert not torch.autograd.gradcheck(f, (x,), raise_exception=False)  # its false alarm
+    assert diffcheck.gradcheck(f, (x,))
+    assert not diffcheck.gradcheck(OneEntryOff.apply, (_x(4, 5, dtype=torch.float32),), raise_exception=False)
+
+
+def test_every_requested_dtype_is_checked():
+    result = None
+    try:
+        diffcheck.gradcheck(OneEntryOff.apply, (_x(4, 5),), dtypes=["float64", "float32"])
+    except diffcheck.GradcheckError as exc:
+        result = exc.result
+    assert result is not None
+    assert {c.dtype for c in result.checks if c.status != "skip"} >= {"float64", "float32"}
+    # without a reference float32 is judged against the impl's own verified float64 backward, so the float64
+    # self-consistency check is where the bug shows
+    assert any(c.status == "fail" and c.dtype == "float64" and c.kind == "self_fd" for c in result.checks)
+
+
+def test_non_tensor_and_integer_arguments_pass_through():
+    def pick(a, index, scale, bias=None):
+        return (a[index] * scale).sum(0) if bias is None else a
+
+    assert diffcheck.gradcheck(pick, (_x(4, 5), torch.tensor([0, 2, 2]), 2.5, None))
+
+
+def test_tuple_outputs_are_judged_together():
+    a, b = _x(4, 5), _x(5)
+    assert diffcheck.gradcheck(lambda p, q: (p.sin() * q, p.cos().sum(), p.argmax()), (a, b))
+
+    class HalfWrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, p):
+            ctx.save_for_backward(p)
+            return p.sin(), p.cos()
+
+        @staticmethod
+        def backward(ctx, g1, g2):
+            (p,) = ctx.saved_tensors
+            return g1 * p.cos() + g2 * p.sin()  # the sign of d cos is lost
+
+    assert not diffcheck.gradcheck(HalfWrong.apply, (a,), raise_exception=False)
+
+
+def test_reference_function():
+    x = _x(3, 4)
+    assert diffcheck.gradcheck(MyExp.apply, (x,), reference=torch.exp)
+    assert not diffcheck.gradcheck(OneEntryOff.apply, (x,), reference=torch.exp, raise_exception=False)
+
+
+def test_no_input_requires_grad_is_an_error_as_in_torch():
+    with pytest.raises(ValueError, match="requires_grad"):
+        diffcheck.gradcheck(torch.sin, (torch.randn(3, dtype=torch.float64),))
+
+
+def test_gradgradcheck_catches_a_detached_saved_input_and_passes_its_twin():
+    x = _x(5)
+    assert diffcheck.gradcheck(CubeDetached.apply, (x,))  # first order cannot see it
+    assert not diffcheck.gradgradcheck(CubeDetached.apply, (x,), raise_exception=False)
+    assert diffcheck.gradgradcheck(Cube.apply, (x,))
+    assert diffcheck.gradgradcheck(torch.sin, (_x(3, 2),), dtypes=["float64", "float32"])
