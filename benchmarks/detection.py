@@ -4,7 +4,10 @@
 
 For each seeded bug (bug_*) and correct twin (ok_*) of benchmarks/bug_corpus, in float64 and float32, every tool
 judges the same Function. diffcheck counts a bug as caught in a dtype only when a check *in that dtype* fails
-(its float64 self-consistency check does not count for float32). gradcheck runs with its defaults (eps=1e-6,
+(its float64 self-consistency check does not count for float32) -- except on the paths without an independent
+reference (the impl alone, ``diffcheck.gradcheck``), where the float64 self-consistency check is what judges every
+dtype and a run asked for the dtype must fail. The Python-reference path uses the case's expression built as a
+plain torch function as the reference, so its tolerances are measured rather than taken from the symbolic budget. gradcheck runs with its defaults (eps=1e-6,
 atol=1e-5, rtol=1e-3) at a point sampled from the case's domains. Prints one table and writes nothing.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +33,42 @@ from diffcheck.runner import Options, load, run_case  # noqa: E402
 DTYPES = ("float64", "float32")
 
 
-def diffcheck_verdict(case: Case, dtype: str) -> bool:
-    """True when diffcheck reports a failure in ``dtype``."""
+def diffcheck_verdict(case: Case, dtype: str, in_dtype: bool = True) -> bool:
+    """True when diffcheck reports a failure in ``dtype`` (``in_dtype=False``: anywhere in a run asked for
+    ``dtype``)."""
     result = run_case(case, Options(devices=("cpu",), dtypes=(dtype,)))
-    return any(c.status == "fail" and c.dtype == dtype for c in result.checks)
+    return any(c.status == "fail" and (c.dtype == dtype or not in_dtype) for c in result.checks)
 
 
-def gradcheck_verdict(case: Case, dtype: str, fast: bool) -> bool:
-    """True when gradcheck reports a failure (or raises) for the case's impl in ``dtype``."""
+def reference_function_verdict(case: Case, dtype: str) -> bool:
+    """The Python-reference path: the case's expression, built as a plain torch function, is the reference (its
+    tolerances measured, not from the symbolic budget)."""
+    from diffcheck.engines.autograd import build
+
+    as_python = replace(case, expr=None, ir=None, out_shape=None, expect=None, reference=build(case.ir))
+    return diffcheck_verdict(as_python, dtype)
+
+
+def impl_alone_verdict(case: Case, dtype: str) -> bool:
+    """The impl-alone path: no reference at all. Its lower dtypes are judged against the impl's own float64
+    backward, which the float64 self-consistency check verifies in every run, so a bug counts in a dtype when the
+    run asked for that dtype fails (as a user asking for float32 sees it)."""
+    return diffcheck_verdict(replace(case, expr=None, ir=None, out_shape=None, expect=None), dtype, in_dtype=False)
+
+
+def dropin_verdict(case: Case, dtype: str) -> bool:
+    """diffcheck.gradcheck, called like torch's gradcheck, at the same inputs."""
+    import diffcheck
+
+    apply, inputs = _callable(case, dtype)
+    try:
+        return not diffcheck.gradcheck(apply, inputs, raise_exception=False)
+    except Exception:
+        return True
+
+
+def _callable(case: Case, dtype: str):
+    """The case's impl called torch's way, and gradcheck's inputs: sampled from the case's domains."""
     function = getattr(kernels, case.impl.split(":")[1])
     rng = np.random.default_rng(0)
     names = list(case.vars)
@@ -47,7 +79,15 @@ def gradcheck_verdict(case: Case, dtype: str, fast: bool) -> bool:
     apply = function.apply if isinstance(function, type) and issubclass(function, torch.autograd.Function) else None
     if apply is None:  # the nn.Module twin: parameters are the case's vars
         module = function(**case.impl_args)
-        apply = lambda x, w, b: torch.func.functional_call(module, {"weight": w, "bias": b}, (x,))
+
+        def apply(x, w, b):
+            return torch.func.functional_call(module, {"weight": w, "bias": b}, (x,))
+    return apply, inputs
+
+
+def gradcheck_verdict(case: Case, dtype: str, fast: bool) -> bool:
+    """True when gradcheck reports a failure (or raises) for the case's impl in ``dtype``."""
+    apply, inputs = _callable(case, dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -61,6 +101,9 @@ def main() -> None:
     bugs = [c for c in cases if c.name.startswith("bug_")]
     twins = [c for c in cases if c.name.startswith("ok_")]
     tools = {"diffcheck": diffcheck_verdict,
+             "diffcheck, Python reference": reference_function_verdict,
+             "diffcheck, impl alone": impl_alone_verdict,
+             "diffcheck.gradcheck": dropin_verdict,
              "gradcheck (slow)": lambda c, d: gradcheck_verdict(c, d, False),
              "gradcheck (fast)": lambda c, d: gradcheck_verdict(c, d, True)}
     rows, missed = [], []
