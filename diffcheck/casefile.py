@@ -138,7 +138,7 @@ class Case:
     tolerance: Tolerance | None = None
     impl: str | None = None  # "module:attribute" of the user's implementation under test
     impl_args: dict = field(default_factory=dict)
-    order: int = 1  # 2 also checks Hessian-vector products
+    order: int = 1  # 2 also checks Hessian-vector products, 3 third derivatives too
     transforms: tuple[str, ...] = ()  # TRANSFORMS this case is also checked under
 
     @property
@@ -326,8 +326,8 @@ def build_case(raw: dict, where: str = "<data>"):
     check_choices("dtypes", model.dtypes, fail)
     check_choices("devices", model.devices, fail)
 
-    if model.order not in (1, 2):
-        fail(f"order must be 1 or 2, got {model.order}", "order")
+    if model.order not in (1, 2, 3):
+        fail(f"order must be 1, 2 or 3, got {model.order}", "order")
     if model.impl is not None and not model.impl.strip():
         fail("impl must name 'module:attribute'", "impl")
     if model.impl_args and model.impl is None:

@@ -39,7 +39,9 @@ class Kind(_Word):
     EXPECT_GRAD = "expect_grad"
     SEMANTIC = "semantic"  # dtype/device/shape of gradients, zero upstream, determinism
     JVP = "jvp"  # an impl's forward mode against its reverse mode
-    HVP = "hvp"  # Hessian-vector products (order = 2)
+    HVP = "hvp"  # Hessian-vector products by double backward (order = 2 or 3)
+    HVP_FWD = "hvp_fwd"  # Hessian-vector products by forward-over-reverse
+    D3 = "d3"  # third derivatives along two directions (order = 3)
     COMPILE = "compile"  # transforms: the function under torch.compile
     VMAP = "vmap"  # batched VJPs/JVPs under torch.func.vmap against unbatched ones
     FORWARD = "forward"  # forward-mode JVPs in every dtype and device against the reference
@@ -52,6 +54,7 @@ class Kind(_Word):
 
 
 TRAINING_KINDS = (Kind.CONVERGE, Kind.TRAJECTORY, Kind.REPRODUCIBLE)
+HIGHER_KINDS = (Kind.HVP, Kind.HVP_FWD, Kind.D3)  # order = 2 or 3
 
 
 class Engine(_Word):

@@ -19,7 +19,7 @@ from ..devices import chosen_dtypes
 from ..errors import CaseError
 from ..model import Check, Findings, Options
 from .autograd import autograd
-from .higher import hvp
+from .higher import higher_autograd, higher_reference
 from .impl import self_consistency
 from .point import Point, build_point, entrywise_fd, first_bad_op, stage_rng
 from .reference import reference
@@ -37,8 +37,9 @@ class Stage(NamedTuple):
 STAGES = (
     Stage("reference", "reference", lambda case: True, reference),
     Stage("impl", "reference", lambda case: bool(case.impl), self_consistency),
-    Stage("higher", "reference", lambda case: case.order == 2, hvp),
+    Stage("higher", "reference", lambda case: case.order >= 2, higher_reference),
     Stage("autograd", "autograd", lambda case: True, autograd),
+    Stage("higher_autograd", "autograd", lambda case: case.order >= 2, higher_autograd),
 )
 
 

@@ -1,6 +1,12 @@
-"""Stage ``higher`` (``order = 2``): Hessian-vector products by double backward against Richardson differences
-of the exact symbolic gradient (second derivatives have no error budget yet: the allowance is 64 u per entry,
-stated)."""
+"""Stage ``higher`` (``order = 2`` or ``3``): higher derivatives against the symbolic engine's exact ones.
+
+The reference (``engines.jets``) runs the program's forward and reverse passes on jets along random directions
+v (and w): the exact H v of <c, f> (and the third derivative D3[c, v, w]) with a per-entry rounding budget, from
+sympy's derivatives of each op's rule. ``higher_reference`` cross-checks it, in float64, against Richardson
+differences of the exact gradient (of the exact H v for the third order) -- the ``fd`` check of first order;
+``higher_autograd`` judges torch's reverse-over-reverse H v (``hvp``), forward-over-reverse H v (``hvp_fwd``) and
+reverse^3 third derivative (``d3``) in every dtype and device with ``tolerance.derived``'s allowance of the budget.
+"""
 
 from __future__ import annotations
 
@@ -8,51 +14,155 @@ import numpy as np
 
 from .. import tolerance as tol
 from ..compare import compare
+from ..devices import device_skips
 from ..model import Check
 from .point import Point, stage_rng
-from .probes import user_failure
+from .probes import fd_source, missing_kernel, torch_raised, user_failure
+
+AGAINST = {"hvp": "symbolic (exact H v)", "hvp_fwd": "symbolic (exact H v)", "d3": "symbolic (exact D3[c, v, w])"}
+HOW = {"hvp": "reverse-over-reverse (double backward)", "hvp_fwd": "forward-over-reverse (torch.func.jvp of the VJP)",
+       "d3": "reverse-over-reverse-over-reverse"}
 
 
-def hvp(point: Point) -> list[Check]:
+def directions(point: Point) -> list[dict]:
+    """v (and w for order 3): random, scaled like the inputs, exact in the case's least precise dtype."""
     from ..engines import finite
-    from ..engines.autograd import hvp as torch_hvp
+    from ..engines.autograd import round_to
+
+    rng = stage_rng(point.seed, "higher")
+    x = point.at("float64")
+    return [{n: round_to(finite.random_direction(x[n], rng), point.low) for n in point.case.grad_vars}
+            for _ in range(point.case.order - 1)]
+
+
+def exact(point: Point, dtype: str, dirs, fwd=None):
+    """The jets of the gradient at ``dtype``'s point (or at ``fwd``): per var [grad, H v, (H w, D3[c, v, w])]."""
+    from ..engines import jets
+
+    fwd = fwd if fwd is not None else point.reference(dtype)[0]
+    return jets.derivatives(point.program, fwd, point.cotangents[-1], dirs)
+
+
+def higher_reference(point: Point) -> list[Check]:
+    """The exact H v (and D3) against Richardson differences of the exact lower derivative, float64."""
+    from ..engines import finite, jets
+
+    dirs = directions(point)
+    fwd, grads = point.reference("float64")
+    if not grads:
+        return []
+    try:
+        ref = exact(point, "float64", dirs)
+    except jets.Unavailable as exc:
+        return [Check(kind, "symbolic", "exact higher derivatives", status="skip", message=str(exc))
+                for kind in _kinds(point)]
+    x, program, cot = point.at("float64"), point.program, point.cotangents[-1]
+
+    def lower(inputs, component):  # detach() values stay those of the base point, as in double backward
+        f = program.forward(inputs, tol.UNIT_ROUNDOFF[point.low], detached_from=fwd)
+        if component == 0:
+            return {n: g[0] for n, g in program.vjp(f, cot, with_err=False).items()}
+        return {n: jet[component][0] for n, jet in jets.derivatives(program, f, cot, dirs[:1]).items()}
+
+    checks = []
+    for kind, component, along, of in (("hvp", 1, dirs[0], 0), ("d3", 3, dirs[-1], 1))[:len(dirs)]:
+        try:
+            diff, err = finite.directional_vector(lambda inputs, c=of: lower(inputs, c), x, along, method=point.fd)
+        except jets.Unavailable as exc:  # a perturbed point reached a kink
+            checks.append(Check(kind, "symbolic", "finite differences", status="skip", message=str(exc)))
+            continue
+        for n in point.case.grad_vars:
+            value, budget = ref[n][component]
+            allowed = point.fd.safety * err[n] + tol.derived(budget, value, "float64").allowed
+            checks.append(compare(Check(kind, "symbolic", "finite differences", var=n, dtype="float64",
+                                        device="cpu"), value, diff[n],
+                                  tol.Tolerance(allowed, None, None, fd_source(point.fd)), fd=diff[n]))
+    return checks
+
+
+def higher_autograd(point: Point) -> list[Check]:
+    """torch's higher derivatives (autograd or the impl) per dtype and device against the exact ones."""
+    checks = []
+    dirs = directions(point)
+    for device, skip in device_skips(point.case.devices, point.devices).items():
+        for dtype in point.dtypes:
+            if skip:  # reported, never dropped silently
+                checks += [Check(kind, point.engine, AGAINST[kind], dtype=dtype, device=device, status="skip",
+                                 message=skip.message, details={"skipped": skip.code}) for kind in _kinds(point)]
+            else:
+                checks += _on_device(point, dtype, device, dirs)
+    return checks
+
+
+def _kinds(point: Point) -> tuple[str, ...]:
+    return ("hvp", "hvp_fwd", "d3") if point.case.order == 3 else ("hvp", "hvp_fwd")
+
+
+def _on_device(point: Point, dtype: str, device: str, dirs) -> list[Check]:
+    from ..engines import jets, torch_higher
     from ..engines.impl import phase
 
-    x, names, program = point.at("float64"), point.case.grad_vars, point.program
-    cot = point.cotangents[-1]
-    v = {n: finite.random_direction(x[n], stage_rng(point.seed, "higher")) for n in names}
+    def skipped(message):
+        return [Check(kind, point.engine, AGAINST[kind], dtype=dtype, device=device, status="skip",
+                      message=message) for kind in _kinds(point)]
 
-    base, _ = point.reference("float64")
-
-    def gradient(inputs):  # detach() values stay those of the base point, as in double backward
-        f = program.forward(inputs, None, with_err=True, detached_from=base)
-        grads = program.vjp(f, cot, with_err=False)
-        return {n: grads[n][0] for n in names}
-
-    ref, err = finite.directional_vector(gradient, x, v, method=point.fd)
+    fwd, grads = point.reference(dtype)
+    if not grads:
+        return skipped(f"at the inputs rounded to {dtype} the value is not finite")
+    jump = point.program.near_jump(fwd, tol.UNIT_ROUNDOFF[dtype])
+    if jump:
+        return skipped(jump)
+    try:
+        ref = exact(point, dtype, dirs)
+    except jets.Unavailable as exc:
+        return skipped(str(exc))
+    peak = max([fwd.peak] + [float(np.max(np.abs(c[0]), initial=0.0)) for jet in ref.values() for c in jet])
+    if not np.isfinite(peak) or peak > tol.MAX[dtype]:
+        return skipped(f"values reach {peak:.3g}, beyond {dtype}'s largest {tol.MAX[dtype]:.3g}")
+    x, names, cot = point.at(dtype), point.case.grad_vars, point.cotangents[-1]
     checks = []
-    for dtype in point.dtypes:
+    for kind in _kinds(point):
+        component = 3 if kind == "d3" else 1
+        zero = [all(not np.any(jet[c][0]) for jet in ref.values()) for c in (1, 3)[:len(ref[names[0]]) // 2]]
+        check = Check(kind, point.engine, AGAINST[kind], dtype=dtype, device=device)
         try:
-            with phase("the impl's double backward"):
-                got = torch_hvp(point.fn, point.at(dtype), names, cot, v, dtype, "cpu", point.var_dtypes)
-        except BaseException as exc:  # user code or an op without double backward
-            if point.case.impl:
-                check = user_failure(exc, Check("hvp", point.engine, "symbolic", dtype=dtype, device="cpu"),
-                                     "double backward")
-                if check is not None:
-                    checks.append(check)
-                    continue
-            if not isinstance(exc, Exception):
+            with phase(f"the impl's {HOW[kind]}"):
+                if kind == "hvp_fwd":
+                    got = torch_higher.forward_over_reverse(point.fn, x, names, cot, dirs[0], dtype, device,
+                                                            point.var_dtypes)
+                else:
+                    got = torch_higher.reverse(point.fn, x, names, cot, dirs if kind == "d3" else dirs[:1], dtype,
+                                               device, point.var_dtypes, zero)
+        except BaseException as exc:  # user code, an op without a higher-order rule in torch
+            failed = _raised(point, check, exc, kind)
+            if failed is None:
                 raise
-            checks.append(Check("hvp", point.engine, "symbolic", dtype=dtype, device="cpu", status="fail",
-                                message=f"double backward raised {type(exc).__name__}: {str(exc)[:160]}",
-                                details={"raised": type(exc).__name__}))
+            checks.append(failed)
             continue
-        u = tol.UNIT_ROUNDOFF[dtype] + tol.UNIT_ROUNDOFF["float64"]
         for n in names:
-            scale = np.abs(ref[n]) + float(np.sqrt(np.mean(np.square(ref[n])))) if ref[n].size else 0.0
-            allowed = point.fd.safety * err[n] + 64 * u * scale + tol.FLOOR * tol.TINY[dtype]
-            tolerance = tol.Tolerance(allowed, None, None, "4 x Richardson error + 64 u x |Hv| (second order)")
-            checks.append(compare(Check("hvp", point.engine, "symbolic", var=n, dtype=dtype, device="cpu"),
-                                  got[n], ref[n], tolerance))
+            value, budget = ref[n][component]
+            checks.append(compare(Check(kind, point.engine, AGAINST[kind], var=n, dtype=dtype, device=device),
+                                  got[n], value, tol.derived(budget, value, dtype, point.case.tolerance)))
     return checks
+
+
+def _raised(point: Point, check: Check, exc: BaseException, kind: str) -> Check | None:
+    """What an exception of torch or the impl under a higher-order computation means: forward mode unsupported is
+    a skip with the reason (as first order's ``jvp``); anything else from the impl a finding about it."""
+    from ..engines.impl import Timeout
+
+    if isinstance(exc, KeyboardInterrupt | Timeout):
+        return None
+    if kind == "hvp_fwd":
+        cause = getattr(exc, "exception", None) or exc
+        check.status = "skip"
+        check.message = f"forward-over-reverse not supported: {type(cause).__name__}: {' '.join(str(cause).split())[:300]}"
+        return check
+    if point.case.impl:
+        return user_failure(exc, check, "double backward" if kind == "hvp" else "third-order backward")
+    if not isinstance(exc, Exception):
+        return None
+    kernel = missing_kernel(exc)
+    check.status, check.message = ("skip" if kernel else "fail"), torch_raised(exc)
+    check.details = {"skipped": "missing_kernel"} if kernel else {"raised": type(exc).__name__}
+    return check
