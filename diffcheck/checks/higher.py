@@ -17,7 +17,7 @@ from ..compare import compare
 from ..devices import device_skips
 from ..model import Check
 from .point import Point, stage_rng
-from .probes import fd_source, missing_kernel, torch_raised, user_failure
+from .probes import fd_source, missing_derivative, missing_kernel, torch_raised, user_failure
 
 AGAINST = {"hvp": "symbolic (exact H v)", "hvp_fwd": "symbolic (exact H v)", "d3": "symbolic (exact D3[c, v, w])"}
 HOW = {"hvp": "reverse-over-reverse (double backward)", "hvp_fwd": "forward-over-reverse (torch.func.jvp of the VJP)",
@@ -116,7 +116,8 @@ def _on_device(point: Point, dtype: str, device: str, dirs) -> list[Check]:
         ref = exact(point, dtype, dirs)
     except jets.Unavailable as exc:
         return skipped(str(exc))
-    peak = max([fwd.peak] + [float(np.max(np.abs(c[0]), initial=0.0)) for jet in ref.values() for c in jet])
+    peak = max([fwd.peak, jets.PEAK.value] + [float(np.max(np.abs(c[0]), initial=0.0)) for jet in ref.values()
+                                              for c in jet])
     if not np.isfinite(peak) or peak > tol.MAX[dtype]:
         return skipped(f"values reach {peak:.3g}, beyond {dtype}'s largest {tol.MAX[dtype]:.3g}")
     x, names, cot = point.at(dtype), point.case.grad_vars, point.cotangents[-1]
@@ -153,8 +154,11 @@ def _raised(point: Point, check: Check, exc: BaseException, kind: str) -> Check 
 
     if isinstance(exc, KeyboardInterrupt | Timeout):
         return None
+    cause = getattr(exc, "exception", None) or exc
+    if missing_derivative(cause):
+        check.status, check.message = "skip", f"torch cannot compute it: {torch_raised(cause)}"
+        return check
     if kind == "hvp_fwd":
-        cause = getattr(exc, "exception", None) or exc
         check.status = "skip"
         check.message = f"forward-over-reverse not supported: {type(cause).__name__}: {' '.join(str(cause).split())[:300]}"
         return check

@@ -43,6 +43,22 @@ class Unavailable(Exception):
     """The exact higher derivative cannot be computed here (an op without a rule, a point on a kink)."""
 
 
+class _Peak:
+    """The largest finite magnitude of any factor of the last ``derivatives`` run (a local second derivative
+    -1/x**2 at x = 1e-30 overflows float32 though H v does not): a dtype it exceeds is not judged."""
+
+    value = 0.0
+
+    def see(self, *arrays) -> None:
+        for a in arrays:
+            finite = np.abs(a)[np.isfinite(a)]
+            if finite.size:
+                self.value = max(self.value, float(finite.max()))
+
+
+PEAK = _Peak()
+
+
 def _nonzero(c) -> bool:
     return not (np.ndim(c[0]) == 0 and c[0] == 0 and np.ndim(c[1]) == 0 and c[1] == 0)
 
@@ -71,6 +87,7 @@ def _product(*factors):
     value = factors[0][0]
     for f in factors[1:]:
         value = value * f[0]
+    PEAK.see(value, *(f[0] for f in factors))
     err = (len(factors) - 1) * np.abs(value)
     for i, (_, e) in enumerate(factors):
         if np.any(e):
@@ -335,30 +352,36 @@ def forward(prog, fwd, directions: list[dict]) -> list:
     ``directions`` (one or two dicts var -> array)."""
     n = 2 ** len(directions)
     jets: list = [None] * len(prog.slots)
-    for i, slot in enumerate(prog.slots):
-        base = (fwd.values[i], fwd.errs[i])
-        jet = [base] + [ZERO] * (n - 1)
-        if slot.kind == "var" and slot.active:
-            for b, d in zip((1, 2), directions):
-                jet[b] = (np.asarray(d[slot.name], float), 0.0)
-        elif slot.kind == "instr" and slot.active:
-            ins = slot.instr
-            if i in fwd.kinks and np.any(fwd.kinks[i]):
-                raise Unavailable(f"an entry of {ins.op} sits on a kink: its second derivative is not defined "
-                                  "there")
-            if ins.op in OPS and OPS[ins.op].kind == "elementwise":
-                jet = _elementwise(prog, i, ins, fwd, jets, n)
-            elif ins.op in LINEAR:
-                jet = [base] + [_linear(prog, i, ins, fwd, [jets[a][m] for a in ins.args])
-                                if any(_nonzero(jets[a][m]) for a in ins.args) else ZERO for m in range(1, n)]
-            elif ins.op in ("matmul", "einsum"):
-                jet = [base] + _multilinear(prog, i, ins, jets)[1:]
-            elif ins.op == "lse":
-                jet = _lse(prog, i, ins, fwd, jets)
-            else:
-                raise Unavailable(f"no higher-order rule for {ins.op} in the symbolic engine")
-        jets[i] = jet
+    with np.errstate(all="ignore"):
+        for i, slot in enumerate(prog.slots):
+            jets[i] = _forward_slot(prog, fwd, i, slot, jets, directions, n)
     return jets
+
+
+def _forward_slot(prog, fwd, i, slot, jets, directions, n):
+    """The jet of slot ``i``."""
+    base = (fwd.values[i], fwd.errs[i])
+    jet = [base] + [ZERO] * (n - 1)
+    if slot.kind == "var" and slot.active:
+        for b, d in zip((1, 2), directions):
+            jet[b] = (np.asarray(d[slot.name], float), 0.0)
+    elif slot.kind == "instr" and slot.active:
+        ins = slot.instr
+        if i in fwd.kinks and np.any(fwd.kinks[i]):
+            raise Unavailable(f"an entry of {ins.op} sits on a kink: its second derivative is not defined "
+                              "there")
+        if ins.op in OPS and OPS[ins.op].kind == "elementwise":
+            jet = _elementwise(prog, i, ins, fwd, jets, n)
+        elif ins.op in LINEAR:
+            jet = [base] + [_linear(prog, i, ins, fwd, [jets[a][m] for a in ins.args])
+                            if any(_nonzero(jets[a][m]) for a in ins.args) else ZERO for m in range(1, n)]
+        elif ins.op in ("matmul", "einsum"):
+            jet = [base] + _multilinear(prog, i, ins, jets)[1:]
+        elif ins.op == "lse":
+            jet = _lse(prog, i, ins, fwd, jets)
+        else:
+            raise Unavailable(f"no higher-order rule for {ins.op} in the symbolic engine")
+    return jet
 
 
 def vjp(prog, fwd, jets: list, cotangent) -> dict[str, list]:
@@ -411,5 +434,7 @@ def _linear_back(prog, i, ins: Instr, fwd, g: list):
 
 def derivatives(prog, fwd, cotangent, directions: list[dict]) -> dict[str, list]:
     """Gradient, H v (and H w, D3[c, v, w]) of <cotangent, f> per grad var, with budgets (units of u). Raises
-    ``Unavailable`` with the reason where the program has a step without a higher-order rule or a kink."""
+    ``Unavailable`` with the reason where the program has a step without a higher-order rule or a kink.
+    ``PEAK.value`` is then the largest magnitude any factor reached."""
+    PEAK.value = 0.0
     return vjp(prog, fwd, forward(prog, fwd, directions), cotangent)

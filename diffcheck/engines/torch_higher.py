@@ -34,7 +34,8 @@ def _grad(scalar, leaves, upstream, create_graph: bool, zero: bool):
     if zero and not (isinstance(scalar, torch.Tensor) and scalar.requires_grad):
         return [torch.zeros_like(leaf) for leaf in leaves]
     grads = torch.autograd.grad(scalar, leaves, upstream, create_graph=create_graph, allow_unused=True)
-    return [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, grads)]
+    # torch's double backward of abs gives a ZeroTensor, which has no numpy form
+    return [torch.zeros_like(leaf) if g is None or g._is_zerotensor() else g for leaf, g in zip(leaves, grads)]
 
 
 def forward_over_reverse(fn: Callable, inputs: dict, grad_vars, cotangent, direction: dict, dtype: str,
