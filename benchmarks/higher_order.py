@@ -27,8 +27,10 @@ def main() -> int:
     parser.add_argument("paths", nargs="*", default=["cases"])
     parser.add_argument("--order", type=int, default=2, choices=(2, 3))
     parser.add_argument("--every", type=int, default=1, help="run every N-th case only (a sample)")
+    parser.add_argument("-k", default=None, help="case name pattern, as diffcheck run -k")
+    parser.add_argument("-v", action="store_true", help="print each false alarm's report")
     args = parser.parse_args()
-    cases = [c for c in load(args.paths) if isinstance(c, Case)][::args.every]
+    cases = [c for c in load(args.paths, args.k) if isinstance(c, Case)][::args.every]
     options = Options(devices=("cpu",), dtypes=("float64", "float32"))
     alarms, skips, ran, start = [], collections.Counter(), 0, time.monotonic()
     for case in cases:
@@ -40,6 +42,10 @@ def main() -> int:
         for c in higher:
             if c.status == "fail":
                 alarms.append(f"{case.name}: {c.label}: {c.message} (margin {c.margin})")
+                if args.v:
+                    from diffcheck.report import check_lines
+
+                    print("\n".join(check_lines(c, True)))
             elif c.status == "skip":
                 skips[c.message.split(":")[0][:90]] += 1
     print(f"order {args.order}: {len(cases)} cases, {ran} with higher-order checks run, "

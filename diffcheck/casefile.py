@@ -82,6 +82,7 @@ class CaseModel(Strict):
     impl_args: dict[str, int | float | bool | str] = {}
     order: int = 1
     transforms: list[str] = []
+    rng: Literal["fixed", "replay"] = "fixed"
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class Case:
     impl_args: dict = field(default_factory=dict)
     order: int = 1  # 2 also checks Hessian-vector products, 3 third derivatives too
     transforms: tuple[str, ...] = ()  # TRANSFORMS this case is also checked under
+    rng: str = "fixed"  # "replay": every call of the impl forks torch's RNG seeded from the case seed
 
     @property
     def base_dir(self) -> Path:
@@ -344,7 +346,8 @@ def build_case(raw: dict, where: str = "<data>"):
     return Case(name=model.name, path=where, expr=model.expr, ir=ir, vars=specs, out_shape=out_shape,
                 dtypes=tuple(model.dtypes), devices=tuple(model.devices), seed=model.seed,
                 description=model.description, expect=expect, tolerance=tolerance, impl=model.impl,
-                impl_args=dict(model.impl_args), order=model.order, transforms=tuple(dict.fromkeys(model.transforms)))
+                impl_args=dict(model.impl_args), order=model.order, transforms=tuple(dict.fromkeys(model.transforms)),
+                rng=model.rng)
 
 
 def non_finite_constant(ir: Node) -> str | None:

@@ -42,6 +42,7 @@ class Kind(_Word):
     HVP = "hvp"  # Hessian-vector products by double backward (order = 2 or 3)
     HVP_FWD = "hvp_fwd"  # Hessian-vector products by forward-over-reverse
     D3 = "d3"  # third derivatives along two directions (order = 3)
+    RNG = "rng"  # an impl's forward evaluated twice at one point must agree (else: rng = "replay")
     COMPILE = "compile"  # transforms: the function under torch.compile
     VMAP = "vmap"  # batched VJPs/JVPs under torch.func.vmap against unbatched ones
     FORWARD = "forward"  # forward-mode JVPs in every dtype and device against the reference

@@ -208,6 +208,9 @@ def blame(checks: list[Check]) -> str:
     timeout = next((c for c in failed if c.kind == "timeout"), None)
     if timeout is not None:
         return timeout.message
+    rng = next((c for c in failed if c.kind == "rng"), None)
+    if rng is not None:  # a forward that draws random numbers: nothing else was judged
+        return rng.message
     if any(c.kind in TRAINING_KINDS for c in failed):
         first = next(c for c in failed if c.kind in TRAINING_KINDS)
         return f"training: {first.label}: {first.message}"

@@ -73,7 +73,7 @@ def _run(case: Case, options: Options, seed: int, checks: list[Check]) -> list[s
         checks.append(Check("grad", "impl", "symbolic", status="skip",
                             message="impl cases are not run under --no-impl (nothing was imported)"))
         return []
-    point = build_point(case, options, seed, _function(case, options), dtypes)
+    point = build_point(case, options, seed, _function(case, options, seed), dtypes)
     fwd, _ = point.reference("float64")
     skip = _reference_skip(point, fwd)
     if skip is not None:
@@ -84,6 +84,14 @@ def _run(case: Case, options: Options, seed: int, checks: list[Check]) -> list[s
         from .formula import formula
 
         formulas = formula(case)
+    if case.impl:  # a forward that changes between evaluations: one clear finding, not a flood of mismatches
+        from .rng import repeatable
+
+        check = repeatable(point)
+        if check is not None:
+            checks.append(check)
+            if check.status == "fail":
+                return formulas
     if "reference" in options.stages:
         point = replace(point, fd_full=entrywise_fd(point))
     for stage in STAGES:
@@ -96,14 +104,16 @@ def _run(case: Case, options: Options, seed: int, checks: list[Check]) -> list[s
     return formulas
 
 
-def _function(case: Case, options: Options):
-    """What is judged: the user's impl (imported and guarded) or the expression built from torch ops."""
+def _function(case: Case, options: Options, seed: int):
+    """What is judged: the user's impl (imported and guarded; with ``rng = "replay"`` every call replays the
+    same torch RNG state) or the expression built from torch ops."""
     if case.impl:
         from ..engines import impl
 
         fn = impl.load(case.impl, case.base_dir, list(case.vars), case.impl_args, case.path, case.name,
                        options.impl_path, options.impl_sys_path)
-        return impl.guard(fn, case.out_shape)
+        fn = impl.guard(fn, case.out_shape)
+        return impl.replay(fn, seed) if case.rng == "replay" else fn
     from ..engines.autograd import build
 
     return build(case.ir)

@@ -268,6 +268,22 @@ def guard(fn: Callable, out_shape) -> Callable:
     return call
 
 
+def replay(fn: Callable, seed: int) -> Callable:
+    """``fn`` whose every call (``rng = "replay"``) draws the same random numbers: torch's RNG state is forked
+    (CPU, and every CUDA device once CUDA is in use) and seeded with ``seed``, and restored afterwards, so each
+    evaluation -- finite differences, autograd in each dtype and device, each transform -- sees the same
+    draws, and the caller's own RNG stream is left as it was."""
+    import torch
+
+    def call(**tensors):
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            return fn(**tensors)
+
+    return call
+
+
 def _location(exc: BaseException) -> str:
     """', file.py:12' for the innermost frame of the traceback outside torch and diffcheck, if any."""
     import torch

@@ -144,12 +144,17 @@ def _ways(op_name: str, params: tuple, path: tuple) -> tuple:
         ways.append(rules.grads_alt[k])
     if rules.grads_out:
         ways.append(rules.grads_out[k])
-    for l in rest:  # the total derivative: OUT depends on the arguments through f's own gradient
-        ways = [sp.diff(e, syms[l]) + sp.diff(e, OUT) * rules.grads[l] for e in ways]
+    for l in rest:  # the total derivative: OUT depends on the arguments, through its derivative from OUT too
+        dout = rules.grads_out[l] if rules.grads_out else rules.grads[l]
+        ways = [sp.diff(e, syms[l]) + sp.diff(e, OUT) * dout for e in ways]
     return tuple(ways)
 
 
-def _derivative(ins: Instr, path: tuple, env: dict, env_out: dict):
+def _derivative(ins: Instr, path: tuple, env: dict, env_out: dict, lower):
+    """d^len(path) f / d a_path... at the base point, (value, err). ``lower`` is the derivative one order below,
+    as computed (value, err): autograd differentiates *its* computation, f_k (1 + delta(x)), whose derivative
+    f_kl (1 + delta) + f_k delta' carries f_k's relative error delta into f_kl (torch's sigmoid'' from y(1 - y)
+    at y ~ 1); the f_k delta' part is the ways' own budget."""
     params = tuple(sorted(ins.params.items()))
     ways = _ways(ins.op, params, path)
     try:
@@ -158,7 +163,10 @@ def _derivative(ins: Instr, path: tuple, env: dict, env_out: dict):
             err = np.maximum(err, sympy_eval.evaluate(other, env_out if other.has(OUT) else env, True)[1])
     except TypeError as exc:  # a function of a higher derivative the evaluator has no rule for
         raise Unavailable(f"no higher-order rule for {ins.op}: {exc}") from None
-    return np.broadcast_to(value, ins.shape), np.broadcast_to(err, ins.shape)
+    with np.errstate(all="ignore"):
+        low, low_err = np.abs(lower[0]), lower[1]
+        inherited = np.where(low > 0, sympy_eval.times(np.abs(value), low_err / np.where(low > 0, low, 1.0)), 0.0)
+    return np.broadcast_to(value, ins.shape), np.broadcast_to(np.maximum(err, inherited), ins.shape)
 
 
 def _elementwise(prog, i, ins: Instr, fwd, jets, order_n: int):
@@ -171,7 +179,7 @@ def _elementwise(prog, i, ins: Instr, fwd, jets, order_n: int):
     first = [fwd.derivs[i][k] if active[k] else ZERO for k in range(len(args))]
     second = None
     if order_n == 4:
-        second = [[_derivative(ins, (k, l), env, env_out) if active[k] and active[l] else ZERO
+        second = [[_derivative(ins, (k, l), env, env_out, first[k]) if active[k] and active[l] else ZERO
                    for l in range(len(args))] for k in range(len(args))]
     out = compose((fwd.values[i], fwd.errs[i]), first, second, args)
     return [out[0]] + [(np.broadcast_to(v, ins.shape), np.broadcast_to(e, ins.shape)) if _nonzero((v, e)) else ZERO
@@ -189,10 +197,10 @@ def _elementwise_back(prog, i, ins: Instr, fwd, jets, g: list, order_n: int):
     for k, arg in enumerate(ins.args):
         if not active[k]:
             continue
-        second = [_derivative(ins, (k, l), env, env_out) if active[l] else ZERO for l in range(n)]
+        second = [_derivative(ins, (k, l), env, env_out, fwd.derivs[i][k]) if active[l] else ZERO for l in range(n)]
         third = None
         if order_n == 4:
-            third = [[_derivative(ins, (k, l, m), env, env_out) if active[l] and active[m] else ZERO
+            third = [[_derivative(ins, (k, l, m), env, env_out, second[l]) if active[l] and active[m] else ZERO
                       for m in range(n)] for l in range(n)]
         d = compose(fwd.derivs[i][k], second, third, args)
         contrib = multiply(g, d)
