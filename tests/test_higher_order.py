@@ -171,7 +171,8 @@ def test_a_double_backward_through_a_detached_ctx_intermediate_is_caught_and_its
             assert case["status"] == "pass", (name, out)
             continue
         assert case["status"] == "fail"
-        assert case["message"].startswith("the impl's first-order gradient is right; its double backward is wrong (hvp ")
+        assert case["message"].startswith("the impl's first-order gradient is right; its double backward is "
+                                          "wrong (hvp ")
         failed = [c for c in case["checks"] if c["status"] == "fail"]
         assert failed and all(c["kind"] == "hvp" and c["engine"] == "impl" and c["dtype"] == dtype for c in failed)
         assert any(c["worst"] for c in failed)  # localized: the entries are named

@@ -45,7 +45,7 @@ def exact(point: Point, dtype: str, dirs, fwd=None):
 
 def higher_reference(point: Point) -> list[Check]:
     """The exact H v (and D3) against Richardson differences of the exact lower derivative, float64."""
-    from ..engines import finite, jets
+    from ..engines import jets
 
     dirs = directions(point)
     fwd, grads = point.reference("float64")
@@ -205,7 +205,8 @@ def _raised(point: Point, check: Check, exc: BaseException, kind: str) -> Check 
         return check
     if kind == "hvp_fwd":
         check.status = "skip"
-        check.message = f"forward-over-reverse not supported: {type(cause).__name__}: {' '.join(str(cause).split())[:300]}"
+        reason = " ".join(str(cause).split())[:300]
+        check.message = f"forward-over-reverse not supported: {type(cause).__name__}: {reason}"
         return check
     if point.case.impl:
         return user_failure(exc, check, "double backward" if kind == "hvp" else "third-order backward")
