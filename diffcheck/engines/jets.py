@@ -20,6 +20,10 @@ Rules, all from what the first-order engine already has:
 Budgets: each component carries a first-order bound in units of u, propagated as the first-order engine does (a
 product adds |a| e_b + |b| e_a + |ab|, a k-term sum (k - 1) times the sum of the terms' magnitudes; the linear
 steps charge what their first-order rules charge).
+
+Why it is over 400 lines: the jet arithmetic (products, sums, composition with a budget) and the per-family rules
+of the forward and reverse passes that use it (elementwise, linear, multilinear, logsumexp) are read together, as
+``structured`` keeps its rule pairs together; split apart, each half would import every helper of the other.
 """
 
 from __future__ import annotations
