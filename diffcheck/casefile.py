@@ -86,6 +86,7 @@ class CaseModel(Strict):
     transforms: list[str] = []
     outputs: list[str] | None = None  # names of the outputs of a tuple expr (default out0, out1, ...)
     surrogate: dict[str, str] = {}  # var -> the backward rule an impl follows instead of the true derivative
+    rng: Literal["fixed", "replay"] = "fixed"
 
 
 @dataclass(frozen=True)
@@ -142,16 +143,17 @@ class Case:
     tolerance: Tolerance | None = None
     impl: str | None = None  # "module:attribute" of the user's implementation under test
     impl_args: dict = field(default_factory=dict)
-    order: int = 1  # 2 also checks Hessian-vector products
+    order: int = 1  # 2 also checks Hessian-vector products, 3 third derivatives too
     transforms: tuple[str, ...] = ()  # TRANSFORMS this case is also checked under
     outputs: tuple = ()  # outputs.Output per output of a tuple expr (ir, out_shape: the flat concatenation)
     reference: object = None  # "module:function" (or a callable from the API): the float64 reference of the impl
+    surrogate: dict = field(default_factory=dict)  # var -> (text, IR) of its declared backward rule, of vars and g
+    rng: str = "fixed"  # "replay": every call of the impl forks torch's RNG seeded from the case seed
 
     @property
     def callable_reference(self) -> bool:
         """Whether the reference is Python code (``reference``, or the impl itself) rather than ``expr``."""
         return self.expr is None
-    surrogate: dict = field(default_factory=dict)  # var -> (text, IR) of its declared backward rule, of vars and g
 
     @property
     def base_dir(self) -> Path:
@@ -341,8 +343,8 @@ def build_case(raw: dict, where: str = "<data>"):
     check_choices("dtypes", model.dtypes, fail)
     check_choices("devices", model.devices, fail)
 
-    if model.order not in (1, 2):
-        fail(f"order must be 1 or 2, got {model.order}", "order")
+    if model.order not in (1, 2, 3):
+        fail(f"order must be 1, 2 or 3, got {model.order}", "order")
     if model.impl is not None and not model.impl.strip():
         fail("impl must name 'module:attribute'", "impl")
     if model.impl_args and model.impl is None:
@@ -362,7 +364,7 @@ def build_case(raw: dict, where: str = "<data>"):
                 dtypes=tuple(model.dtypes), devices=tuple(model.devices), seed=model.seed,
                 description=model.description, expect=expect, tolerance=tolerance, impl=model.impl,
                 impl_args=impl_args, order=model.order, transforms=tuple(dict.fromkeys(model.transforms)),
-                reference=model.reference, outputs=outs, surrogate=surrogate)
+                reference=model.reference, outputs=outs, surrogate=surrogate, rng=model.rng)
 
 
 def _expression(model: CaseModel, fail) -> tuple[Node, list, list[str]]:

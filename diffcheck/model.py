@@ -40,7 +40,10 @@ class Kind(_Word):
     SEMANTIC = "semantic"  # dtype/device/shape of gradients, zero upstream, determinism
     JVP = "jvp"  # an impl's forward mode against its reverse mode
     PRECISION = "precision"  # the rounding noise of an impl's float64 forward (a float32 buffer inside)
-    HVP = "hvp"  # Hessian-vector products (order = 2)
+    HVP = "hvp"  # Hessian-vector products by double backward (order = 2 or 3)
+    HVP_FWD = "hvp_fwd"  # Hessian-vector products by forward-over-reverse
+    D3 = "d3"  # third derivatives along two directions (order = 3)
+    RNG = "rng"  # an impl's forward evaluated twice at one point must agree (else: rng = "replay")
     COMPILE = "compile"  # transforms: the function under torch.compile
     VMAP = "vmap"  # batched VJPs/JVPs under torch.func.vmap against unbatched ones
     FORWARD = "forward"  # forward-mode JVPs in every dtype and device against the reference
@@ -53,6 +56,7 @@ class Kind(_Word):
 
 
 TRAINING_KINDS = (Kind.CONVERGE, Kind.TRAJECTORY, Kind.REPRODUCIBLE)
+HIGHER_KINDS = (Kind.HVP, Kind.HVP_FWD, Kind.D3)  # order = 2 or 3
 
 
 class Engine(_Word):

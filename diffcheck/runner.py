@@ -15,7 +15,7 @@ from pathlib import Path
 from .casefile import Case, is_case_file, load_file
 from .devices import not_requested
 from .errors import CaseError, DiffcheckError
-from .model import TRAINING_KINDS, CaseResult, Check, Findings, Options, case_seed
+from .model import HIGHER_KINDS, TRAINING_KINDS, CaseResult, Check, Findings, Options, case_seed
 from .training.schema import TrainCase
 
 __all__ = ["CaseResult", "Options", "blame", "case_seed", "collect", "error_result", "load", "matches",
@@ -208,11 +208,16 @@ def blame(checks: list[Check]) -> str:
     timeout = next((c for c in failed if c.kind == "timeout"), None)
     if timeout is not None:
         return timeout.message
+    rng = next((c for c in failed if c.kind == "rng"), None)
+    if rng is not None:  # a forward that draws random numbers: nothing else was judged
+        return rng.message
     if any(c.kind in TRAINING_KINDS for c in failed):
         first = next(c for c in failed if c.kind in TRAINING_KINDS)
         return f"training: {first.label}: {first.message}"
     if any(c.engine in ("impl", "reference") for c in checks):  # a Python reference is only ever an impl's
         return blame_impl(checks, failed)
+    if failed and all(c.kind in HIGHER_KINDS for c in failed):
+        return f"a higher derivative disagrees with the exact symbolic one ({failed[0].label}: {failed[0].message})"
     kinds = {(c.kind, c.engine) for c in failed}
     fd_failed = any(k == "fd" for k, _ in kinds)
     ad_failed = any(e == "autograd" and k in ("grad", "value", "semantic") for k, e in kinds)
@@ -238,14 +243,14 @@ def blame(checks: list[Check]) -> str:
 def blame_impl(checks: list[Check], failed: list[Check]) -> str:
     """For a user's implementation: is the forward wrong, the backward, or only the double backward? Decided from
     the checks' kinds and structured ``details`` (impl_failure, nondeterministic, out_dtype, lower_precision)."""
-    first_order = [c for c in failed if c.kind != "hvp"]
-    second = [c for c in failed if c.kind == "hvp"]
+    first_order = [c for c in failed if c.kind not in HIGHER_KINDS]
+    second = sorted((c for c in failed if c.kind in HIGHER_KINDS), key=lambda c: c.engine != "impl")
     if not first_order and second:
         c = second[0]
         how = c.message if "impl_failure" in c.details else f"{c.label}: {c.message}"
         ran = any(c.engine == "impl" and c.kind == "grad" and c.status in ("pass", "warn") for c in checks)
         right = "the impl's first-order gradient is right" if ran else "the impl's first-order checks do not fail"
-        return f"{right}; its double backward is wrong ({how})"
+        return f"{right}; its {'double' if c.kind != 'd3' else 'third-order'} backward is wrong ({how})"
     verdict = _first_order_verdict(checks, first_order)
     return verdict + ("; its double backward fails too" if second and verdict else "")
 

@@ -20,7 +20,7 @@ from ..devices import chosen_dtypes
 from ..errors import CaseError
 from ..model import Check, Findings, Options
 from .autograd import autograd
-from .higher import hvp
+from .higher import higher_autograd, higher_reference
 from .impl import self_consistency
 from .outputs import undefined_grads
 from .point import Point, build_point, entrywise_fd, first_bad_op, stage_rng
@@ -41,9 +41,10 @@ STAGES = (
     Stage("reference", "reference", lambda case: True, reference),
     Stage("impl", "reference", lambda case: bool(case.impl), self_consistency),
     Stage("precision", "reference", lambda case: bool(case.impl), precision),
-    Stage("higher", "reference", lambda case: case.order == 2, hvp),
+    Stage("higher", "reference", lambda case: case.order >= 2, higher_reference),
     Stage("outputs", "autograd", lambda case: len(case.outputs) > 1, undefined_grads),
     Stage("autograd", "autograd", lambda case: True, autograd),
+    Stage("higher_autograd", "autograd", lambda case: case.order >= 2, higher_autograd),
 )
 
 
@@ -80,11 +81,11 @@ def _run(case: Case, options: Options, seed: int, checks: list[Check]) -> list[s
     if case.callable_reference:
         from .pyref import prepare
 
-        point = prepare(case, options, seed, _function(case, options), dtypes, checks)
+        point = prepare(case, options, seed, _function(case, options, seed), dtypes, checks)
         if point is None:  # the reference (or the impl alone) failed: reported in ``checks``
             return []
     else:
-        point = build_point(case, options, seed, _function(case, options), dtypes)
+        point = build_point(case, options, seed, _function(case, options, seed), dtypes)
     fwd, _ = point.reference("float64")
     skip = _reference_skip(point, fwd)
     if skip is not None:
@@ -96,6 +97,14 @@ def _run(case: Case, options: Options, seed: int, checks: list[Check]) -> list[s
 
         formulas = formula(case) + [f"surrogate d/d{n} := {text} (declared; g is the upstream gradient)"
                                     for n, (text, _) in case.surrogate.items()]
+    if case.impl:  # a forward that changes between evaluations: one clear finding, not a flood of mismatches
+        from .rng import repeatable
+
+        check = repeatable(point)
+        if check is not None:
+            checks.append(check)
+            if check.status == "fail":
+                return formulas
     if "reference" in options.stages:
         point = replace(point, fd_full=entrywise_fd(point))
     for stage in STAGES:
@@ -114,13 +123,16 @@ def _run(case: Case, options: Options, seed: int, checks: list[Check]) -> list[s
     return formulas
 
 
-def _function(case: Case, options: Options):
-    """What is judged: the user's impl (imported and guarded) or the expression built from torch ops."""
+def _function(case: Case, options: Options, seed: int):
+    """What is judged: the user's impl (imported and guarded; with ``rng = "replay"`` every call replays the
+    same torch RNG state) or the expression built from torch ops."""
     if case.impl:
         from ..engines import impl
 
         fn = impl.load(case.impl, case.base_dir, list(case.vars), case.impl_args, case.path, case.name,
                        options.impl_path, options.impl_sys_path)
+        if case.rng == "replay":
+            fn = impl.replay(fn, seed)
         if case.out_shape is None:  # guarded once the reference (or the impl alone) has run
             return fn
         return impl.guard(fn, case.out_shape, case.outputs)

@@ -72,6 +72,13 @@ def missing_kernel(exc: BaseException | None) -> bool:
     return exc is not None and "not implemented for" in _first_line(exc)
 
 
+def missing_derivative(exc: BaseException | None) -> bool:
+    """torch has no derivative formula for an op's backward ("derivative for aten::hardsigmoid_backward is not
+    implemented"): a higher-order check cannot run, a skip. Read from the text, as ``missing_kernel``."""
+    line = _first_line(exc) if exc is not None else ""
+    return line.startswith("derivative for ") and "is not implemented" in line
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0]
 

@@ -387,20 +387,6 @@ def _load_forward_ad() -> None:
             load()
 
 
-def hvp(fn: Callable, inputs: dict, grad_vars, cotangent, direction: dict, dtype: str, device: str,
-        var_dtypes: dict | None = None) -> dict:
-    """Hessian-vector product of <cotangent, fn> along ``direction``, by double backward."""
-    with _no_tf32():
-        tensors = {n: input_tensor(v, dtype, device, n in grad_vars, (var_dtypes or {}).get(n))
-                   for n, v in inputs.items()}
-        out = fn(**tensors)
-        leaves = [tensors[n] for n in grad_vars]
-        grads = torch.autograd.grad(out, leaves, _cotangent(cotangent, out, dtype, device), create_graph=True)
-        dot = sum((g * to_tensor(direction[n], dtype, device)).sum() for n, g in zip(grad_vars, grads))
-        second = torch.autograd.grad(dot, leaves, allow_unused=True)
-    return {n: (to_numpy(h) if h is not None else np.zeros(np.shape(inputs[n]))) for n, h in zip(grad_vars, second)}
-
-
 def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
     """``x`` rounded to ``dtype`` and widened back to float64: the point a ``dtype`` computation sees."""
     if dtype == "float64":

@@ -21,6 +21,10 @@ What the attribute may be:
 Calls of the user's code go through ``guard``: whatever it raises (but KeyboardInterrupt) or a result that is not
 a tensor of the expected shape becomes an ``ImplFailure`` with structured details, which the checks record as a
 failing check. ``time_limit`` bounds a case's wall time with SIGALRM (main thread only).
+
+Why it is over 400 lines: it is the one module through which user code is imported and called -- the lookup
+boundary, the call guards (one output and several), RNG replay and the time limit -- and keeping that boundary in
+one file is what makes it reviewable.
 """
 
 from __future__ import annotations
@@ -316,6 +320,22 @@ def _guard_outputs(fn: Callable, outputs) -> Callable:
         return concatenate(parts(**tensors))
 
     call.parts = parts
+    return call
+
+
+def replay(fn: Callable, seed: int) -> Callable:
+    """``fn`` whose every call (``rng = "replay"``) draws the same random numbers: torch's RNG state is forked
+    (CPU, and every CUDA device once CUDA is in use) and seeded with ``seed``, and restored afterwards, so each
+    evaluation -- finite differences, autograd in each dtype and device, each transform -- sees the same
+    draws, and the caller's own RNG stream is left as it was."""
+    import torch
+
+    def call(**tensors):
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            return fn(**tensors)
+
     return call
 
 
