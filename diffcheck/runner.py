@@ -211,6 +211,13 @@ def blame(checks: list[Check]) -> str:
     if any(c.kind in TRAINING_KINDS for c in failed):
         first = next(c for c in failed if c.kind in TRAINING_KINDS)
         return f"training: {first.label}: {first.message}"
+    from .casefile import TRANSFORMS
+
+    if all(c.kind in TRANSFORMS for c in failed):  # right without the transform (where that ran), wrong under it
+        first = failed[0]
+        eager = any(c.kind == "grad" and c.status == "pass" for c in checks)
+        return f"{'right eagerly, ' if eager else ''}wrong under the {first.kind} transform ({first.label}: " \
+               f"{first.message})"
     if any(c.engine == "impl" for c in checks):
         return blame_impl(checks, failed)
     kinds = {(c.kind, c.engine) for c in failed}
