@@ -104,13 +104,17 @@ def test_a_common_domain_value_is_found(write_case):
     assert "PASS aliasing x [float64 cpu]" in out
 
 
-def test_with_compile_requested_the_aliased_check_runs_compiled_too():
-    code, out = run(CORPUS, "--transform", "compile", "-k", "bug_aliasing_identity_shortcut", "-v",
-                    "--dtype", "float64")
-    assert code == 1, out
-    assert "FAIL aliasing a [float64 cpu]: impl vs symbolic at the aliased point" in out
-    assert "under torch.compile, a and b passed the very same tensor" in out
-    assert "PASS compile a [float64 cpu]" in out  # distinct inputs are right compiled too
+def test_with_compile_requested_the_aliased_check_runs_compiled_too(write_case, tmp_path):
+    text = case_text("sum(sin(x) * y)", SAME).replace('["float64", "float32"]', '["float64"]')
+    code, out = run(write_case(text), "--transform", "compile", "--transform", "aliasing", "-v",
+                    "--json", tmp_path / "r.json")
+    assert code == 0, out
+    assert "under torch.compile, x and y passed the very same tensor: the gradient of that tensor is the sum" in out
+    checks = [c for r in json.loads((tmp_path / "r.json").read_text())["cases"] for c in r["checks"]
+              if c["kind"] == "aliasing" and c["device"] == "cpu"]
+    assert sorted((c["var"] or "", c["details"]["compiled"], c["status"]) for c in checks) == \
+        [("", False, "pass"), ("", True, "pass"), ("x", False, "pass"), ("x", True, "pass")]
+    assert all(c["details"]["compile_s"] > 0 for c in checks if c["details"]["compiled"])
 
 
 def test_shipped_seed_and_op_cases_pass_aliased():

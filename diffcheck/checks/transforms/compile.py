@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ... import tolerance as tol
+from ...compare import compare
 from ...devices import device_skips
 from ...model import Check, Kind
 from ..point import Point
@@ -91,9 +93,6 @@ def on_device(point: Point, dtype: str, device: str) -> list[Check]:
     if res.problems:
         checks.append(Check("compile", engine, "input metadata", dtype=dtype, device=device, status="fail",
                             message="under torch.compile: " + "; ".join(res.problems), details=dict(timing)))
-    from ... import tolerance as tol
-    from ...compare import compare
-
     value = compare(Check("compile", engine, "symbolic", dtype=dtype, device=device), res.value, fwd.values[out],
                     tol.derived(fwd.errs[out], fwd.values[out], dtype, case.tolerance))
     value.message = "; ".join(m for m in (f"value under torch.compile: {value.message}" if value.message
@@ -156,8 +155,9 @@ def warm(point: Point, dtype: str, device: str, variant: str, inputs: dict, alia
             call(lambda: alias(compiled.fn))
         compiled.seen[key] = (time.perf_counter() - start, len(compiled.graphs) - before)
     seconds, graphs = compiled.seen[key]
-    if not graphs and not any(k[:2] == key[:2] and g for k, (_, g) in compiled.seen.items()):
-        return None, "torch.compile compiled no graph of this function (dynamo ran all of it eagerly): nothing to judge"
+    if not graphs:  # a new dtype, device or aliasing always fails dynamo's guards: no new graph means eager
+        return None, ("torch.compile compiled no graph of this function for this call (dynamo ran all of it "
+                      "eagerly): nothing compiled to judge")
     return compiled, seconds
 
 
