@@ -213,7 +213,7 @@ def blame(checks: list[Check]) -> str:
         return f"training: {first.label}: {first.message}"
     from .casefile import TRANSFORMS
 
-    if failed and all(c.kind in TRANSFORMS for c in failed):  # right without the transform (where that ran), wrong under it
+    if failed and all(c.kind in TRANSFORMS for c in failed):  # right without the transform (if run), wrong under it
         first = failed[0]
         eager = any(c.kind == "grad" and c.status == "pass" for c in checks)
         return f"{'right eagerly, ' if eager else ''}wrong under the {first.kind} transform ({first.label}: " \
