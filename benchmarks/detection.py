@@ -1,6 +1,7 @@
 """Detection power on the bug corpus: diffcheck against torch.autograd.gradcheck (slow and fast mode).
 
-    python benchmarks/detection.py
+    python benchmarks/detection.py               # the bug corpus, then the transform corpus
+    python benchmarks/detection.py --transforms  # the transform corpus only
 
 For each seeded bug (bug_*) and correct twin (ok_*) of benchmarks/bug_corpus, in float64 and float32, every tool
 judges the same Function. diffcheck counts a bug as caught in a dtype only when a check *in that dtype* fails
@@ -9,6 +10,11 @@ reference (the impl alone, ``diffcheck.gradcheck``), where the float64 self-cons
 dtype and a run asked for the dtype must fail. The Python-reference path uses the case's expression built as a
 plain torch function as the reference, so its tolerances are measured rather than taken from the symbolic budget. gradcheck runs with its defaults (eps=1e-6,
 atol=1e-5, rtol=1e-3) at a point sampled from the case's domains. Prints one table and writes nothing.
+
+The transform corpus (every benchmarks/transform_corpus/*.toml; each file's cases are wrong only under one
+transform) gets a second table, one row per transform and tool: diffcheck runs each case as shipped (with its
+``transforms``); gradcheck runs with the flags that match the transform -- vmap: check_batched_grad, forward:
+check_forward_ad, order 2: gradgradcheck, compile: gradcheck of torch.compile(fn), the others plain gradcheck.
 """
 
 from __future__ import annotations
@@ -125,5 +131,63 @@ def main() -> None:
         print(line)
 
 
+GRADCHECK_FLAGS = {"vmap": {"check_batched_grad": True}, "forward": {"check_forward_ad": True}}
+
+
+def transform_gradcheck_verdict(case: Case, dtype: str, transform: str) -> bool:
+    """True when gradcheck (with the transform's matching flags) reports a failure, or raises, for the impl."""
+    from diffcheck.engines import impl
+
+    fn = impl.load(case.impl, case.base_dir, list(case.vars), case.impl_args, case.path, case.name)
+    if transform == "compile":
+        torch._dynamo.reset()
+        fn = torch.compile(fn, dynamic=False)
+    names = list(case.vars)
+    rng = np.random.default_rng(0)
+    inputs = tuple(torch.tensor(rng.integers(*map(int, case.vars[n].domain), case.vars[n].shape))
+                   if case.vars[n].dtype == "int64" else
+                   torch.tensor(rng.uniform(*case.vars[n].domain, case.vars[n].shape), dtype=getattr(torch, dtype),
+                                requires_grad=case.vars[n].requires_grad) for n in names)
+    apply = lambda *ts: fn(**dict(zip(names, ts)))
+    check = torch.autograd.gradgradcheck if case.order == 2 else torch.autograd.gradcheck
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return not check(apply, inputs, raise_exception=False, **GRADCHECK_FLAGS.get(transform, {}))
+        except Exception:
+            return True
+
+
+def transforms_main() -> None:
+    rows, missed = [], []
+    for path in sorted((HERE / "transform_corpus").glob("*.toml")):
+        cases = [c for c in load([path]) if isinstance(c, Case)]
+        bugs = [c for c in cases if c.name.startswith("bug_")]
+        twins = [c for c in cases if c.name.startswith("ok_")]
+        transform = path.stem
+        tools = {"diffcheck": diffcheck_verdict,
+                 "gradcheck (matching flags)": lambda c, d, t=transform: transform_gradcheck_verdict(c, d, t)}
+        for tool, verdict in tools.items():
+            for dtype in DTYPES:
+                start = time.perf_counter()
+                caught = [verdict(c, dtype) for c in bugs]
+                alarms = [verdict(c, dtype) for c in twins]
+                rows.append((transform, tool, dtype, sum(caught), len(bugs), sum(alarms), len(twins),
+                             time.perf_counter() - start))
+                missed += [f"{transform} {tool} {dtype}: missed {c.name}" for c, hit in zip(bugs, caught) if not hit]
+                missed += [f"{transform} {tool} {dtype}: false alarm on {c.name}"
+                           for c, hit in zip(twins, alarms) if hit]
+    print("| transform | tool | dtype | bugs caught | false alarms on correct twins | time |")
+    print("|---|---|---|---|---|---|")
+    for transform, tool, dtype, hit, nb, fa, nt, sec in rows:
+        print(f"| {transform} | {tool} | {dtype} | {hit} / {nb} | {fa} / {nt} | {sec:.1f} s |")
+    print()
+    for line in missed:
+        print(line)
+
+
 if __name__ == "__main__":
-    main()
+    if "--transforms" not in sys.argv:
+        main()
+        print()
+    transforms_main()

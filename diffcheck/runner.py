@@ -214,6 +214,13 @@ def blame(checks: list[Check]) -> str:
     if any(c.kind in TRAINING_KINDS for c in failed):
         first = next(c for c in failed if c.kind in TRAINING_KINDS)
         return f"training: {first.label}: {first.message}"
+    from .casefile import TRANSFORMS
+
+    if failed and all(c.kind in TRANSFORMS for c in failed):  # right without the transform (if run), wrong under it
+        first = failed[0]
+        eager = any(c.kind == "grad" and c.status == "pass" for c in checks)
+        return f"{'right eagerly, ' if eager else ''}wrong under the {first.kind} transform ({first.label}: " \
+               f"{first.message})"
     if any(c.engine in ("impl", "reference") for c in checks):  # a Python reference is only ever an impl's
         return blame_impl(checks, failed)
     if failed and all(c.kind in HIGHER_KINDS for c in failed):

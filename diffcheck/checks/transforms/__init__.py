@@ -11,6 +11,8 @@ import importlib
 from ...model import Check, Options
 from ..point import Point
 
+REQUESTED: list[str] = []  # the transforms of the case running now (aliasing runs compiled too when compile is one)
+
 
 def requested(case, options: Options) -> list[str]:
     """The transforms to run on ``case``: its own ``transforms`` (unless the run checks one transform only) and
@@ -23,6 +25,7 @@ def requested(case, options: Options) -> list[str]:
 
 def transforms(point: Point, names: list[str]) -> list[Check]:
     checks: list[Check] = []
+    REQUESTED[:] = names
     for name in names:
         try:
             module = importlib.import_module(f"{__name__}.{name}")
