@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from .casefile import Case, is_case_file, load_file
+from .casefile import TRANSFORMS, Case, is_case_file, load_file
 from .devices import not_requested
 from .errors import CaseError, DiffcheckError
 from .model import TRAINING_KINDS, CaseResult, Check, Findings, Options, case_seed
@@ -211,6 +211,16 @@ def blame(checks: list[Check]) -> str:
     if any(c.kind in TRAINING_KINDS for c in failed):
         first = next(c for c in failed if c.kind in TRAINING_KINDS)
         return f"training: {first.label}: {first.message}"
+    under = [c for c in failed if c.kind in TRANSFORMS]
+    if under:  # the eager verdict first; a transform's failure said after it, or alone
+        eager = [c for c in checks if all(c is not u for u in under)]
+        kinds = ", ".join(dict.fromkeys(str(c.kind) for c in under))
+        if len(under) < len(failed):
+            return f"{blame(eager)}; it fails under {kinds} too"
+        first = under[0]
+        how = first.message if "impl_failure" in first.details else f"{first.label}: {first.message}"
+        who = "the impl" if first.engine == "impl" else "autograd"
+        return f"{who} passes the eager checks but is wrong under the {kinds} transform ({how})"
     if any(c.engine == "impl" for c in checks):
         return blame_impl(checks, failed)
     kinds = {(c.kind, c.engine) for c in failed}

@@ -71,9 +71,10 @@ def jvp(point: Point, inputs: dict, v: dict, dtype: str, device: str):
         try:
             _, out = torch.func.jvp(call, primals, dirs)
             return to_numpy(out), "torch.func.jvp"
-        except RuntimeError as exc:
-            if "setup_context" not in str(exc):  # torch.func refuses a classic Function; forward_ad does not
-                raise
+        except Exception as exc:
+            cause = getattr(exc, "exception", None) or exc  # what torch raised, under the impl guard's wrapper
+            if not isinstance(cause, RuntimeError) or "setup_context" not in str(cause):
+                raise  # torch.func refuses a classic Function; forward_ad takes it
         from torch.autograd import forward_ad
 
         with forward_ad.dual_level():

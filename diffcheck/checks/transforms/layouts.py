@@ -60,7 +60,7 @@ def _repeat_dim(shape) -> int | None:
 
 def expanded(t):
     d = _repeat_dim(t.shape)
-    return None if d is None else t.narrow(d, 0, 1).expand(t.shape)
+    return None if d is None else t.narrow(d, 0, 1).clone().expand(t.shape)  # its own storage: one slice
 
 
 MAKERS = {"transposed": transposed, "strided": strided, "expanded": expanded, "channels_last": channels_last,
