@@ -5,7 +5,9 @@ without ``setup_context``; its ``jvp`` staticmethod runs either way) -- against 
 The reference has reverse mode only: entry k of J v is <J^T e_k, v>, one reference VJP per basis cotangent e_k
 (outputs up to ENTRYWISE entries); larger outputs are judged as one probe <c, J v> = <J^T c, v> per cotangent c.
 The budget of entry k comes from the reference's: sum_i |v_i| err(J^T e_k)_i (each path's rounding, which forward
-mode meets in the other order) plus ``levels`` roundings of every term |(J^T e_k)_i v_i| for summing them up.
+mode meets in the other order) plus ``levels`` roundings of every term |(J^T e_k)_i v_i| for summing them up, plus
+``levels`` roundings at the scale max|v| max|J^T e_k|: forward mode rounds an op's tangent at the scale of every
+tangent reaching it, also those whose derivative is 0 there (torch's minimum: other_t + (self_t - other_t) * mask).
 """
 
 from __future__ import annotations
@@ -122,8 +124,10 @@ def judge_jvp(point: Point, check: Check, dtype: str, jvs: list, vs: list[dict],
     for jv, v in zip(jvs, vs):
         for ci, g in enumerate(basis):
             ref.append(sum(float(np.sum(g[n].value * v[n])) for n in names))
+            spread = max(float(np.max(np.abs(v[n]), initial=0.0)) for n in names) * \
+                max(float(np.max(np.abs(g[n].value), initial=0.0)) for n in names)
             budget.append(sum(float(np.sum(np.abs(v[n]) * g[n].err + levels * np.abs(g[n].value * v[n])))
-                              for n in names))
+                              for n in names) + levels * spread)
             lo.append(sum(float(np.sum(np.minimum(g[n].lo * v[n], g[n].hi * v[n]))) for n in names))
             hi.append(sum(float(np.sum(np.maximum(g[n].lo * v[n], g[n].hi * v[n]))) for n in names))
             if by_entry is None:
@@ -140,7 +144,7 @@ def judge_jvp(point: Point, check: Check, dtype: str, jvs: list, vs: list[dict],
     if point.case.tolerance is None:
         tolerance = tol.Tolerance(tolerance.allowed, None, None,
                                   tolerance.source + f", of J v from each row's reverse-mode budget + {levels} "
-                                  "roundings of each term")
+                                  "roundings of each term and of max|v| max|row|")
     compare(check, got, ref, tolerance, lo=lo, hi=hi)
     if by_entry is None:
         check.details["probe"] = "<c, J v> per cotangent c"

@@ -63,6 +63,8 @@ def reference_at(point: Point, inputs: dict, dtype: str, cotangents) -> tuple:
     if bad or not point.finite(fwd):
         return fwd, [], bad or f"the value is not finite there ({first_bad_op(program, fwd)})"
     grads = [program.gradient(fwd, c) for c in cotangents]
+    if not all(np.all(np.isfinite(g.value)) for gs in grads for g in gs.values()):
+        return fwd, [], "the reference gradient is not finite there (a singularity)"
     return fwd, grads, program.near_jump(fwd, tol.UNIT_ROUNDOFF[dtype]) or _beyond_range(fwd, grads, dtype)
 
 
@@ -103,7 +105,8 @@ def judge_grads(point: Point, kind: str, got: list[dict], grads: list[dict], dty
 def judge_value(point: Point, kind: str, got, fwd, dtype: str, device: str, what: str, details=None) -> Check:
     """The forward value against the reference's (``fwd`` a list: ``got`` stacks one value per forward)."""
     out = point.program.out
-    ref, err = (np.stack([f.values[out] for f in fwd]), np.stack([f.errs[out] for f in fwd])) \
+    ref, err = (np.stack([f.values[out] for f in fwd]),
+                np.stack([np.broadcast_to(f.errs[out], np.shape(f.values[out])) for f in fwd])) \
         if isinstance(fwd, list) else (fwd.values[out], fwd.errs[out])
     check = compare(Check(kind, point.engine, "symbolic", dtype=dtype, device=device, details=dict(details or {})),
                     got, ref, tol.derived(np.broadcast_to(err, np.shape(ref)), ref, dtype, point.case.tolerance))
