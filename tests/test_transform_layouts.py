@@ -73,7 +73,7 @@ def test_channels_last_inputs_reach_a_backward_that_needs_contiguous_strides(tmp
     assert any("layout channels_last (x)" in c.message for c in failed)
 
 
-def test_layouts_a_scalar_cannot_take_are_skipped_with_the_reason(write_case):
+def test_layouts_a_scalar_cannot_take_are_skipped_with_the_reason():
     [case] = load_data({"name": "s", "expr": "exp(x)", "vars": {"x": {"shape": []}}, "devices": ["cpu"],
                         "transforms": ["layouts"], "dtypes": ["float64"]}, "s.toml")
     result = run_case(case, Options(devices=("cpu",)))

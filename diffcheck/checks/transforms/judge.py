@@ -114,17 +114,16 @@ def judge_value(point: Point, kind: str, got, fwd, dtype: str, device: str, what
     return check
 
 
-_TORCH = str(Path(__import__("torch").__file__).parent)
-_OURS = str(Path(__file__).resolve().parent.parent.parent)
-_STDLIB = sysconfig.get_paths()["stdlib"]
-
-
 def in_user_code(exc: BaseException) -> bool:
     """Whether ``exc`` was raised in or through a frame of the user's code (not torch, diffcheck or Python's)."""
+    import torch
+
+    ours = (str(Path(torch.__file__).parent), str(Path(__file__).resolve().parent.parent.parent),
+            sysconfig.get_paths()["stdlib"], "<")
     tb = exc.__traceback__
     while tb is not None:
         name = tb.tb_frame.f_code.co_filename
-        if not name.startswith((_TORCH, _OURS, _STDLIB, "<")):
+        if not name.startswith(ours):
             return True
         tb = tb.tb_next
     return False

@@ -45,6 +45,8 @@ def _fallbacks(notes: list):
         text = str(w.message)
         if "batching rule" in text:
             notes.append(text.split("for ")[-1].split(" ")[0].strip(".") or "an op")
+        else:  # anyone else's warning is the user's to see, as without the transform
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _noted(checks: list[Check], notes: list) -> list[Check]:
