@@ -120,22 +120,8 @@ def judge_jvp(point: Point, check: Check, dtype: str, jvs: list, vs: list[dict],
         check.status = "skip"
         check.message = f"{what}: the reference gradient is not finite at this point (a singularity)"
         return check
-    got, ref, budget, lo, hi = [], [], [], [], []
-    for jv, v in zip(jvs, vs):
-        for ci, g in enumerate(basis):
-            ref.append(sum(float(np.sum(g[n].value * v[n])) for n in names))
-            spread = max(float(np.max(np.abs(v[n]), initial=0.0)) for n in names) * \
-                max(float(np.max(np.abs(g[n].value), initial=0.0)) for n in names)
-            budget.append(sum(float(np.sum(np.abs(v[n]) * g[n].err + levels * np.abs(g[n].value * v[n])))
-                              for n in names) + levels * spread)
-            lo.append(sum(float(np.sum(np.minimum(g[n].lo * v[n], g[n].hi * v[n]))) for n in names))
-            hi.append(sum(float(np.sum(np.maximum(g[n].lo * v[n], g[n].hi * v[n]))) for n in names))
-            if by_entry is None:
-                c = point.cotangents[ci]
-                got.append(float(np.sum(np.broadcast_to(c, np.shape(jv)) * jv)))
-        if by_entry is not None:
-            got += [float(e) for e in np.ravel(jv)] if np.size(jv) == len(basis) else [np.nan] * len(basis)
-    ref, lo, hi = np.array(ref), np.array(lo), np.array(hi)
+    with np.errstate(invalid="ignore", over="ignore"):  # an infinite budget or hull: compare says so
+        got, ref, budget, lo, hi = _rows_times(point, jvs, vs, basis, by_entry is not None, levels)
     shape = (len(jvs), *point.program.out_shape) if by_entry is not None else (len(jvs), len(basis))
     got, ref, lo, hi, budget = (np.reshape(a, shape) for a in (np.array(got), ref, lo, hi, np.array(budget)))
     if len(jvs) == 1:
@@ -155,3 +141,24 @@ def judge_jvp(point: Point, check: Check, dtype: str, jvs: list, vs: list[dict],
                                "reference; it does not say which entries are off")
     check.message = f"{what}: J v" + (f"; {check.message}" if check.message else "")
     return check
+
+
+def _rows_times(point: Point, jvs, vs, basis, by_entry: bool, levels: int):
+    """(got, reference, budget, hull lo, hull hi) of each entry of J v (or probe <c, J v>), flat."""
+    names = point.case.grad_vars
+    got, ref, budget, lo, hi = [], [], [], [], []
+    for jv, v in zip(jvs, vs):
+        for ci, g in enumerate(basis):
+            ref.append(sum(float(np.sum(g[n].value * v[n])) for n in names))
+            spread = max(float(np.max(np.abs(v[n]), initial=0.0)) for n in names) * \
+                max(float(np.max(np.abs(g[n].value), initial=0.0)) for n in names)
+            budget.append(sum(float(np.sum(np.abs(v[n]) * g[n].err + levels * np.abs(g[n].value * v[n])))
+                              for n in names) + levels * spread)
+            lo.append(sum(float(np.sum(np.minimum(g[n].lo * v[n], g[n].hi * v[n]))) for n in names))
+            hi.append(sum(float(np.sum(np.maximum(g[n].lo * v[n], g[n].hi * v[n]))) for n in names))
+            if not by_entry:
+                c = point.cotangents[ci]
+                got.append(float(np.sum(np.broadcast_to(c, np.shape(jv)) * jv)))
+        if by_entry:
+            got += [float(e) for e in np.ravel(jv)] if np.size(jv) == len(basis) else [np.nan] * len(basis)
+    return got, ref, budget, lo, hi

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -45,7 +46,7 @@ def _fallbacks(notes: list):
         text = str(w.message)
         if "batching rule" in text:
             notes.append(text.split("for ")[-1].split(" ")[0].strip(".") or "an op")
-        else:  # anyone else's warning is the user's to see, as without the transform
+        elif "torch" not in Path(w.filename).parts:  # the user's own warnings are theirs to see
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
