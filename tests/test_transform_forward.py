@@ -32,6 +32,8 @@ def test_every_wrong_jvp_is_caught_in_each_dtype(case, dtype):
     assert "J v" in check.message and "outside tolerance" in check.message
     if case.name == "bug_forward_sin_jvp_sign":
         assert "sign flipped" in check.diagnosis
+    if any(c.kind == "jvp" and c.status == "fail" for c in result.checks):  # the eager verdict first
+        assert result.message.startswith("the impl fails the jvp check") and "fails under forward too" in result.message
     # the reverse-mode checks pass: only forward mode is wrong (the float64 jvp check is forward mode too)
     assert all(c.status != "fail" for c in result.checks if c.kind not in ("forward", "jvp"))
 
