@@ -162,3 +162,18 @@ def test_shipped_op_cases_that_once_failed_under_vmap_pass(name):
     result = run_case(case, Options(devices=("cpu",), transforms=("vmap",)))
     assert result.status == "pass", result.message
     assert any(c.kind == "vmap" and c.status in ("pass", "warn") for c in result.checks)
+
+
+NO_BATCHING_RULE = '''
+import torch
+def F(x):
+    counted = torch.bincount((x > 0).long().flatten()).sum()  # no batching rule: torch runs it in a loop
+    return x + (counted - x.numel())  # + 0, exactly
+'''
+
+
+def test_an_op_without_a_batching_rule_runs_in_a_loop_and_is_named(tmp_path):
+    result = run_case(impl_case(tmp_path, NO_BATCHING_RULE, "x"), Options(devices=("cpu",), dtypes=("float64",)))
+    assert result.status == "pass", result.message
+    [inputs] = [c for c in result.checks if c.kind == "vmap" and c.details.get("batch") == "inputs" and c.var]
+    assert inputs.status == "pass" and "torch ran aten::bincount in a loop" in inputs.message

@@ -15,6 +15,7 @@ and no fallback) is a skip with torch's reason; an op that falls back to a loop 
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from pathlib import Path
 
@@ -38,14 +39,21 @@ def on_device(point: Point, dtype: str, device: str) -> list[Check]:
 
 @contextlib.contextmanager
 def _fallbacks(notes: list):
-    """Record the ops torch ran in a loop for want of a batching rule (it warns once per op)."""
+    """Record the ops torch ran in a loop for want of a batching rule (torch says so only when asked to)."""
+    import torch
+
+    switch = getattr(torch._C._functorch, "_set_vmap_fallback_warning_enabled", lambda on: None)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        yield
+        switch(True)
+        try:
+            yield
+        finally:
+            switch(False)  # torch's default
     for w in seen:
-        text = str(w.message)
-        if "batching rule" in text:
-            notes.append(text.split("for ")[-1].split(" ")[0].strip(".") or "an op")
+        found = re.search(r"batching rule for ([\w:.]+?)\.? ", str(w.message))
+        if found:
+            notes.append(found.group(1))
         elif "torch" not in Path(w.filename).parts:  # the user's own warnings are theirs to see
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
