@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from .casefile import Case, is_case_file, load_file
+from .casefile import TRANSFORMS, Case, is_case_file, load_file
 from .devices import not_requested
 from .errors import CaseError, DiffcheckError
 from .model import HIGHER_KINDS, TRAINING_KINDS, CaseResult, Check, Findings, Options, case_seed
@@ -214,13 +214,16 @@ def blame(checks: list[Check]) -> str:
     if any(c.kind in TRAINING_KINDS for c in failed):
         first = next(c for c in failed if c.kind in TRAINING_KINDS)
         return f"training: {first.label}: {first.message}"
-    from .casefile import TRANSFORMS
-
-    if failed and all(c.kind in TRANSFORMS for c in failed):  # right without the transform (if run), wrong under it
-        first = failed[0]
-        eager = any(c.kind == "grad" and c.status == "pass" for c in checks)
-        return f"{'right eagerly, ' if eager else ''}wrong under the {first.kind} transform ({first.label}: " \
-               f"{first.message})"
+    under = [c for c in failed if c.kind in TRANSFORMS]
+    if under:  # the eager verdict first; a transform's failure said after it, or alone
+        eager = [c for c in checks if all(c is not u for u in under)]
+        kinds = ", ".join(dict.fromkeys(str(c.kind) for c in under))
+        if len(under) < len(failed):
+            return f"{blame(eager)}; it fails under {kinds} too"
+        first = under[0]
+        how = first.message if "impl_failure" in first.details else f"{first.label}: {first.message}"
+        who = "the impl" if first.engine == "impl" else "autograd"
+        return f"{who} passes the eager checks but is wrong under the {kinds} transform ({how})"
     if any(c.engine in ("impl", "reference") for c in checks):  # a Python reference is only ever an impl's
         return blame_impl(checks, failed)
     if failed and all(c.kind in HIGHER_KINDS for c in failed):
