@@ -27,13 +27,5 @@ def transforms(point: Point, names: list[str]) -> list[Check]:
     checks: list[Check] = []
     REQUESTED[:] = names
     for name in names:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-            checks.append(Check(name, point.engine, "symbolic", status="skip",
-                                message=f"the {name} transform is not available in this version of diffcheck"))
-            continue
-        checks += module.run(point)
+        checks += importlib.import_module(f"{__name__}.{name}").run(point)
     return checks
