@@ -42,6 +42,7 @@ class Point:
     fd_method: Any = None  # Options.fd_method, carried for engines.finite
     fd_full: dict[str, tuple] = field(default_factory=dict)  # var -> (values, errors, notes) of small vars
     refs: dict[bytes, tuple] = field(default_factory=dict, repr=False)  # the reference cache
+    rounded: dict[tuple, tuple] = field(default_factory=dict, repr=False)  # dtype -> (inputs at it, their bytes)
 
     @property
     def fd(self):
@@ -57,14 +58,23 @@ class Point:
 
     def at(self, dtype: str) -> dict[str, np.ndarray]:
         """The inputs rounded to ``dtype`` (widened back to float64)."""
+        return dict(self._rounded(dtype)[0])
+
+    def _rounded(self, dtype: str) -> tuple:
+        """The inputs at ``dtype`` and their bytes (the reference cache's key), rounded once per dtype: every stage
+        asks for them, several times."""
         from ..engines.autograd import round_to
 
-        return {n: v if self.case.vars[n].dtype else round_to(v, dtype) for n, v in self.base.items()}
+        key = (dtype, id(self.base))  # a replace() with other inputs does not see these
+        if key not in self.rounded:
+            point = {n: v if self.case.vars[n].dtype else round_to(v, dtype) for n, v in self.base.items()}
+            self.rounded[key] = (point, b"".join(np.ascontiguousarray(v).tobytes() for v in point.values()))
+        return self.rounded[key]
 
     def reference(self, dtype: str):
         """Forward pass and one gradient per cotangent at ``dtype``'s point (cached per distinct point)."""
-        point = self.at(dtype)
-        key = b"".join(np.ascontiguousarray(v).tobytes() for v in point.values())
+        point, key = self._rounded(dtype)
+        point = dict(point)
         if key not in self.refs:
             fwd = self.program.forward(point, kink_u=tol.UNIT_ROUNDOFF[self.low])
             grads = []
