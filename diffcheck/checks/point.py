@@ -114,6 +114,17 @@ class Point:
                 phi = float(np.sum(cot * value))
             return phi, program.kink_signature(f)
 
+        if forward is None:
+            from ..engines import batched
+
+            if batched.supported(program):
+                def many(var, stack):
+                    """phi and the kink signature at each row of ``stack`` (values of ``var``), in one pass."""
+                    values, sig = batched.evaluate(program, self.at("float64"), var, stack, detached_from=fwd)
+                    with np.errstate(invalid="ignore", over="ignore"):
+                        return [float(np.sum(cot * v)) for v in values], sig
+
+                evaluate.many = many
         return evaluate, noise
 
 
