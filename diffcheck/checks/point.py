@@ -117,14 +117,16 @@ class Point:
         if forward is None:
             from ..engines import batched
 
-            if batched.supported(program):
-                def many(var, stack):
-                    """phi and the kink signature at each row of ``stack`` (values of ``var``), in one pass."""
-                    values, sig = batched.evaluate(program, self.at("float64"), var, stack, detached_from=fwd)
-                    with np.errstate(invalid="ignore", over="ignore"):
-                        return [float(np.sum(cot * v)) for v in values], sig
+            def many(inputs, var, stack):
+                """phi and the kink signature at ``inputs`` with ``var`` taking each row of ``stack``, in one pass;
+                None where the program has a step the batched pass does not know."""
+                if not batched.supported(program, var):
+                    return None
+                values, sig = batched.evaluate(program, inputs, var, stack, detached_from=fwd)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    return [float(np.sum(cot * v)) for v in values], sig
 
-                evaluate.many = many
+            evaluate.many = many
         return evaluate, noise
 
 
@@ -132,18 +134,36 @@ def build_point(case: Case, options, seed: int, fn, dtypes: list[str]) -> Point:
     """Sample the inputs and cotangents (from the case seed's stream; the stages draw from ``stage_rng``) and
     lower the expression (a CaseError where it cannot be). ``fd_full`` is filled by ``run_gradient_case`` once
     the reference is known to be finite."""
-    from ..engines.symbolic import Program
-
     rng = np.random.default_rng(seed)  # the case seed's own stream: every sampled point is what it always was
     low = tol.lowest(case.dtypes)  # the case's, not the run's: --dtype must not move the point
     base = sample(case, rng, low)
     try:
-        program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
+        program = _program(case)
     except ExpressionError as exc:  # an op undefined for every input (softplus(beta=0)), a size limit
         raise CaseError(str(exc), case.path, case.name, "expr") from None
     point = Point(case, seed, dtypes, tuple(options.devices), fn, "impl" if case.impl else "autograd", low, base,
                   program, cotangents(program.out_shape, rng, low), getattr(options, "fd_method", None))
     return point
+
+
+_PROGRAMS: dict = {}  # id(case.ir) -> (ir, shapes, grad vars, Program): the same case run again (another dtype's
+_PROGRAMS_KEPT = 256  # pytest item, a benchmark) reuses its lowered program
+
+
+def _program(case: Case):
+    """The lowered program of ``case``, built once per expression object, var shapes and differentiated vars (a
+    Program is never changed after it is built). Keyed by identity, never by value: Const(0.0) == Const(-0.0)."""
+    from ..engines.symbolic import Program
+
+    shapes = {n: tuple(v.shape) for n, v in case.vars.items()}
+    hit = _PROGRAMS.get(id(case.ir))
+    if hit is not None and hit[0] is case.ir and hit[1] == shapes and hit[2] == case.grad_vars:
+        return hit[3]
+    program = Program(case.ir, shapes, case.grad_vars)
+    if len(_PROGRAMS) >= _PROGRAMS_KEPT:
+        _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    _PROGRAMS[id(case.ir)] = (case.ir, shapes, case.grad_vars, program)
+    return program
 
 
 def sample(case: Case, rng, low: str) -> dict[str, np.ndarray]:

@@ -1,7 +1,7 @@
 """Many values-only evaluations of a ``symbolic.Program`` in one numpy pass, for finite differences.
 
 Finite differences probe one variable at many points (every entry of a small variable, three steps, both signs);
-for a program of elementwise steps, sums and means those points stack along a leading axis and one pass computes
+for a program of elementwise steps, sums, means and matrix products those points stack along a leading axis and one pass computes
 them all, with the same numpy functions on the same values as one pass per point. Programs with any other step
 get None and are evaluated point by point, as before.
 """
@@ -16,13 +16,29 @@ from . import sympy_eval
 _REDUCTIONS = ("sum", "mean")
 
 
-def supported(program) -> bool:
-    """Whether every step is elementwise, a sum or a mean (once per program)."""
-    if getattr(program, "_batchable", None) is None:
-        program._batchable = all(
-            slot.kind != "instr" or slot.instr.op in _REDUCTIONS or
-            (slot.instr.op in OPS and OPS[slot.instr.op].kind == "elementwise") for slot in program.slots)
-    return program._batchable
+def supported(program, var: str) -> bool:
+    """Whether every step is elementwise, a sum, a mean or a matmul whose operands that depend on ``var`` are
+    matrices (a batched vector would read as a matrix); found once per program and variable."""
+    known = program.__dict__.setdefault("_batchable", {})
+    if var not in known:
+        depends = set()
+        ok = True
+        for i, slot in enumerate(program.slots):
+            if slot.kind == "var":
+                if slot.name == var:
+                    depends.add(i)
+                continue
+            if slot.kind != "instr":
+                continue
+            ins = slot.instr
+            if any(a in depends for a in ins.args):
+                depends.add(i)
+            if ins.op == "matmul":
+                ok &= all(len(program.slots[a].shape) >= 2 for a in ins.args if a in depends)
+            else:
+                ok &= ins.op in _REDUCTIONS or (ins.op in OPS and OPS[ins.op].kind == "elementwise")
+        known[var] = ok
+    return known[var]
 
 
 def evaluate(program, inputs: dict, var: str, stack: np.ndarray, detached_from=None):
@@ -46,7 +62,9 @@ def evaluate(program, inputs: dict, var: str, stack: np.ndarray, detached_from=N
                 batched[i] = any(batched[a] for a in ins.args)
                 args = [_aligned(program, a, values, batched, len(ins.shape)) for a in ins.args]
                 shape = (n, *ins.shape) if batched[i] else ins.shape
-                if ins.op in _REDUCTIONS:
+                if ins.op == "matmul":  # numpy's stacked matmul: one product per row, as one at a time
+                    values[i] = np.matmul(*args)
+                elif ins.op in _REDUCTIONS:
                     dims = tuple(d + 1 for d in ins.params["dims"]) if batched[i] else ins.params["dims"]
                     total = np.sum(args[0], axis=dims, keepdims=ins.params["keepdim"])
                     values[i] = total / _count(program.slots[ins.args[0]].shape, ins.params["dims"]) \

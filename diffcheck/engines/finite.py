@@ -101,7 +101,7 @@ def _first_round(evaluate: Evaluator, point: dict, like: dict, directions: list,
     (var, _), steps = next(iter(like.items())), (h, h / 2, h / 4)
     x = point[var]
     rows = [x + t * d for d in directions for step in steps for t in (step, -step)]
-    probes = many(var, np.stack(rows))
+    probes = many(point, var, np.stack(rows))
     if probes is None:
         return None
     phis, sigs = probes
