@@ -354,7 +354,7 @@ class Program:
         errs = [fwd.errs[a] for a in ins.args]
         if ins.op in OPS and OPS[ins.op].kind == "elementwise":
             op = OPS[ins.op]
-            value = np.broadcast_to(op.numpy(*vals, **ins.params), ins.shape).astype(np.float64)
+            value = _shaped(op.numpy(*vals, **ins.params), ins.shape).astype(np.float64)
             if op.zero_grad:  # masks, floor, detach: exact (or the input's error), nothing flows back
                 if op.jump and kink_u is not None:
                     fwd.jumps[i] = self._jump_distance(ins, vals, errs)
@@ -370,7 +370,7 @@ class Program:
             for k, alt in enumerate(rules.grads_alt):  # budget: the worse of the two ways of computing it
                 if needed[k]:
                     derivs[k] = (derivs[k][0], np.maximum(derivs[k][1], sympy_eval.evaluate(alt, env, with_err)[1]))
-            derivs = [(np.broadcast_to(d, ins.shape), np.broadcast_to(e, ins.shape)) for d, e in derivs]
+            derivs = [(_shaped(d, ins.shape), _shaped(e, ins.shape)) for d, e in derivs]
             if self.slots[i].active:
                 fwd.derivs[i] = derivs
             if rules.kink is not None and kink_u is not None and self.slots[i].active:
@@ -523,6 +523,12 @@ class Program:
             d_side, _ = sympy_eval.evaluate(gexpr, env, with_err=False)
             out.append((np.where(fwd.kinks[i], np.broadcast_to(d_side, ins.shape), d), de))
         return out
+
+
+def _shaped(x, shape):
+    """``np.broadcast_to(x, shape)``, without its cost where ``x`` is already an array of that shape (nothing
+    writes into these arrays)."""
+    return x if type(x) is np.ndarray and x.shape == shape else np.broadcast_to(x, shape)
 
 
 MAX_KINK_STEPS = 8
