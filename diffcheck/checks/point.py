@@ -41,8 +41,8 @@ class Point:
     cotangents: list[np.ndarray]
     fd_method: Any = None  # Options.fd_method, carried for engines.finite
     fd_full: dict[str, tuple] = field(default_factory=dict)  # var -> (values, errors, notes) of small vars
-    refs: dict[bytes, tuple] = field(default_factory=dict, repr=False)  # the reference cache
-    rounded: dict[tuple, tuple] = field(default_factory=dict, repr=False)  # dtype -> (inputs at it, their bytes)
+    refs: dict[tuple, tuple] = field(default_factory=dict, repr=False)  # the reference cache
+    rounded: dict[tuple, tuple] = field(default_factory=dict, repr=False)  # dtype -> (inputs, reference key)
 
     @property
     def fd(self):
@@ -61,14 +61,16 @@ class Point:
         return dict(self._rounded(dtype)[0])
 
     def _rounded(self, dtype: str) -> tuple:
-        """The inputs at ``dtype`` and their bytes (the reference cache's key), rounded once per dtype: every stage
-        asks for them, several times."""
+        """The inputs at ``dtype`` and the reference cache's key (the first dtype whose inputs are the same bits),
+        rounded once per dtype: every stage asks for them, several times."""
         from ..engines.autograd import round_to
 
         key = (dtype, id(self.base))  # a replace() with other inputs does not see these
         if key not in self.rounded:
             point = {n: v if self.case.vars[n].dtype else round_to(v, dtype) for n, v in self.base.items()}
-            self.rounded[key] = (point, b"".join(np.ascontiguousarray(v).tobytes() for v in point.values()))
+            same = next((ref for (_, base), (p, ref) in self.rounded.items() if base == id(self.base) and
+                         all(_same_bits(p[n], point[n]) for n in point)), None)
+            self.rounded[key] = (point, same or key)  # the reference cache's key: the first dtype at this point
         return self.rounded[key]
 
     def reference(self, dtype: str):
@@ -128,6 +130,12 @@ class Point:
 
             evaluate.many = many
         return evaluate, noise
+
+
+def _same_bits(a, b) -> bool:
+    """Bit-for-bit equal arrays (0.0 and -0.0 differ), one variable at a time."""
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
 def build_point(case: Case, options, seed: int, fn, dtypes: list[str]) -> Point:

@@ -1,9 +1,10 @@
 """Many values-only evaluations of a ``symbolic.Program`` in one numpy pass, for finite differences.
 
 Finite differences probe one variable at many points (every entry of a small variable, three steps, both signs);
-for a program of elementwise steps, sums, means and matrix products those points stack along a leading axis and one pass computes
-them all, with the same numpy functions on the same values as one pass per point. Programs with any other step
-get None and are evaluated point by point, as before.
+for a program of elementwise steps, sums, means and matrix products those points stack along a leading axis and
+one pass computes them all, with the same numpy functions on the same values as one pass per point (numpy's
+stacked matmul multiplies each row's matrices as one product would). Programs with any other step get None and
+are evaluated point by point, as before; so are inputs too large for the stacked copies to be worth their memory.
 """
 
 from __future__ import annotations

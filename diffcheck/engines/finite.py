@@ -18,6 +18,7 @@ import numpy as np
 from ..tolerance import FD_SAFETY
 
 U64 = 2.0**-53
+BATCH_ENTRIES = 1 << 18  # probes are batched while the stacked inputs hold at most this many entries (2 MiB)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ def _first_round(evaluate: Evaluator, point: dict, like: dict, directions: list,
         return None
     (var, _), steps = next(iter(like.items())), (h, h / 2, h / 4)
     x = point[var]
+    if 6 * len(directions) * np.size(x) > BATCH_ENTRIES:  # large inputs: the per-pass overhead is nothing, the
+        return None                                       # stacked copies would be the peak memory
     rows = [x + t * d for d in directions for step in steps for t in (step, -step)]
     probes = many(point, var, np.stack(rows))
     if probes is None:
