@@ -1,6 +1,9 @@
 """Speed: diffcheck's full check against torch.autograd.gradcheck, in one process and one run.
 
-    python benchmarks/speed.py [--quick]      (--big alone: only the 1000x1000 case, as JSON)
+    python benchmarks/speed.py [--quick] [--threads N]      (--big alone: only the 1000x1000 case, as JSON)
+
+``--threads 1`` (with ``OPENBLAS_NUM_THREADS=1``) measures as each worker of ``diffcheck run -j 2`` computes on a
+2-core machine; on a machine shared with other jobs it also keeps idle threads from spinning against them.
 
 For mean((x @ w + b - y)**2) with x 64xN, w NxN, b N, y 64xN (the issue's MSE case at N = 100) it prints, per N:
 one forward+backward (the floor), diffcheck's full check (every entry of every gradient judged, float64 and
@@ -114,8 +117,22 @@ def measure(n: int) -> str:
 
 def big() -> dict:
     """The 1000x1000 weight (x 64x1000), checked once after a small warm-up case: seconds, entries, peak memory."""
+    import threading
+
     api_check(10).assert_ok()  # imports, sympy rules, first BLAS calls
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    page = resource.getpagesize()
+
+    def rss() -> int:  # the resident set now (ru_maxrss is the peak since start-up, imports included)
+        return int(Path("/proc/self/statm").read_text().split()[1]) * page
+
+    base_rss, peak, done = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.002):
+            peak[0] = max(peak[0], rss())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     n = 1000
     inputs = (64 * n * 2 + n * n + n) * 8  # x, y, w, b in float64
     tracemalloc.start()
@@ -124,10 +141,12 @@ def big() -> dict:
     seconds = time.perf_counter() - start
     traced = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    done.set()
+    sampler.join()
+    peak_rss = max(peak[0], rss())
     entries = sum(c.entries for c in result.checks if c.kind == "grad")
     return {"status": result.status, "seconds": seconds, "entries": entries, "inputs_bytes": inputs,
-            "tracemalloc_peak": traced, "rss_growth": max(peak_rss - base_rss, 0)}
+            "tracemalloc_peak": traced, "rss_growth": max(peak_rss - base_rss, 0)}  # sampled every 2 ms
 
 
 def corpus(exe: str) -> str:
@@ -171,7 +190,8 @@ def main(quick: bool) -> None:
     total = best(lambda: [run_case(c, Options(devices=("cpu",))) for c in seeds], 3)
     print(f"\nseeds.toml: {len(seeds)} cases fully checked in {total * 1e3:.0f} ms")
 
-    proc = subprocess.run([sys.executable, __file__, "--big"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, "--big", "--threads", str(torch.get_num_threads())],
+                          capture_output=True, text=True)
     b = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"1000x1000 weight ({b['entries']} gradient entries judged over both dtypes): {b['status']} in "
           f"{b['seconds']:.2f} s; peak memory {b['tracemalloc_peak'] / 2**20:.0f} MiB traced (numpy), "
@@ -191,6 +211,8 @@ def main(quick: bool) -> None:
 
 
 if __name__ == "__main__":
+    if "--threads" in sys.argv:
+        torch.set_num_threads(int(sys.argv[sys.argv.index("--threads") + 1]))
     if "--big" in sys.argv:
         print(json.dumps(big()))
     else:
