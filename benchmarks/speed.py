@@ -1,6 +1,9 @@
 """Speed: diffcheck's full check against torch.autograd.gradcheck, in one process and one run.
 
-    python benchmarks/speed.py [--quick]
+    python benchmarks/speed.py [--quick] [--threads N]      (--big alone: only the 1000x1000 case, as JSON)
+
+``--threads 1`` (with ``OPENBLAS_NUM_THREADS=1``) measures as each worker of ``diffcheck run -j 2`` computes on a
+2-core machine; on a machine shared with other jobs it also keeps idle threads from spinning against them.
 
 For mean((x @ w + b - y)**2) with x 64xN, w NxN, b N, y 64xN (the issue's MSE case at N = 100) it prints, per N:
 one forward+backward (the floor), diffcheck's full check (every entry of every gradient judged, float64 and
@@ -9,19 +12,30 @@ forwards per input entry; best of 2 where a run takes under 10 s, skipped where 
 in fast mode (random projections, cannot localize), the ratios, and diffcheck's peak traced memory. Then the
 seeds' cases, the wall time of `diffcheck run cases/` and the start-up time of `diffcheck --help`. Every figure is
 measured here, now.
+
+The full check is timed through ``diffcheck.check`` (case building and validation included) as the median of 3
+best-of-7 runs, so one noisy neighbour does not make the figure. Beside the table: a 1000x1000 weight (a million
+gradient entries per dtype) checked once in a fresh process, with its peak memory two ways -- tracemalloc (numpy's
+allocations) and the process's peak resident set growth (torch's allocations too); the per-case time of the corpus
+from ``diffcheck run --json`` (median and 90th percentile of the cases' own seconds, start-up excluded); and
+``pytest cases/`` with ``-n 2`` (full run only).
 """
 
 from __future__ import annotations
 
+import json
+import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 
 import torch
 
+import diffcheck
 from diffcheck.casefile import build_case
 from diffcheck.runner import Options, load, run_case
 
@@ -37,6 +51,21 @@ def best(fn, repeat: int = 5) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def median_of_best(fn, repeat: int, rounds: int = 3) -> float:
+    """The median over ``rounds`` of the best of ``repeat``: robust to a neighbour's burst in one round."""
+    return statistics.median(best(fn, repeat) for _ in range(rounds))
+
+
+MSE_VARS = lambda n: {"x": {"shape": [64, n], "requires_grad": False}, "w": {"shape": [n, n]},  # noqa: E731
+                      "b": {"shape": [n]}, "y": {"shape": [64, n], "requires_grad": False}}
+
+
+def api_check(n: int):
+    """The issue's measurement: the full check through the Python API (building and validating the case too)."""
+    return diffcheck.check("mean((x @ w + b - y)**2)", vars=MSE_VARS(n), name=f"mse_{n}", seed=0,
+                           dtypes=("float64", "float32"), devices=("cpu",))
 
 
 def mse_case(n: int):
@@ -64,10 +93,11 @@ def measure(n: int) -> str:
     def fwd_bwd():
         torch.autograd.grad(f(w, b), (w, b))
 
-    floor = best(fwd_bwd, 20)
+    floor = median_of_best(fwd_bwd, 20)
     case = mse_case(n)
     run_case(case, Options(devices=("cpu",)))  # warm caches (sympy rules, first BLAS calls)
-    check = best(lambda: run_case(case, Options(devices=("cpu",))), 7)  # best of 7: this VM's neighbours are noisy
+    api_check(n).assert_ok()
+    check = median_of_best(lambda: api_check(n), 7)  # this VM's neighbours are noisy
     tracemalloc.start()
     result = run_case(case, Options(devices=("cpu",)))
     peak = tracemalloc.get_traced_memory()[1]
@@ -85,6 +115,68 @@ def measure(n: int) -> str:
             f"{ratio} | {check / floor:.0f}x | {peak / 2**20:.1f} MiB |")
 
 
+def big() -> dict:
+    """The 1000x1000 weight (x 64x1000), checked once after a small warm-up case: seconds, entries, peak memory."""
+    import threading
+
+    api_check(10).assert_ok()  # imports, sympy rules, first BLAS calls
+    page = resource.getpagesize()
+
+    def rss() -> int:  # the resident set now (ru_maxrss is the peak since start-up, imports included)
+        return int(Path("/proc/self/statm").read_text().split()[1]) * page
+
+    base_rss, peak, done = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.002):
+            peak[0] = max(peak[0], rss())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    n = 1000
+    inputs = (64 * n * 2 + n * n + n) * 8  # x, y, w, b in float64
+    tracemalloc.start()
+    start = time.perf_counter()
+    result = api_check(n)
+    seconds = time.perf_counter() - start
+    traced = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    done.set()
+    sampler.join()
+    peak_rss = max(peak[0], rss())
+    entries = sum(c.entries for c in result.checks if c.kind == "grad")
+    return {"status": result.status, "seconds": seconds, "entries": entries, "inputs_bytes": inputs,
+            "tracemalloc_peak": traced, "rss_growth": max(peak_rss - base_rss, 0)}  # sampled every 2 ms
+
+
+def corpus(exe: str) -> str:
+    """`diffcheck run cases/`: wall with start-up, and the cases' own seconds from the JSON report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp, "report.json")
+        start = time.perf_counter()
+        proc = subprocess.run([exe, "run", str(ROOT / "cases"), "--device", "cpu", "--json", str(report)],
+                              capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        cases = json.loads(report.read_text())["cases"]
+    secs = sorted(c["seconds"] for c in cases)
+    gradient = sorted(c["seconds"] for c in cases if "/train/" not in c["file"])
+    last = proc.stdout.strip().splitlines()[-1]
+    return (f"diffcheck run cases/ (cpu, -j auto): {wall:.1f} s wall, exit {proc.returncode}: {last}\n"
+            f"  per case (its own seconds): median {statistics.median(secs) * 1e3:.1f} ms, 90th percentile "
+            f"{secs[int(0.9 * (len(secs) - 1))] * 1e3:.1f} ms; gradient cases {len(gradient)}: median "
+            f"{statistics.median(gradient) * 1e3:.1f} ms, total {sum(gradient):.1f} s; training cases "
+            f"{len(secs) - len(gradient)}: total {sum(secs) - sum(gradient):.1f} s")
+
+
+def pytest_corpus(workers: str) -> str:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", workers,
+                           str(ROOT / "cases")], capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - start
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr.strip()[-200:]
+    return f"pytest cases/ -n {workers}: {wall:.1f} s wall: {last}"
+
+
 def main(quick: bool) -> None:
     sizes = SIZES[:3] if quick else SIZES
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
@@ -98,12 +190,18 @@ def main(quick: bool) -> None:
     total = best(lambda: [run_case(c, Options(devices=("cpu",))) for c in seeds], 3)
     print(f"\nseeds.toml: {len(seeds)} cases fully checked in {total * 1e3:.0f} ms")
 
+    proc = subprocess.run([sys.executable, __file__, "--big", "--threads", str(torch.get_num_threads())],
+                          capture_output=True, text=True)
+    b = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"1000x1000 weight ({b['entries']} gradient entries judged over both dtypes): {b['status']} in "
+          f"{b['seconds']:.2f} s; peak memory {b['tracemalloc_peak'] / 2**20:.0f} MiB traced (numpy), "
+          f"{b['rss_growth'] / 2**20:.0f} MiB resident growth (numpy and torch) for "
+          f"{b['inputs_bytes'] / 2**20:.1f} MiB of float64 inputs")
+
     exe = str(Path(sys.executable).with_name("diffcheck"))
-    start = time.perf_counter()
-    proc = subprocess.run([exe, "run", str(ROOT / "cases"), "--device", "cpu"], capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    last = proc.stdout.strip().splitlines()[-1]
-    print(f"diffcheck run cases/ (cpu): {wall:.1f} s wall, exit {proc.returncode}: {last}")
+    print(corpus(exe))
+    if not quick:
+        print(pytest_corpus("2"))
     helps = []
     for _ in range(5):
         start = time.perf_counter()
@@ -113,4 +211,9 @@ def main(quick: bool) -> None:
 
 
 if __name__ == "__main__":
-    main("--quick" in sys.argv)
+    if "--threads" in sys.argv:
+        torch.set_num_threads(int(sys.argv[sys.argv.index("--threads") + 1]))
+    if "--big" in sys.argv:
+        print(json.dumps(big()))
+    else:
+        main("--quick" in sys.argv)

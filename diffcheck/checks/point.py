@@ -41,7 +41,8 @@ class Point:
     cotangents: list[np.ndarray]
     fd_method: Any = None  # Options.fd_method, carried for engines.finite
     fd_full: dict[str, tuple] = field(default_factory=dict)  # var -> (values, errors, notes) of small vars
-    refs: dict[bytes, tuple] = field(default_factory=dict, repr=False)  # the reference cache
+    refs: dict[tuple, tuple] = field(default_factory=dict, repr=False)  # the reference cache
+    rounded: dict[tuple, tuple] = field(default_factory=dict, repr=False)  # dtype -> (inputs, reference key)
     surrogates: dict[str, Any] = field(default_factory=dict)  # var -> Program of its declared surrogate rule
 
     @property
@@ -58,14 +59,25 @@ class Point:
 
     def at(self, dtype: str) -> dict[str, np.ndarray]:
         """The inputs rounded to ``dtype`` (widened back to float64)."""
+        return dict(self._rounded(dtype)[0])
+
+    def _rounded(self, dtype: str) -> tuple:
+        """The inputs at ``dtype`` and the reference cache's key (the first dtype whose inputs are the same bits),
+        rounded once per dtype: every stage asks for them, several times."""
         from ..engines.autograd import round_to
 
-        return {n: v if self.case.vars[n].dtype else round_to(v, dtype) for n, v in self.base.items()}
+        key = (dtype, id(self.base))  # a replace() with other inputs does not see these
+        if key not in self.rounded:
+            point = {n: v if self.case.vars[n].dtype else round_to(v, dtype) for n, v in self.base.items()}
+            same = next((ref for (_, base), (p, ref) in self.rounded.items() if base == id(self.base) and
+                         all(_same_bits(p[n], point[n]) for n in point)), None)
+            self.rounded[key] = (point, same or key)  # the reference cache's key: the first dtype at this point
+        return self.rounded[key]
 
     def reference(self, dtype: str):
         """Forward pass and one gradient per cotangent at ``dtype``'s point (cached per distinct point)."""
-        point = self.at(dtype)
-        key = b"".join(np.ascontiguousarray(v).tobytes() for v in point.values())
+        point, key = self._rounded(dtype)
+        point = dict(point)
         if key not in self.refs:
             fwd = self.program.forward(point, kink_u=tol.UNIT_ROUNDOFF[self.low])
             grads = []
@@ -144,15 +156,32 @@ class Point:
                 phi = float(np.sum(cot * value))
             return phi, program.kink_signature(f)
 
+        if forward is None:
+            from ..engines import batched
+
+            def many(inputs, var, stack):
+                """phi and the kink signature at ``inputs`` with ``var`` taking each row of ``stack``, in one pass;
+                None where the program has a step the batched pass does not know."""
+                if not batched.supported(program, var):
+                    return None
+                values, sig = batched.evaluate(program, inputs, var, stack, detached_from=fwd)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    return [float(np.sum(cot * v)) for v in values], sig
+
+            evaluate.many = many
         return evaluate, noise
+
+
+def _same_bits(a, b) -> bool:
+    """Bit-for-bit equal arrays (0.0 and -0.0 differ), one variable at a time."""
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
 def build_point(case: Case, options, seed: int, fn, dtypes: list[str]) -> Point:
     """Sample the inputs and cotangents (from the case seed's stream; the stages draw from ``stage_rng``) and
     lower the expression (a CaseError where it cannot be). ``fd_full`` is filled by ``run_gradient_case`` once
     the reference is known to be finite."""
-    from ..engines.symbolic import Program
-
     rng = np.random.default_rng(seed)  # the case seed's own stream: every sampled point is what it always was
     low = tol.lowest(case.dtypes)  # the case's, not the run's: --dtype must not move the point
     base = sample(case, rng, low)
@@ -162,7 +191,7 @@ def build_point(case: Case, options, seed: int, fn, dtypes: list[str]) -> Point:
         program, case, fn = program_for(case, options, base, fn, dtypes)
     else:
         try:
-            program = Program(case.ir, {n: v.shape for n, v in case.vars.items()}, case.grad_vars)
+            program = _program(case)
         except ExpressionError as exc:  # an op undefined for every input (softplus(beta=0)), a size limit
             raise CaseError(str(exc), case.path, case.name, "expr") from None
     cots = cotangents(program.out_shape, rng, low)
@@ -188,6 +217,24 @@ def surrogate_programs(case: Case) -> dict:
         except ExpressionError as exc:
             raise CaseError(str(exc), case.path, case.name, f"surrogate.{name}") from None
     return programs
+_PROGRAMS: dict = {}  # id(case.ir) -> (ir, shapes, grad vars, Program): the same case run again (another dtype's
+_PROGRAMS_KEPT = 256  # pytest item, a benchmark) reuses its lowered program
+
+
+def _program(case: Case):
+    """The lowered program of ``case``, built once per expression object, var shapes and differentiated vars (a
+    Program is never changed after it is built). Keyed by identity, never by value: Const(0.0) == Const(-0.0)."""
+    from ..engines.symbolic import Program
+
+    shapes = {n: tuple(v.shape) for n, v in case.vars.items()}
+    hit = _PROGRAMS.get(id(case.ir))
+    if hit is not None and hit[0] is case.ir and hit[1] == shapes and hit[2] == case.grad_vars:
+        return hit[3]
+    program = Program(case.ir, shapes, case.grad_vars)
+    if len(_PROGRAMS) >= _PROGRAMS_KEPT:
+        _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    _PROGRAMS[id(case.ir)] = (case.ir, shapes, case.grad_vars, program)
+    return program
 
 
 def sample(case: Case, rng, low: str) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ import numpy as np
 from ..tolerance import FD_SAFETY
 
 U64 = 2.0**-53
+BATCH_ENTRIES = 1 << 18  # probes are batched while the stacked inputs hold at most this many entries (2 MiB)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ def directional(evaluate: Evaluator, point: dict, direction: dict, noise: float,
     method = method or DEFAULT
     if sig0 is None:
         _, sig0 = evaluate(point)
+    first = _first_round(evaluate, point, direction, list(direction.values()), noise, sig0, method)
+    if first is not None and first[0] is not None:
+        return first[0]
     h = method.first_step
     while h >= method.smallest_step:
         diffs = []
@@ -83,6 +87,48 @@ def directional(evaluate: Evaluator, point: dict, direction: dict, noise: float,
     why = "a kink (non-differentiable point) lies within every step tried" if crossed else \
         "the function is not finite near this point (domain edge)"
     return Estimate(float("nan"), float("inf"), h, why)
+
+
+def _first_round(evaluate: Evaluator, point: dict, like: dict, directions: list, noise: float, sig0,
+                 method: FDMethod) -> list | None:
+    """The estimates at the first step along each of ``directions`` (arrays for the one variable in ``like``), all
+    probes in one batched evaluation where ``evaluate`` has one (``evaluate.many``); None where it has not. An
+    entry is None where a probe there left the domain or crossed a kink: ``directional`` then tries smaller
+    steps, from the first one again, exactly as without the batch."""
+    many = getattr(evaluate, "many", None)
+    h = method.first_step
+    if many is None or len(like) != 1 or h < method.smallest_step:
+        return None
+    (var, _), steps = next(iter(like.items())), (h, h / 2, h / 4)
+    x = point[var]
+    if 6 * len(directions) * np.size(x) > BATCH_ENTRIES:  # large inputs: the per-pass overhead is nothing, the
+        return None                                       # stacked copies would be the peak memory
+    rows = [x + t * d for d in directions for step in steps for t in (step, -step)]
+    probes = many(point, var, np.stack(rows))
+    if probes is None:
+        return None
+    phis, sigs = probes
+    out = []
+    for j in range(len(directions)):
+        diffs = []
+        for k, step in enumerate(steps):
+            r = 6 * j + 2 * k
+            plus, minus = phis[r], phis[r + 1]
+            if not (np.isfinite(plus) and np.isfinite(minus)) or not (
+                    _same_row(sig0, sigs, r) and _same_row(sig0, sigs, r + 1)):
+                break
+            diffs.append((plus - minus) / (2 * step))
+        if len(diffs) < len(steps):
+            out.append(None)
+            continue
+        value, error = _richardson(diffs, h, noise)
+        out.append(Estimate(float(value), float(error), h))
+    return out
+
+
+def _same_row(sig0: list, sigs: list, row: int) -> bool:
+    """``_same`` for one row of a batched signature (each entry's shape broadcast to its step's)."""
+    return all(np.array_equal(np.broadcast_to(a, b.shape[1:]), b[row]) for a, b in zip(sig0, sigs))
 
 
 def _richardson(d: list, h: float, noise):
@@ -110,11 +156,17 @@ def entrywise(evaluate: Evaluator, point: dict, var: str, indices, noise: float,
     x = np.asarray(point[var], dtype=float)
     scale = entry_scale(x).reshape(-1)
     _, sig0 = evaluate(point)
-    out = []
+    indices = list(indices)
+    dirs = []
     for flat in indices:
         e = np.zeros(x.size)
         e[flat] = scale[flat]
-        est = directional(evaluate, point, {var: e.reshape(x.shape)}, noise, sig0, method)
+        dirs.append(e.reshape(x.shape))
+    first = _first_round(evaluate, point, {var: None}, dirs, noise, sig0, method or DEFAULT) or [None] * len(dirs)
+    out = []
+    for flat, d, est in zip(indices, dirs, first):
+        if est is None:
+            est = directional(evaluate, point, {var: d}, noise, sig0, method)
         with np.errstate(invalid="ignore"):  # no estimate (nan, inf error) stays no estimate
             out.append(Estimate(est.value / scale[flat], est.error / scale[flat], est.step, est.note))
     return out

@@ -77,6 +77,8 @@ def step(prog, i: int, ins: Instr, fwd, vals, errs, kink_u, with_err):
         n = _count(np.shape(x), ins.params["dims"])
         axes, keep = ins.params["dims"], ins.params["keepdim"]
         total = np.sum(x, axis=axes, keepdims=keep)
+        if not with_err:  # values only (finite differences, the training loop between budgets)
+            return (total / n if ins.op == "mean" else total), 0.0
         err = rss(l2(np.broadcast_to(e, np.shape(x)), axes, keep), accumulation(n, l2(x, axes, keep), total))
         if ins.op == "mean":
             total = total / n
@@ -89,6 +91,8 @@ def step(prog, i: int, ins: Instr, fwd, vals, errs, kink_u, with_err):
         m = np.where(np.isfinite(m), m, 0.0)
         s = np.sum(np.exp(x - m), axis=dims, keepdims=True)
         v = m + np.log(s)
+        if not with_err:
+            return (v if keep else np.squeeze(v, axis=dims)), 0.0
         q = np.exp(x - v)
         n = _count(np.shape(x), dims)
         err = rss(l2(q * e, dims, True), accumulation(n, l2(q, dims, True), 1.0), sympy_eval.FUNCTION_ULPS,

@@ -312,9 +312,7 @@ class Program:
                 else:
                     values[i], errs[i] = self._step(i, slot.instr, fwd, kink_u, with_err, derivs)
                 if with_err:  # the reference run: how large do intermediates get (a dtype's range)?
-                    finite = np.abs(values[i])[np.isfinite(values[i])]
-                    if finite.size:
-                        peak = max(peak, float(finite.max()))
+                    peak = max(peak, float(np.max(np.abs(values[i]), initial=0.0, where=np.isfinite(values[i]))))
         fwd.peak = peak
         return fwd
 
@@ -330,23 +328,33 @@ class Program:
     def kink_signature(self, fwd: Forward) -> list[np.ndarray]:
         """Which side of its kink every kinked entry is on: finite differences must not cross a kink."""
         sig = []
-        for i, slot in enumerate(self.slots):
-            if slot.kind == "instr" and slot.instr.op in ("amax", "amin", "sort"):  # which entry is the max/order
+        for i, slot, rules in self._kinked():
+            if rules is None:  # which entry is the max/order
                 sig.append(fwd.aux[i]["order"])
                 continue
-            if slot.kind == "instr" and OPS.get(slot.instr.op) is not None and OPS[slot.instr.op].kink:
-                rules = local_rules(slot.instr.op, tuple(sorted(slot.instr.params.items())))
-                env = {s: (fwd.values[a], 0.0) for s, a in zip(rules.symbols, slot.instr.args)}
-                k, _ = sympy_eval.evaluate(rules.kink, env, with_err=False)
-                sig.append(np.sign(k))
+            env = {s: (fwd.values[a], 0.0) for s, a in zip(rules.symbols, slot.instr.args)}
+            k, _ = sympy_eval.evaluate(rules.kink, env, with_err=False)
+            sig.append(np.sign(k))
         return sig
+
+    def _kinked(self) -> list:
+        """(slot index, slot, rules) of the steps in a kink signature, in slot order (rules None for amax, amin
+        and sort): found once per program, since finite differences ask for the signature at every probe."""
+        if getattr(self, "_kinked_steps", None) is None:
+            self._kinked_steps = [
+                (i, slot, None if slot.instr.op in ("amax", "amin", "sort") else
+                 local_rules(slot.instr.op, tuple(sorted(slot.instr.params.items()))))
+                for i, slot in enumerate(self.slots) if slot.kind == "instr" and (
+                    slot.instr.op in ("amax", "amin", "sort") or
+                    (OPS.get(slot.instr.op) is not None and OPS[slot.instr.op].kink))]
+        return self._kinked_steps
 
     def _step(self, i: int, ins: Instr, fwd: Forward, kink_u, with_err, need_derivs=True):
         vals = [fwd.values[a] for a in ins.args]
         errs = [fwd.errs[a] for a in ins.args]
         if ins.op in OPS and OPS[ins.op].kind == "elementwise":
             op = OPS[ins.op]
-            value = np.broadcast_to(op.numpy(*vals, **ins.params), ins.shape).astype(np.float64)
+            value = _shaped(op.numpy(*vals, **ins.params), ins.shape).astype(np.float64)
             if op.zero_grad:  # masks, floor, detach: exact (or the input's error), nothing flows back
                 if op.jump and kink_u is not None:
                     fwd.jumps[i] = self._jump_distance(ins, vals, errs)
@@ -362,13 +370,15 @@ class Program:
             for k, alt in enumerate(rules.grads_alt):  # budget: the worse of the two ways of computing it
                 if needed[k]:
                     derivs[k] = (derivs[k][0], np.maximum(derivs[k][1], sympy_eval.evaluate(alt, env, with_err)[1]))
-            derivs = [(np.broadcast_to(d, ins.shape), np.broadcast_to(e, ins.shape)) for d, e in derivs]
+            derivs = [(_shaped(d, ins.shape), _shaped(e, ins.shape)) for d, e in derivs]
             if self.slots[i].active:
                 fwd.derivs[i] = derivs
             if rules.kink is not None and kink_u is not None and self.slots[i].active:
                 k, ek = sympy_eval.evaluate(rules.kink, env, True)
                 near = np.abs(k) <= KINK_SAFETY * kink_u * np.abs(ek) + 1e-300
                 fwd.kinks[i] = np.broadcast_to(near, ins.shape)
+            if not (with_err or kink_u is not None):  # values and derivatives only: no one reads the budget
+                return value, 0.0
             err = sympy_eval.times(op.ulps, np.abs(value))
             if op.formula:
                 err = np.maximum(err, sympy_eval.evaluate(rules.value, {s: (v, 0.0) for s, v in
@@ -513,6 +523,12 @@ class Program:
             d_side, _ = sympy_eval.evaluate(gexpr, env, with_err=False)
             out.append((np.where(fwd.kinks[i], np.broadcast_to(d_side, ins.shape), d), de))
         return out
+
+
+def _shaped(x, shape):
+    """``np.broadcast_to(x, shape)``, without its cost where ``x`` is already an array of that shape (nothing
+    writes into these arrays)."""
+    return x if type(x) is np.ndarray and x.shape == shape else np.broadcast_to(x, shape)
 
 
 MAX_KINK_STEPS = 8

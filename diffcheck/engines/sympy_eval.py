@@ -179,85 +179,124 @@ def _number_err(x: float) -> float:
     return 0.0 if float(np.float32(x)) == x else abs(x)
 
 
-def _eval(expr, env, with_err, overflow=None):
-    value, err = _eval_node(expr, env, with_err, overflow)
-    if overflow is not None and not expr.is_Symbol:
-        mag = np.abs(value)
-        extreme = ~np.isfinite(mag) | (mag > EXTREME) | ((mag < 1 / EXTREME) & (mag > 0))
-        if np.any(extreme):
-            overflow.append(extreme)
-    return value, err
-
-
-def _eval_node(expr, env, with_err, overflow):
+@functools.lru_cache(maxsize=8192)
+def _compiled(expr):
+    """``expr`` as a tree of closures, ``(env, with_err, overflow) -> (value, err)``, built once per expression
+    (shared by every case of the process): evaluating it walks no sympy objects, whose attribute dispatch costs
+    more than the numpy arithmetic on small arrays. Each node computes what it always did, in the same order;
+    every node but a symbol records where its value is extreme, for the repair."""
+    node = _compile_node(expr)
     if expr.is_Symbol:
-        value, err = env[expr]
+        return node
+
+    def run(env, with_err, overflow=None):
+        value, err = node(env, with_err, overflow)
+        if overflow is not None:
+            mag = np.abs(value)
+            extreme = ~np.isfinite(mag) | (mag > EXTREME) | ((mag < 1 / EXTREME) & (mag > 0))
+            if np.any(extreme):
+                overflow.append(extreme)
         return value, err
+
+    return run
+
+
+def _eval(expr, env, with_err, overflow=None):
+    return _compiled(expr)(env, with_err, overflow)
+
+
+def _compile_node(expr):
+    if expr.is_Symbol:
+        return lambda env, with_err=True, overflow=None: env[expr]
     if expr.is_Number or expr.is_NumberSymbol:
-        x = float(expr)
-        return x, _number_err(x)
+        number = float(expr)
+        pair = (number, _number_err(number))
+        return lambda env, with_err, overflow: pair
     if expr.is_Add:
-        parts = [_eval(a, env, with_err, overflow) for a in expr.args]
-        value = sum(p[0] for p in parts)
-        if not with_err:
-            return value, 0.0
-        # k-1 roundings, each bounded by the sum of the magnitudes of the terms
-        err = sum(p[1] for p in parts) + (len(parts) - 1) * sum(np.abs(p[0]) for p in parts)
-        return value, err
+        terms = [_compiled(a) for a in expr.args]
+
+        def add(env, with_err, overflow):
+            parts = [t(env, with_err, overflow) for t in terms]
+            value = sum(p[0] for p in parts)
+            if not with_err:
+                return value, 0.0
+            # k-1 roundings, each bounded by the sum of the magnitudes of the terms
+            err = sum(p[1] for p in parts) + (len(parts) - 1) * sum(np.abs(p[0]) for p in parts)
+            return value, err
+        return add
     if expr.is_Mul:
-        parts = [_eval(a, env, with_err, overflow) for a in expr.args]
-        value = parts[0][0]
-        for p in parts[1:]:
-            value = value * p[0]
-        if not with_err:
-            return value, 0.0
-        err = (len(parts) - 1) * np.abs(value)
-        for i, (_, e) in enumerate(parts):
-            if np.any(e):
-                others = 1.0
-                for j, (v, _) in enumerate(parts):
-                    if j != i:
-                        others = others * v
-                err = err + times(np.abs(others), e)
-        return value, err
+        factors = [_compiled(a) for a in expr.args]
+
+        def mul(env, with_err, overflow):
+            parts = [f(env, with_err, overflow) for f in factors]
+            value = parts[0][0]
+            for p in parts[1:]:
+                value = value * p[0]
+            if not with_err:
+                return value, 0.0
+            err = (len(parts) - 1) * np.abs(value)
+            for i, (_, e) in enumerate(parts):
+                if np.any(e):
+                    others = 1.0
+                    for j, (v, _) in enumerate(parts):
+                        if j != i:
+                            others = others * v
+                    err = err + times(np.abs(others), e)
+            return value, err
+        return mul
     if expr.is_Pow:
-        (b, eb), (x, ex) = _eval(expr.args[0], env, with_err, overflow), _eval(expr.args[1], env, with_err, overflow)
-        value = np.power(b, x) if np.ndim(b) or np.ndim(x) else _scalar_pow(b, x)
-        if not with_err:
-            return value, 0.0
-        err = times(np.abs(x * np.power(b, x - 1.0)), eb) if np.any(eb) else 0.0
-        if np.any(ex):
-            err = err + times(np.abs(value * np.log(np.abs(b))), ex)
+        base, power = _compiled(expr.args[0]), _compiled(expr.args[1])
         exponent = expr.args[1]
         steps = abs(int(exponent)) if exponent.is_Integer and abs(int(exponent)) <= 4 else FUNCTION_ULPS
-        return value, err + steps * np.abs(value)
+
+        def pow_(env, with_err, overflow):
+            (b, eb), (x, ex) = base(env, with_err, overflow), power(env, with_err, overflow)
+            value = np.power(b, x) if np.ndim(b) or np.ndim(x) else _scalar_pow(b, x)
+            if not with_err:
+                return value, 0.0
+            err = times(np.abs(x * np.power(b, x - 1.0)), eb) if np.any(eb) else 0.0
+            if np.any(ex):
+                err = err + times(np.abs(value * np.log(np.abs(b))), ex)
+            return value, err + steps * np.abs(value)
+        return pow_
     if isinstance(expr, sp.Piecewise):
-        return _piecewise(expr, env, with_err)
+        return _compile_piecewise(expr)
     if isinstance(expr, sp.Heaviside):
-        x, _ = _eval(expr.args[0], env, False)
-        return np.heaviside(x, 0.5), 0.0
+        arg = _compiled(expr.args[0])
+        return lambda env, with_err, overflow: (np.heaviside(arg(env, False)[0], 0.5), 0.0)
     if isinstance(expr, sp.DiracDelta):
-        x, _ = _eval(expr.args[0], env, False)
-        return np.zeros_like(np.asarray(x, dtype=float)), 0.0
+        arg = _compiled(expr.args[0])
+        return lambda env, with_err, overflow: (np.zeros_like(np.asarray(arg(env, False)[0], dtype=float)), 0.0)
     if isinstance(expr, sp.atan2):
-        (y, ey), (x, ex) = _eval(expr.args[0], env, with_err, overflow), _eval(expr.args[1], env, with_err, overflow)
-        value = np.arctan2(y, x)
+        num, den = _compiled(expr.args[0]), _compiled(expr.args[1])
+
+        def atan2(env, with_err, overflow):
+            (y, ey), (x, ex) = num(env, with_err, overflow), den(env, with_err, overflow)
+            value = np.arctan2(y, x)
+            if not with_err:
+                return value, 0.0
+            r2 = x * x + y * y
+            return value, np.abs(x / r2) * ey + np.abs(y / r2) * ex + FUNCTION_ULPS * np.abs(value)
+        return atan2
+    cls = type(expr)
+    func = _FUNCS.get(cls)
+    if func is None or len(expr.args) != 1:
+        def unsupported(env, with_err, overflow):
+            raise TypeError(f"the symbolic engine cannot evaluate {cls.__name__}")
+        return unsupported
+    arg, fn = _compiled(expr.args[0]), func[0]
+
+    def call(env, with_err, overflow):
+        a, ea = arg(env, with_err, overflow)
+        value = fn(a)
         if not with_err:
             return value, 0.0
-        r2 = x * x + y * y
-        return value, np.abs(x / r2) * ey + np.abs(y / r2) * ex + FUNCTION_ULPS * np.abs(value)
-    func = _FUNCS.get(type(expr))
-    if func is None or len(expr.args) != 1:
-        raise TypeError(f"the symbolic engine cannot evaluate {type(expr).__name__}")
-    a, ea = _eval(expr.args[0], env, with_err, overflow)
-    value = func[0](a)
-    if not with_err:
-        return value, 0.0
-    err = FUNCTION_ULPS * np.abs(value)
-    if type(expr) not in _ZERO_SLOPE and np.any(ea):
-        slope, _ = _eval(_slope(type(expr)), {_T: (a, 0.0)}, False)
-        err = err + times(np.abs(slope), ea)
-    return value, err
+        err = FUNCTION_ULPS * np.abs(value)
+        if cls not in _ZERO_SLOPE and np.any(ea):
+            slope, _ = _compiled(_slope(cls))({_T: (a, 0.0)}, False)
+            err = err + times(np.abs(slope), ea)
+        return value, err
+    return call
 
 
 def _scalar_pow(b: float, x: float) -> float:
@@ -269,37 +308,40 @@ def _scalar_pow(b: float, x: float) -> float:
         return float("inf")
 
 
-def _piecewise(expr, env, with_err, overflow=None):
-    conds = [_cond(c, env) for _, c in expr.args]
-    branches = [_eval(b, env, with_err) for b, _ in expr.args]  # an unused branch may overflow: ignore it
-    shape = np.broadcast_shapes(*(np.shape(c) for c in conds), *(np.shape(b[0]) for b in branches))
-    value = np.full(shape, np.nan)
-    err = np.zeros(shape)
-    taken = np.zeros(shape, dtype=bool)
-    for (bv, be), c in zip(branches, conds):
-        pick = np.broadcast_to(c, shape) & ~taken
-        value = np.where(pick, np.broadcast_to(bv, shape), value)
-        if with_err:
-            err = np.where(pick, np.broadcast_to(be, shape), err)
-        taken |= pick
-    return (value if shape else float(value)), (err if shape else float(err))
+def _compile_piecewise(expr):
+    conds = [_compile_cond(c) for _, c in expr.args]
+    branches = [_compiled(b) for b, _ in expr.args]
+
+    def piecewise(env, with_err, overflow):
+        cs = [c(env) for c in conds]
+        values = [b(env, with_err) for b in branches]  # an unused branch may overflow: ignore it
+        shape = np.broadcast_shapes(*(np.shape(c) for c in cs), *(np.shape(b[0]) for b in values))
+        value = np.full(shape, np.nan)
+        err = np.zeros(shape)
+        taken = np.zeros(shape, dtype=bool)
+        for (bv, be), c in zip(values, cs):
+            pick = np.broadcast_to(c, shape) & ~taken
+            value = np.where(pick, np.broadcast_to(bv, shape), value)
+            if with_err:
+                err = np.where(pick, np.broadcast_to(be, shape), err)
+            taken |= pick
+        return (value if shape else float(value)), (err if shape else float(err))
+    return piecewise
 
 
-def _cond(cond, env):
+def _compile_cond(cond):
     if cond is sp.true:
-        return True
+        return lambda env: True
     if cond is sp.false:
-        return False
-    if isinstance(cond, sp.And):
-        out = True
-        for c in cond.args:
-            out = out & _cond(c, env)
-        return out
-    if isinstance(cond, sp.Or):
-        out = False
-        for c in cond.args:
-            out = out | _cond(c, env)
-        return out
-    lhs, _ = _eval(cond.lhs, env, False)
-    rhs, _ = _eval(cond.rhs, env, False)
-    return _RELATIONS[type(cond)](np.asarray(lhs), np.asarray(rhs))
+        return lambda env: False
+    if isinstance(cond, (sp.And, sp.Or)):
+        parts, both = [_compile_cond(c) for c in cond.args], isinstance(cond, sp.And)
+
+        def combine(env):
+            out = both
+            for c in parts:
+                out = (out & c(env)) if both else (out | c(env))
+            return out
+        return combine
+    lhs, rhs, relation = _compiled(cond.lhs), _compiled(cond.rhs), _RELATIONS[type(cond)]
+    return lambda env: relation(np.asarray(lhs(env, False)[0]), np.asarray(rhs(env, False)[0]))
