@@ -156,7 +156,9 @@ class Point:
                 phi = float(np.sum(cot * value))
             return phi, program.kink_signature(f)
 
-        if forward is None:
+        from ..engines.symbolic import Program
+
+        if forward is None and isinstance(program, Program):  # a Python reference is called one point at a time
             from ..engines import batched
 
             def many(inputs, var, stack):
