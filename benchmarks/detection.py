@@ -8,8 +8,9 @@ judges the same Function. diffcheck counts a bug as caught in a dtype only when 
 (its float64 self-consistency check does not count for float32) -- except on the paths without an independent
 reference (the impl alone, ``diffcheck.gradcheck``), where the float64 self-consistency check is what judges every
 dtype and a run asked for the dtype must fail. The Python-reference path uses the case's expression built as a
-plain torch function as the reference, so its tolerances are measured rather than taken from the symbolic budget. gradcheck runs with its defaults (eps=1e-6,
-atol=1e-5, rtol=1e-3) at a point sampled from the case's domains. Prints one table and writes nothing.
+plain torch function as the reference, so its tolerances are measured rather than taken from the symbolic budget.
+gradcheck runs with its defaults (eps=1e-6, atol=1e-5, rtol=1e-3) at a point sampled from the case's
+domains. Prints one table and writes nothing.
 
 The transform corpus (every benchmarks/transform_corpus/*.toml; each file's cases are wrong only under one
 transform) gets a second table, one row per transform and tool: diffcheck runs each case as shipped (with its

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diffcheck.casefile import Case  # noqa: E402
-from diffcheck.model import HIGHER_KINDS, Options  # noqa: E402
-from diffcheck.runner import load, run_case  # noqa: E402
+from diffcheck.casefile import Case
+from diffcheck.model import HIGHER_KINDS, Options
+from diffcheck.runner import load, run_case
 
 
 def main() -> int:

@@ -58,7 +58,7 @@ def median_of_best(fn, repeat: int, rounds: int = 3) -> float:
     return statistics.median(best(fn, repeat) for _ in range(rounds))
 
 
-MSE_VARS = lambda n: {"x": {"shape": [64, n], "requires_grad": False}, "w": {"shape": [n, n]},  # noqa: E731
+MSE_VARS = lambda n: {"x": {"shape": [64, n], "requires_grad": False}, "w": {"shape": [n, n]},
                       "b": {"shape": [n]}, "y": {"shape": [64, n], "requires_grad": False}}
 
 

@@ -450,7 +450,7 @@ def _surrogates(model: CaseModel, specs: dict[str, VarSpec], out_shape, outs, fa
     for vname, text in model.surrogate.items():
         key = f"surrogate.{clip(vname)}"
 
-        def bad(message: str):
+        def bad(message: str, key: str = key):
             fail(f"{key}: {message}", key)
 
         if model.impl is None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 PERTURB = 2.0**-7  # the second point: each entry moved by this much relative to (1 + |x|)
 
 

@@ -188,7 +188,8 @@ def explain_svgs(items, results, options=None, limit_nodes: int = 16, limit_grap
     for case in items:
         if len(out) >= limit_graphs:
             break
-        if getattr(case, "model", None) is not None or getattr(case, "ir", None) is None or status.get(case.name) == "error":
+        if (getattr(case, "model", None) is not None or getattr(case, "ir", None) is None
+                or status.get(case.name) == "error"):
             continue
         if (case.impl and (options is None or options.no_impl)) or \
                 any(int(np.prod(v.shape)) > 16 for v in case.vars.values()):

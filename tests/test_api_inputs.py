@@ -159,7 +159,7 @@ def test_api_a_requires_grad_false_tensor_is_held_constant():
 
         @staticmethod
         def backward(ctx, g):
-            x, c = ctx.saved_tensors
+            _, c = ctx.saved_tensors
             return g * c, None
 
     x = torch.randn(4, dtype=torch.float64, requires_grad=True)

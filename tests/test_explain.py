@@ -267,7 +267,7 @@ def test_the_correct_twins_mark_nothing(tmp_path, name, expr):
 
 def test_a_departure_inside_an_opaque_custom_function_is_marked_on_the_edges_into_its_inputs(tmp_path):
     """exp(x*y) as one custom Function: t1 = x*y is inside it, unseen; t2 (its output) still agrees."""
-    code, out, g, marked = steps_graph(tmp_path, "opaque", EXP, wrong=2)
+    code, out, _, marked = steps_graph(tmp_path, "opaque", EXP, wrong=2)
     assert code == 1, out
     assert marked == [("y", "t1", "mul")]  # y's gradient is wrong, x's is right
     assert "between t2 (agrees) and y, through t1 (not matched: inside an opaque step" in out

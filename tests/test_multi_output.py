@@ -336,8 +336,8 @@ def test_outputs_can_name_the_one_output_of_a_plain_expr(tmp_path, impl):
     (tmp_path / "one.py").write_text("def cube_only(x):\n    return x ** 3\n\n\n"
                                      "def cube_dict(x):\n    return {'result': x ** 3}\n")
     path = tmp_path / "one.toml"
-    path.write_text('name = "one"\nexpr = "x**3"\nimpl = "one:%s"\noutputs = ["result"]\ndevices = ["cpu"]\n'
-                    'vars.x = { shape = [2], value = [1.0, 2.0] }\nexpect.value = [[1.0, 8.0]]\n' % impl)
+    path.write_text(f'name = "one"\nexpr = "x**3"\nimpl = "one:{impl}"\noutputs = ["result"]\ndevices = ["cpu"]\n'
+                    'vars.x = { shape = [2], value = [1.0, 2.0] }\nexpect.value = [[1.0, 8.0]]\n')
     result = run_file(path)
     assert result.status == "pass", result.report_text
     assert "outputs result [2]" in next(c for c in result.checks if c.kind == "value").message

@@ -21,14 +21,14 @@ class _Sin(torch.autograd.Function):
         return g * torch.cos(x)
 
 
-class bug_forward_sin_jvp_sign(_Sin):  # noqa: N801 - the case names the class
+class bug_forward_sin_jvp_sign(_Sin):
     @staticmethod
     def jvp(ctx, t):
         (x,) = ctx.saved_tensors
         return -t * torch.cos(x)
 
 
-class ok_forward_sin_jvp_sign(_Sin):  # noqa: N801
+class ok_forward_sin_jvp_sign(_Sin):
     @staticmethod
     def jvp(ctx, t):
         (x,) = ctx.saved_tensors
@@ -53,7 +53,7 @@ class _Matmul(torch.autograd.Function):
         return g @ w.mT, x.mT @ g
 
 
-class bug_forward_matmul_jvp_sign(_Matmul):  # noqa: N801
+class bug_forward_matmul_jvp_sign(_Matmul):
     """The product rule with a minus: d(x w) = dx w - x dw."""
 
     @staticmethod
@@ -62,7 +62,7 @@ class bug_forward_matmul_jvp_sign(_Matmul):  # noqa: N801
         return tx @ w - x @ tw
 
 
-class ok_forward_matmul_jvp_sign(_Matmul):  # noqa: N801
+class ok_forward_matmul_jvp_sign(_Matmul):
     @staticmethod
     def jvp(ctx, tx, tw):
         x, w = ctx.saved_tensors

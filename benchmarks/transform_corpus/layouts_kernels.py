@@ -29,7 +29,7 @@ class _Cube(torch.autograd.Function):
         return 3 * g * x**2
 
 
-class bug_layouts_contiguous_input(_Cube):  # noqa: N801 - the case names the class
+class bug_layouts_contiguous_input(_Cube):
     """Reads x as if its storage were contiguous (what a hand-written kernel taking data_ptr() does)."""
 
     @staticmethod
@@ -38,14 +38,14 @@ class bug_layouts_contiguous_input(_Cube):  # noqa: N801 - the case names the cl
         return 3 * g * x.as_strided(x.shape, _contiguous_strides(x.shape)) ** 2
 
 
-class ok_layouts_contiguous_input(_Cube):  # noqa: N801
+class ok_layouts_contiguous_input(_Cube):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
         return 3 * g * x.contiguous() ** 2
 
 
-class bug_layouts_contiguous_grad(_Cube):  # noqa: N801
+class bug_layouts_contiguous_grad(_Cube):
     """Reads the upstream gradient as one flat run of storage."""
 
     @staticmethod
@@ -55,7 +55,7 @@ class bug_layouts_contiguous_grad(_Cube):  # noqa: N801
         return 3 * flat.reshape(g.shape) * x**2
 
 
-class ok_layouts_contiguous_grad(_Cube):  # noqa: N801
+class ok_layouts_contiguous_grad(_Cube):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors

@@ -25,7 +25,7 @@ class _Softmax(torch.autograd.Function):
         return y * (g - (g * y).sum(-1, keepdim=True))
 
 
-class bug_vmap_batch_dim_last(_Softmax):  # noqa: N801 - the case names the class
+class bug_vmap_batch_dim_last(_Softmax):
     """The batch dim moved to the end, where the softmax's own dim is: it normalizes over the batch."""
 
     @staticmethod
@@ -34,7 +34,7 @@ class bug_vmap_batch_dim_last(_Softmax):  # noqa: N801 - the case names the clas
         return _Softmax.apply(x).movedim(-1, 0), 0
 
 
-class ok_vmap_batch_dim_last(_Softmax):  # noqa: N801
+class ok_vmap_batch_dim_last(_Softmax):
     """The batch dim moved to the front: softmax over the last dim stays per member."""
 
     @staticmethod
@@ -59,7 +59,7 @@ class _Scale(torch.autograd.Function):
         return g * w[:, None], (g * x).sum(-1)
 
 
-class bug_vmap_out_dims(_Scale):  # noqa: N801
+class bug_vmap_out_dims(_Scale):
     """Moves both batch dims to the end, but says the result's batch dim is 0: members and rows mix up."""
 
     @staticmethod
@@ -70,7 +70,7 @@ class bug_vmap_out_dims(_Scale):  # noqa: N801
         return out.reshape(info.batch_size, *out.shape[:-1]), 0
 
 
-class ok_vmap_out_dims(_Scale):  # noqa: N801
+class ok_vmap_out_dims(_Scale):
     @staticmethod
     def vmap(info, in_dims, x, w):
         x = x.movedim(in_dims[0], -1) if in_dims[0] is not None else x.unsqueeze(-1).expand(*x.shape, info.batch_size)
@@ -78,7 +78,7 @@ class ok_vmap_out_dims(_Scale):  # noqa: N801
         return (x * w[:, None]).movedim(-1, 0), 0
 
 
-class ok_vmap_generated_rule(_Softmax):  # noqa: N801
+class ok_vmap_generated_rule(_Softmax):
     """No vmap staticmethod: torch makes the rule from forward and backward."""
 
     generate_vmap_rule = True

@@ -17,7 +17,7 @@ class MyCube(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, = inputs
-        result, dx = output
+        _, dx = output
         ctx.save_for_backward(x, dx)
 
     @staticmethod

@@ -142,7 +142,7 @@ def localize(point: Point, checks: list[Check]) -> None:
     a random direction of its own, the failing ones (at most KEEP) split again, down to SMALL entries, which are
     then differenced one by one. The entrywise check is put before the directional one, so the verdict names
     the entries."""
-    for i, c in enumerate(list(checks)):
+    for c in list(checks):
         if c.kind == "self_fd" and c.status == "fail" and c.details.get("probe") == "random direction" and \
                 c.engine == "impl" and c.var in point.case.grad_vars:
             found = _localized(point, c.var)

@@ -73,7 +73,7 @@ def evaluate(program, inputs: dict, var: str, stack: np.ndarray, detached_from=N
                 else:
                     values[i] = np.broadcast_to(OPS[ins.op].numpy(*args, **ins.params), shape).astype(np.float64)
         sig = []
-        for i, slot, rules in program._kinked():
+        for _, slot, rules in program._kinked():
             ins = slot.instr
             env = {s: (_aligned(program, a, values, batched, len(ins.shape)), 0.0)
                    for s, a in zip(rules.symbols, ins.args)}

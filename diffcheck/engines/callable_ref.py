@@ -180,7 +180,7 @@ def reference_function(case, options):
                                key="reference")
     import torch
 
-    if isinstance(obj, type) and issubclass(obj, (torch.autograd.Function, torch.nn.Module)) or \
+    if (isinstance(obj, type) and issubclass(obj, (torch.autograd.Function, torch.nn.Module))) or \
             isinstance(obj, torch.nn.Module):
         return impl.resolve(obj, list(case.vars), case.impl_args, case.path, case.name)
     if not callable(obj):

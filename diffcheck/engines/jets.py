@@ -123,14 +123,14 @@ def add(a: list, b: list) -> list:
 
 def compose(base, first, second, args: list) -> list:
     """The jet of f(args) from f's value ``base`` and its derivatives at the base point: ``first[k]`` =
-    d f / d a_k, ``second[k][l]`` = d2 f / d a_k d a_l (only needed with two directions), each (value, err)."""
+    d f / d a_k, ``second[k][q]`` = d2 f / d a_k d a_q (only needed with two directions), each (value, err)."""
     n = len(args[0])
     out = [base] + [ZERO] * (n - 1)
     for m in range(1, n):
         terms = [_product(first[k], a[m]) for k, a in enumerate(args) if _nonzero(a[m]) and _nonzero(first[k])]
         if m == 3:
-            terms += [_product(second[k][l], a[1], b[2]) for k, a in enumerate(args) for l, b in enumerate(args)
-                      if _nonzero(a[1]) and _nonzero(b[2]) and _nonzero(second[k][l])]
+            terms += [_product(second[k][q], a[1], b[2]) for k, a in enumerate(args) for q, b in enumerate(args)
+                      if _nonzero(a[1]) and _nonzero(b[2]) and _nonzero(second[k][q])]
         out[m] = _sum(terms)
     return out
 
@@ -148,9 +148,9 @@ def _ways(op_name: str, params: tuple, path: tuple) -> tuple:
         ways.append(rules.grads_alt[k])
     if rules.grads_out:
         ways.append(rules.grads_out[k])
-    for l in rest:  # the total derivative: OUT depends on the arguments, through its derivative from OUT too
-        dout = rules.grads_out[l] if rules.grads_out else rules.grads[l]
-        ways = [sp.diff(e, syms[l]) + sp.diff(e, OUT) * dout for e in ways]
+    for q in rest:  # the total derivative: OUT depends on the arguments, through its derivative from OUT too
+        dout = rules.grads_out[q] if rules.grads_out else rules.grads[q]
+        ways = [sp.diff(e, syms[q]) + sp.diff(e, OUT) * dout for e in ways]
     return tuple(ways)
 
 
@@ -183,8 +183,8 @@ def _elementwise(prog, i, ins: Instr, fwd, jets, order_n: int):
     first = [fwd.derivs[i][k] if active[k] else ZERO for k in range(len(args))]
     second = None
     if order_n == 4:
-        second = [[_derivative(ins, (k, l), env, env_out, first[k]) if active[k] and active[l] else ZERO
-                   for l in range(len(args))] for k in range(len(args))]
+        second = [[_derivative(ins, (k, q), env, env_out, first[k]) if active[k] and active[q] else ZERO
+                   for q in range(len(args))] for k in range(len(args))]
     out = compose((fwd.values[i], fwd.errs[i]), first, second, args)
     return [out[0]] + [(np.broadcast_to(v, ins.shape), np.broadcast_to(e, ins.shape)) if _nonzero((v, e)) else ZERO
                        for v, e in out[1:]]
@@ -201,11 +201,11 @@ def _elementwise_back(prog, i, ins: Instr, fwd, jets, g: list, order_n: int):
     for k, arg in enumerate(ins.args):
         if not active[k]:
             continue
-        second = [_derivative(ins, (k, l), env, env_out, fwd.derivs[i][k]) if active[l] else ZERO for l in range(n)]
+        second = [_derivative(ins, (k, q), env, env_out, fwd.derivs[i][k]) if active[q] else ZERO for q in range(n)]
         third = None
         if order_n == 4:
-            third = [[_derivative(ins, (k, l, m), env, env_out, second[l]) if active[l] and active[m] else ZERO
-                      for m in range(n)] for l in range(n)]
+            third = [[_derivative(ins, (k, q, m), env, env_out, second[q]) if active[q] and active[m] else ZERO
+                      for m in range(n)] for q in range(n)]
         d = compose(fwd.derivs[i][k], second, third, args)
         contrib = multiply(g, d)
         yield arg, [_unbroadcast(c, ins.shape, prog.slots[arg].shape) for c in contrib]
@@ -326,10 +326,10 @@ def _lse_parts(prog, i, ins: Instr, fwd, jets):
     dims, keep = ins.params["dims"], ins.params["keepdim"]
     m = np.max(x[0][0], axis=dims, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    shifted = [(x[0][0] - m, x[0][1] + np.abs(x[0][0] - m))] + x[1:]
+    shifted = [(x[0][0] - m, x[0][1] + np.abs(x[0][0] - m)), *x[1:]]
     total = Instr("sum", ins.args, {"dims": dims, "keepdim": True}, ())
     s = [_linear(prog, i, total, fwd, [c]) if _nonzero(c) else ZERO for c in _exp(shifted)]
-    lse = [(_keep(fwd.values[i], dims, keep), _keep(fwd.errs[i], dims, keep))] + _log(s)[1:]
+    lse = [(_keep(fwd.values[i], dims, keep), _keep(fwd.errs[i], dims, keep)), *_log(s)[1:]]
     return _exp(add(x, _neg(lse))), lse
 
 
@@ -388,7 +388,7 @@ def _forward_slot(prog, fwd, i, slot, jets, directions, n):
             jet = [base] + [_linear(prog, i, ins, fwd, [jets[a][m] for a in ins.args])
                             if any(_nonzero(jets[a][m]) for a in ins.args) else ZERO for m in range(1, n)]
         elif ins.op in ("matmul", "einsum"):
-            jet = [base] + _multilinear(prog, i, ins, jets)[1:]
+            jet = [base, *_multilinear(prog, i, ins, jets)[1:]]
         elif ins.op == "lse":
             jet = _lse(prog, i, ins, fwd, jets)
         else:
