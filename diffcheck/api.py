@@ -18,7 +18,8 @@ def check(expr: str | None = None, vars: dict | None = None, impl=None, *, refer
           inputs: dict | None = None, name: str = "check", dtypes=None, devices=("cpu",), seed: int = 0,
           order: int = 1, expect: dict | None = None, tolerance: dict | None = None, impl_args: dict | None = None,
           impl_path=(), impl_sys_path: bool = False, timeout: float = 300.0,
-          surrogate: dict | None = None) -> CaseResult:
+          surrogate: dict | None = None, outputs=None, rng: str | None = None,
+          transforms=None) -> CaseResult:
     """Check the gradient of ``expr`` (and of ``impl``, when given) like a case file would, and return the result.
 
     Without ``expr``, ``impl`` is checked against ``reference`` (a plain torch function of the vars, run in float64,
@@ -38,7 +39,8 @@ def check(expr: str | None = None, vars: dict | None = None, impl=None, *, refer
     them: a float tensor's dtype sets the dtypes checked (unless ``dtypes`` is given), an int64/bool one becomes an
     int64/bool var, and ``requires_grad=False`` holds it constant; an entry of ``vars`` with the same name overrides
     those keys (``{"x": {"requires_grad": True}}``). ``impl_args`` may also hold None, lists and tensors (a float
-    tensor follows the dtype and device under check). ``surrogate`` is the case file's ``surrogate`` table::
+    tensor follows the dtype and device under check). ``surrogate``, ``outputs``, ``rng`` and ``transforms`` are
+    the case file's keys of those names::
 
         diffcheck.check("sigmoid(x)", vars={"x": {"shape": [3, 4]}}, impl=MySigmoid).assert_ok()
     """
@@ -70,6 +72,9 @@ def check(expr: str | None = None, vars: dict | None = None, impl=None, *, refer
         raw["impl_args"] = {k: v if _plain_arg(v) else {} for k, v in dict(impl_args).items()}
     if surrogate is not None:
         raw["surrogate"] = surrogate
+    for key, value in (("outputs", outputs), ("rng", rng), ("transforms", transforms)):
+        if value is not None:
+            raw[key] = list(value) if key != "rng" else value
     case = build_case(raw, "<diffcheck.check>")
     if impl_args and not all(_plain_arg(v) for v in dict(impl_args).values()):
         from dataclasses import replace

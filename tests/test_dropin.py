@@ -144,3 +144,29 @@ def test_gradgradcheck_catches_a_detached_saved_input_and_passes_its_twin():
     assert not diffcheck.gradgradcheck(CubeDetached.apply, (x,), raise_exception=False)
     assert diffcheck.gradgradcheck(Cube.apply, (x,))
     assert diffcheck.gradgradcheck(torch.sin, (_x(3, 2),), dtypes=["float64", "float32"])
+
+
+def test_the_api_takes_outputs_rng_and_transforms():
+    class TwoOut(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return {"cube": x**3, "square": x**2}["cube"], x**2
+
+        @staticmethod
+        def backward(ctx, g1, g2):
+            (x,) = ctx.saved_tensors
+            return g1 * 3 * x**2 + g2 * 2 * x
+
+    x = {"x": {"shape": [3]}}
+    result = diffcheck.check("(x**3, x**2)", x, impl=TwoOut, outputs=["cube", "square"], transforms=["vmap"])
+    assert result.ok, result.message
+    assert any(c.kind == "vmap" for c in result.checks)
+
+    def dropout(x):  # draws in float64 whatever x's dtype: the same mask in every dtype under replay
+        return x * (torch.rand(x.shape, dtype=torch.float64) > 0.5).to(x.dtype)
+
+    assert "rng" in diffcheck.check(None, x, impl=dropout).message
+    assert diffcheck.check(None, x, impl=dropout, rng="replay").ok
+    with pytest.raises(diffcheck.CaseError, match="rng"):
+        diffcheck.check(None, x, impl=dropout, rng="again")
