@@ -46,7 +46,7 @@ def test_a_random_forward_without_replay_is_one_clear_finding(tmp_path, corpus):
     assert code == 1
     for case in cases.values():
         assert case["status"] == "fail"
-        assert case["message"].startswith('the function draws random numbers: set rng = "replay" (two evaluations '
+        assert case["message"].startswith('the function draws random numbers: set rng = "replay" (evaluations '
                                           "at the same point differ at "), case["message"]
         assert [c["kind"] for c in case["checks"]] == ["rng"]  # nothing else was compared: no flood
     assert "Jacobian" not in out and "self_fd" not in out
@@ -81,6 +81,20 @@ def load_data_file(path):
 
     data = tomllib.loads(path.read_text())
     return load_data(data, str(path))
+
+
+def test_a_small_random_output_cannot_pass_by_repeating_by_chance():
+    """Two draws of a 3-entry mask agree 1 time in 8: the probe evaluates a small output until 32 entries agree."""
+    import torch
+
+    import diffcheck
+
+    def dropout(x):
+        return x * (torch.rand(x.shape, dtype=torch.float64) > 0.5)
+
+    for _ in range(20):
+        result = diffcheck.check(None, {"x": {"shape": [3], "domain": [1.0, 2.0]}}, impl=dropout, dtypes="float64")
+        assert result.message.startswith('the function draws random numbers: set rng = "replay"'), result.message
 
 
 def test_randomness_outside_torch_is_named_even_under_replay(tmp_path):
