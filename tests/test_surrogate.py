@@ -192,3 +192,14 @@ def test_api_takes_surrogate():
     assert diffcheck.check("x", x, impl=Reverse, surrogate={"x": "g"}).status == "fail"
     with pytest.raises(diffcheck.CaseError, match=r"surrogate\.x"):
         diffcheck.check("x", x, impl=Reverse, surrogate={"x": "unsqueeze(g, 0)"})
+
+
+def test_under_transforms_the_declared_rule_is_what_the_backward_is_judged_against(tmp_path):
+    """vmap and layouts judge the impl's VJPs at the case's point against the surrogate (Point.expected), not the
+    true derivative (they were judged against the true derivative before, and failed every shipped case)."""
+    code, out = run(SHIPPED, "--device", "cpu", "--transform", "vmap", "--transform", "layouts", "--json",
+                    tmp_path / "r.json")
+    assert code == 0, out
+    checks = [c for case in json.loads((tmp_path / "r.json").read_text())["cases"] for c in case["checks"]]
+    assert any(c["kind"] == "vmap" and c["status"] == "pass" and c["var"] for c in checks)
+    assert any(c["kind"] == "layouts" and c["status"] == "pass" and c["var"] for c in checks)

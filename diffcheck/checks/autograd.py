@@ -28,6 +28,24 @@ def autograd(point: Point) -> list[Check]:
     return checks
 
 
+def unjudgeable(point: Point, dtype: str, fwd, grads) -> str | None:
+    """Why ``dtype`` cannot be judged against the reference ``fwd``/``grads`` at the case's point, or None: a value
+    that is not finite there, a literal beyond the dtype, a mask (or a surrogate's) that may flip, values beyond
+    the dtype's range. The autograd stage and the transforms skip by this one rule."""
+    if not grads:  # the inputs rounded to this dtype leave the function's domain (1e-30 is 0 in float16)
+        return f"at the inputs rounded to {dtype} the value is not finite ({first_bad_op(point.program, fwd)})"
+    literal = unrepresentable_literal(point.case.ir, dtype) if point.case.ir is not None else None
+    return literal or point.program.near_jump(fwd, tol.UNIT_ROUNDOFF[dtype]) or point.surrogate_jump(dtype) \
+        or beyond_range(fwd, grads, dtype)
+
+
+def beyond_range(fwd, grads, dtype: str) -> str | None:
+    """Values or gradients (the finite ones) beyond ``dtype``'s largest number: nothing can be judged there."""
+    peak = max([fwd.peak] + [float(np.max(np.abs(g.value), initial=0.0))
+                             for gs in grads for g in gs.values() if np.all(np.isfinite(g.value))])
+    return f"values reach {peak:.3g}, beyond {dtype}'s largest {tol.MAX[dtype]:.3g}" if peak > tol.MAX[dtype] else None
+
+
 def on_device(point: Point, dtype: str, device: str) -> list[Check]:
     from ..engines.autograd import run
     from ..engines.impl import phase
@@ -38,18 +56,9 @@ def on_device(point: Point, dtype: str, device: str) -> list[Check]:
     def skip(message):
         return [Check("grad", engine, "symbolic", dtype=dtype, device=device, status="skip", message=message)]
 
-    if not grads:  # the inputs rounded to this dtype leave the function's domain (1e-30 is 0 in float16)
-        return skip(f"at the inputs rounded to {dtype} the value is not finite ({first_bad_op(point.program, fwd)})")
-    literal = unrepresentable_literal(case.ir, dtype) if case.ir is not None else None
-    if literal:
-        return skip(literal)
-    jump = point.program.near_jump(fwd, tol.UNIT_ROUNDOFF[dtype]) or point.surrogate_jump(dtype)
-    if jump:  # a mask or floor may flip in this dtype: reported, never a false failure
-        return skip(jump)
-    peak = max([fwd.peak] + [float(np.max(np.abs(g.value), initial=0.0))
-                             for gs in grads for g in gs.values() if np.all(np.isfinite(g.value))])
-    if peak > tol.MAX[dtype]:
-        return skip(f"values reach {peak:.3g}, beyond {dtype}'s largest {tol.MAX[dtype]:.3g}")
+    why = unjudgeable(point, dtype, fwd, grads)
+    if why:
+        return skip(why)
     try:
         # torch's own ops on CPU: once per device is enough for the zero-cotangent and determinism checks;
         # a user's implementation, and CUDA (atomics), get them in every dtype

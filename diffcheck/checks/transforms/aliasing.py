@@ -18,8 +18,9 @@ from ... import tolerance as tol
 from ...compare import compare, worst_margin
 from ...devices import device_skips
 from ...model import Check
+from ..autograd import unjudgeable
 from ..point import Point, cotangent_name
-from .judge import raised, unjudgeable
+from .judge import raised
 
 AGAINST = "symbolic at the aliased point"
 
@@ -51,6 +52,10 @@ def run(point: Point) -> list[Check]:
                     base.status = "skip"
                     base.message = (f"no two grad vars share a shape (grad vars: "
                                     f"{', '.join(point.case.grad_vars) or 'none'}): nothing to alias")
+                    checks.append(base)
+                elif point.surrogates:  # the declared rules are evaluated at the case's own point only
+                    base.status = "skip"
+                    base.message = "a declared surrogate gradient is judged at the case's own point only"
                     checks.append(base)
                 else:
                     checks += on_device(point, dtype, device, group, compiled, base)

@@ -14,7 +14,7 @@ from ... import tolerance as tol
 from ...compare import compare, worst_margin
 from ...devices import device_skips
 from ...model import Check
-from ..autograd import unrepresentable_literal
+from ..autograd import beyond_range, unjudgeable
 from ..point import Point, cotangent_name, first_bad_op
 from ..probes import missing_kernel, torch_raised, user_failure
 
@@ -29,7 +29,7 @@ def per_device(point: Point, kind: str, on_device) -> list[Check]:
                              message=skip.message, details={"skipped": skip.code}) for dtype in point.dtypes]
             continue
         for dtype in point.dtypes:
-            why = unusable(point, dtype)
+            why = unjudgeable(point, dtype, *point.expected(dtype))
             if why:
                 checks.append(Check(kind, point.engine, "symbolic", dtype=dtype, device=device, status="skip",
                                     message=why))
@@ -38,35 +38,20 @@ def per_device(point: Point, kind: str, on_device) -> list[Check]:
     return checks
 
 
-def unusable(point: Point, dtype: str) -> str | None:
-    """Why ``dtype`` cannot be judged at the case's point (the autograd stage's rules), or None."""
-    from ..autograd import unrepresentable_literal
-
-    fwd, grads = point.reference(dtype)
-    if not grads:
-        return f"at the inputs rounded to {dtype} the value is not finite ({first_bad_op(point.program, fwd)})"
-    return unrepresentable_literal(point.case.ir, dtype) or point.program.near_jump(fwd, tol.UNIT_ROUNDOFF[dtype]) \
-        or _beyond_range(fwd, grads, dtype)
-
-
-def _beyond_range(fwd, grads, dtype: str) -> str | None:
-    peak = max([fwd.peak] + [float(np.max(np.abs(g.value), initial=0.0))
-                             for gs in grads for g in gs.values() if np.all(np.isfinite(g.value))])
-    return f"values reach {peak:.3g}, beyond {dtype}'s largest {tol.MAX[dtype]:.3g}" if peak > tol.MAX[dtype] else None
-
-
 def reference_at(point: Point, inputs: dict, dtype: str, cotangents) -> tuple:
     """(forward, one gradient per cotangent, None) of the reference at ``inputs`` (values representable in
     ``dtype``), or (forward, [], why) where that point cannot be judged in ``dtype``."""
     program = point.program
     fwd = program.forward(inputs, kink_u=tol.UNIT_ROUNDOFF[point.low])
+    if point.surrogates:  # the declared rules are evaluated at the case's own point (Point.expected) only
+        return fwd, [], "a declared surrogate gradient is judged at the case's own point only"
     bad = program.outside_domain(fwd)
     if bad or not point.finite(fwd):
         return fwd, [], bad or f"the value is not finite there ({first_bad_op(program, fwd)})"
     grads = [program.gradient(fwd, c) for c in cotangents]
     if not all(np.all(np.isfinite(g.value)) for gs in grads for g in gs.values()):
         return fwd, [], "the reference gradient is not finite there (a singularity)"
-    return fwd, grads, program.near_jump(fwd, tol.UNIT_ROUNDOFF[dtype]) or _beyond_range(fwd, grads, dtype)
+    return fwd, grads, program.near_jump(fwd, tol.UNIT_ROUNDOFF[dtype]) or beyond_range(fwd, grads, dtype)
 
 
 def tensor(point: Point, name: str, x, dtype: str, device: str, requires_grad: bool = True):
@@ -152,24 +137,6 @@ def failure(point: Point, exc: BaseException, check: Check, phase_name: str, ref
         check.status = refused
         check.details["raised"] = type(cause).__name__
     return check
-
-
-def unjudgeable(point: Point, dtype: str, fwd, grads) -> str | None:
-    """Why ``dtype`` cannot be judged against the reference ``fwd``/``grads``, or None (as ``autograd.on_device``:
-    a value that is not finite, a literal beyond the dtype, a mask that may flip, values beyond its range)."""
-    if not grads:
-        return f"at the inputs rounded to {dtype} the value is not finite ({first_bad_op(point.program, fwd)})"
-    literal = unrepresentable_literal(point.case.ir, dtype)
-    if literal:
-        return literal
-    jump = point.program.near_jump(fwd, tol.UNIT_ROUNDOFF[dtype])
-    if jump:
-        return jump
-    peak = max([fwd.peak] + [float(np.max(np.abs(g.value), initial=0.0))
-                             for gs in grads for g in gs.values() if np.all(np.isfinite(g.value))])
-    if peak > tol.MAX[dtype]:
-        return f"values reach {peak:.3g}, beyond {dtype}'s largest {tol.MAX[dtype]:.3g}"
-    return None
 
 
 def raised(point: Point, exc: BaseException, check: Check, what: str) -> Check:
