@@ -127,3 +127,37 @@ def test_plugin_under_xdist_gives_the_same_items_and_errors(pytester):
     _no_internal_error(result)
     result.assert_outcomes(passed=6, errors=2)
     result.stdout.fnmatch_lines_random(["ERROR mixed.toml::typo*", "ERROR ragged.toml::ragged*"])
+
+
+COUNTING_CONFTEST = '''
+import diffcheck.engines.symbolic as symbolic
+
+calls = []
+forward = symbolic.Program.forward
+
+
+def counted(self, point, *args, **kwargs):
+    if kwargs.get("with_err", True):  # the reference's own pass, with its rounding budget
+        calls.append(1)
+    return forward(self, point, *args, **kwargs)
+
+
+symbolic.Program.forward = counted
+
+
+def pytest_sessionfinish(session):
+    (session.config.rootpath / "reference_passes.txt").write_text(str(len(calls)))
+'''
+
+
+def test_the_items_of_one_case_share_its_reference_in_a_process(pytester):
+    """A case's reference item and its dtype items compute the float64 reference (forward with its rounding
+    budget) once per process, not once per item -- and still pass, and a wrong gradient still fails them."""
+    pytester.makeconftest(COUNTING_CONFTEST)
+    two_dtypes = GOOD.replace('devices = ["cpu"]', 'devices = ["cpu"]\ndtypes = ["float64", "float32"]')
+    wrong = two_dtypes.replace('"good"', '"wrong"').replace("[40.0, 80.0]", "[40.0, 80.1]")
+    pytester.makefile(".toml", good=two_dtypes, wrong=wrong)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist")
+    _no_internal_error(result)
+    result.assert_outcomes(passed=3, failed=3)  # each case: a reference item and 2 dtype items
+    assert (pytester.path / "reference_passes.txt").read_text() == "2"  # one per case, not one per item

@@ -186,6 +186,10 @@ def build_point(case: Case, options, seed: int, fn, dtypes: list[str]) -> Point:
     the reference is known to be finite."""
     rng = np.random.default_rng(seed)  # the case seed's own stream: every sampled point is what it always was
     low = tol.lowest(case.dtypes)  # the case's, not the run's: --dtype must not move the point
+    shared = None if case.callable_reference else _shared(case, seed)
+    if shared is not None:  # the same case and seed again (another dtype's pytest item): the same point
+        return Point(case, seed, dtypes, tuple(options.devices), fn, "impl" if case.impl else "autograd", low,
+                     fd_method=getattr(options, "fd_method", None), surrogates=surrogate_programs(case), **shared)
     base = sample(case, rng, low)
     if case.callable_reference:  # a Python reference (or the impl alone): run once for the output's shape
         from ..engines.callable_ref import program_for
@@ -203,7 +207,30 @@ def build_point(case: Case, options, seed: int, fn, dtypes: list[str]) -> Point:
         cots = mask_cotangents(cots, case.outputs)
     point = Point(case, seed, dtypes, tuple(options.devices), fn, "impl" if case.impl else "autograd", low, base,
                   program, cots, getattr(options, "fd_method", None), surrogates=surrogate_programs(case))
+    if not case.callable_reference:
+        _remember(point)
     return point
+
+
+_POINTS: dict = {}  # id(case) -> (case, seed, the fields a Point at that seed shares): the latest case only, so
+_POINTS_KEPT = 1  # a large case's reference is not kept alive past the next case
+
+
+def _shared(case: Case, seed: int) -> dict | None:
+    """The sampled inputs, program and cotangents of ``case`` at ``seed`` if this process has built them, with
+    their reference and rounding caches: what another dtype's pytest item would otherwise compute again. Keyed
+    by identity (a case is never changed once built); none of these depends on the run's dtypes, devices or
+    impl."""
+    hit = _POINTS.get(id(case))
+    return hit[2] if hit is not None and hit[0] is case and hit[1] == seed else None
+
+
+def _remember(point: Point) -> None:
+    if len(_POINTS) >= _POINTS_KEPT:
+        _POINTS.pop(next(iter(_POINTS)))
+    _POINTS[id(point.case)] = (point.case, point.seed, {
+        "base": point.base, "program": point.program, "cotangents": point.cotangents, "refs": point.refs,
+        "rounded": point.rounded})
 
 
 def surrogate_programs(case: Case) -> dict:
