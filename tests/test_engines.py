@@ -238,6 +238,25 @@ def test_pinned_tie_in_bfloat16_where_the_reference_adjoint_is_exactly_zero():
     assert result.status == "pass", [(c.label, c.message) for c in result.checks if c.status == "fail"]
 
 
+@pytest.mark.parametrize("expr", [
+    # a clamp with one bound: the other is inf, which every dtype represents (it was skipped as "not representable")
+    "sum(clamp(x, min=-0.3))", "sum(clamp(x, max=0.3))",
+    # an exact zero under mse_loss's or var's square: the budget of pow with an exponent operand was nan at 0
+    "mse_loss(relu(x - 5.0), 0.0 * x)", "var(0.0 * x + 0.5)",
+    # found by hypothesis: a constant's variance
+    "var(clamp(0.5, min=clamp(x, min=0.2, max=0.3)))",
+])
+def test_every_engine_judges_where_nothing_is_singular(expr):
+    """No skipped engine where the function is smooth and finite: every grad, fd and value check runs and passes
+    in every dtype."""
+    case = build_case({"name": "judged", "expr": expr, "seed": 1, "devices": ["cpu"],
+                       "dtypes": ["float64", "float32", "float16", "bfloat16"], "vars": {"x": {"shape": [3, 4]}}})
+    result = run_case(case, Options(devices=("cpu",)))
+    judged = [c for c in result.checks if c.kind in ("grad", "fd", "value")]
+    assert len([c for c in judged if c.kind == "grad"]) == 4
+    assert all(c.status in ("pass", "warn") for c in judged), [(c.label, c.status, c.message) for c in judged]
+
+
 # ---- a non-finite tolerance, reference or value never passes (issue 11) ----
 
 def produced_kinds():

@@ -166,6 +166,6 @@ def unrepresentable_literal(ir, dtype: str) -> str | None:
         values = [("literal", n.value)] if isinstance(n, Const) else \
             [(f"{n.op}() parameter {k} =", v) for k, v in n.params] if isinstance(n, Call) else []
         for what, v in values:
-            if isinstance(v, float) and abs(v) > tol.MAX[dtype]:
+            if isinstance(v, float) and np.isfinite(v) and abs(v) > tol.MAX[dtype]:  # inf is every dtype's inf
                 return f"the {what} {v:g} is not representable in {dtype} (its largest is {tol.MAX[dtype]:.3g})"
     return None

@@ -218,7 +218,7 @@ class Program:
         if node.op == "mse_loss":
             diff_shape = np.broadcast_shapes(*arg_shapes)
             diff = self._emit("sub", args, diff_shape)
-            square = self._emit("pow", (diff, self._const(2.0)), diff_shape)
+            square = self._emit("powc", (diff,), diff_shape, exponent=2.0)  # not pow: its budget is nan at a 0 base
             return self._reduce(square, diff_shape, p["reduction"])
         if node.op == "binary_cross_entropy":
             p_, y = args
@@ -246,7 +246,7 @@ class Program:
             return self._emit("powc", (total,), shape, exponent=1.0 / float(p["p"]))
         mean = self._emit("mean", (x,), keep_shape, dims=dims, keepdim=True)
         centered = self._emit("sub", (x, mean), x_shape)
-        square = self._emit("pow", (centered, self._const(2.0)), x_shape)
+        square = self._emit("powc", (centered,), x_shape, exponent=2.0)
         total = self._emit("sum", (square,), shape, dims=dims, keepdim=p["keepdim"])
         var = self._emit("div", (total, self._const(_count(x_shape, dims) - p["correction"])), shape)
         return var if op == "var" else self._emit("sqrt", (var,), shape)
