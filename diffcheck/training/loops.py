@@ -13,6 +13,7 @@ import torch
 from ..engines.autograd import TORCH_DTYPES, build
 from ..engines.symbolic import Program
 from ..expr.parse import parse
+from .fastpath import ValueAndGrad
 from .schema import LOSSES, TrainCase
 
 BUDGET_EVERY = 50
@@ -109,7 +110,7 @@ def run_reference(case: TrainCase, data, init, steps) -> Trajectory:
     """The same loop in float64 with the symbolic engine's gradient: what the trajectory should be."""
     t = case.model.train
     names = [*t.inputs, t.target]
-    programs: dict[tuple, Program] = {}
+    programs: dict[int | None, tuple[Program, ValueAndGrad]] = {}  # by batch size: the params keep their shapes
     params = {k: np.array(v, dtype=float) for k, v in init.items()}
     adam = {k: (np.zeros_like(v), np.zeros_like(v)) for k, v in params.items()}
     budget = {k: (0.0, 0.0) for k in params}  # the gradient's rounding budget: absolute, and relative to |g|
@@ -117,23 +118,27 @@ def run_reference(case: TrainCase, data, init, steps) -> Trajectory:
     with np.errstate(all="ignore"):  # overflow is detected below, as a blowup
         for step, idx in enumerate(steps):
             batch = {n: data[n] if idx is None else data[n][idx] for n in names}
-            shapes = {**{n: batch[n].shape for n in names}, **{k: v.shape for k, v in params.items()}}
-            key = tuple(sorted(shapes.items()))
+            key = None if idx is None else len(idx)
             if key not in programs:
-                programs[key] = Program(case.loss_ir, shapes, list(params))
-            program = programs[key]
+                shapes = {**{n: batch[n].shape for n in names}, **{k: v.shape for k, v in params.items()}}
+                program = Program(case.loss_ir, shapes, list(params))
+                programs[key] = program, ValueAndGrad(program)
+            program, value_and_grad = programs[key]
             # the budget moves slowly: refresh it every BUDGET_EVERY steps, and in between let it grow with the
             # gradient (a diverging run's gradient grows by orders of magnitude in fewer steps)
             with_err = step % BUDGET_EVERY == 0
-            fwd = program.forward({**batch, **params}, None, with_err=with_err)
-            grads = program.vjp(fwd, 1.0, with_err=with_err)
-            loss = float(fwd.values[program.out])
+            if with_err:
+                fwd = program.forward({**batch, **params}, None, with_err=True)
+                grads = program.vjp(fwd, 1.0, with_err=True)
+                loss = float(fwd.values[program.out])
+            else:  # the same values as program.forward and vjp without the budget, planned once
+                loss, grads = value_and_grad({**batch, **params})
             new, errs = {}, []
             for k in params:
-                g, gerr = grads[k]
+                g = grads[k][0] if with_err else grads[k]
                 size = float(np.max(np.abs(g), initial=0.0))
                 if with_err:
-                    b = float(np.max(np.abs(gerr), initial=0.0))
+                    b = float(np.max(np.abs(grads[k][1]), initial=0.0))
                     budget[k] = (b, b / size if size > 0 else 0.0)
                 errs.append(max(budget[k][0], budget[k][1] * size))
                 if t.optimizer in ("sgd", "manual"):
