@@ -137,44 +137,76 @@ def _derivative(expr, symbols):
 
 def torch_function(ir: Node):
     """``autograd.build(ir)``, walked once: the same torch calls per node, through closures."""
-    node_fn = _torch_node(ir)
+    node_fn, _ = _torch_node(ir)
+    tensor, as_float, dtype_key = autograd.torch.Tensor, autograd._as_float, autograd._DTYPE
 
     def fn(**tensors):
-        floats = [t for t in tensors.values() if isinstance(t, autograd.torch.Tensor) and t.is_floating_point()]
-        env = dict(tensors, **{autograd._DTYPE: floats[0].dtype if floats else autograd.torch.float64})
-        return autograd._as_float(node_fn(env), env)
+        floats = [t for t in tensors.values() if isinstance(t, tensor) and t.is_floating_point()]
+        env = dict(tensors, **{dtype_key: floats[0].dtype if floats else autograd.torch.float64})
+        return as_float(node_fn(env), env)
 
     return fn
 
 
 _PLAIN = {"add", "sub", "mul", "div", "pow", "neg"}  # ops _eval sends straight to OPS[op].torch
+_REDUCE = {"sum", "mean", "logsumexp"}
 
 
 def _torch_node(node: Node):
+    """A closure computing ``autograd._eval(node, env)``, and whether its value is never a bool tensor (so that
+    ``_as_float`` of it is itself)."""
     if isinstance(node, Const):
         value = node.value
-        return lambda env: value
+        return (lambda env: value), True
     if isinstance(node, Var):
         name = node.name
-        return lambda env: env[name]
+        return (lambda env: env[name]), False
     assert isinstance(node, Call)
     children = [_torch_node(a) for a in node.args]
+    as_float, tensor = autograd._as_float, autograd.torch.Tensor
+    arg_fns = [c if plain else (lambda env, c=c: as_float(c(env), env)) for c, plain in children]
+    p = dict(node.params)
     if node.op in _PLAIN:
-        torch_op, numpy_op, p = OPS[node.op].torch, OPS[node.op].numpy, dict(node.params)
-        as_float, tensor = autograd._as_float, autograd.torch.Tensor
+        torch_op, numpy_op = OPS[node.op].torch, OPS[node.op].numpy
+
+        def constant(args):  # a constant sub-expression stays a Python float, as in _eval
+            return float(numpy_op(*[np.float64(a) for a in args], **p))
+
+        if len(arg_fns) == 2 and not p:
+            f0, f1 = arg_fns
+
+            def binary(env):
+                a, b = f0(env), f1(env)
+                if isinstance(a, tensor) or isinstance(b, tensor):
+                    return torch_op(a, b)
+                return constant((a, b))
+            return binary, True
 
         def plain(env):
-            args = [as_float(c(env), env) for c in children]
-            if all(not isinstance(a, tensor) for a in args):  # constant sub-expression: a Python float
-                return float(numpy_op(*[np.float64(a) for a in args], **p))
+            args = [f(env) for f in arg_fns]
+            if all(not isinstance(a, tensor) for a in args):
+                return constant(args)
             return torch_op(*args, **p)
-        return plain
+        return plain, True
+    if node.op in _REDUCE:
+        (f0,), reduce_op, keepdim = arg_fns, getattr(autograd.torch, node.op), p["keepdim"]
+
+        def reduce(env):
+            x = f0(env)
+            if x.ndim == 0:
+                return x
+            return reduce_op(x, dim=tuple(range(x.ndim)) if p["dim"] is None else p["dim"], keepdim=keepdim)
+        return reduce, True
+    if node.op == "matmul":
+        f0, f1 = arg_fns
+        matmul = autograd.torch.matmul
+        return (lambda env: matmul(f0(env), f1(env))), True
     # any other op: _eval itself, on a copy of the node whose arguments are the values computed by the children
     names = [f"_arg{id(node)}_{k}" for k in range(len(children))]
     stand_in = Call(node.op, tuple(Var(n) for n in names), node.params)
 
     def other(env):
-        for n, c in zip(names, children):
+        for n, (c, _) in zip(names, children):
             env[n] = c(env)
         return autograd._eval(stand_in, env)
-    return other
+    return other, False

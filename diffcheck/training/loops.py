@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..engines.autograd import TORCH_DTYPES, build
+from ..engines.autograd import TORCH_DTYPES
 from ..engines.symbolic import Program
 from ..expr.parse import parse
-from .fastpath import ValueAndGrad
+from .fastpath import ValueAndGrad, torch_function
 from .schema import LOSSES, TrainCase
 
 BUDGET_EVERY = 50
@@ -44,18 +44,18 @@ def run_torch(case: TrainCase, data, init, dtype: str, device: str, steps) -> Tr
         predict = lambda inputs: layer(inputs[t.inputs[0]])
     else:
         params = {k: torch.nn.Parameter(torch.tensor(v, dtype=tdt, device=device)) for k, v in init.items()}
-        model_fn = build(parse(case.model.model.expr, set(params) | set(t.inputs)))
+        model_fn = torch_function(parse(case.model.model.expr, set(params) | set(t.inputs)))
         predict = lambda inputs: model_fn(**inputs, **params)
     if t.loss == "mse":  # nn.MSELoss itself, so the run matches a user's script to the last bit
         loss_fn = lambda p, y: torch.nn.functional.mse_loss(p, y)
     else:
-        loss_fn = build(parse(LOSSES.get(t.loss, t.loss), {"p", "y"}))
+        loss_fn = torch_function(parse(LOSSES.get(t.loss, t.loss), {"p", "y"}))
     if t.optimizer == "manual":  # the tutorials' hand-written step, exactly: w.data.sub_(lr * w.grad)
         optimizer = _ManualSGD(list(params.values()), t.lr)
     else:
         opt_cls = torch.optim.SGD if t.optimizer == "sgd" else torch.optim.Adam
         optimizer = opt_cls(list(params.values()), lr=t.lr)
-    traj = Trajectory([_snapshot(params)], [])
+    history, stop_step = _History(params), None
     for step, idx in enumerate(steps):
         batch = tensors if idx is None else {k: v[torch.as_tensor(idx, device=device)] for k, v in tensors.items()}
         if t.slip == "zero_weight_not_grad":
@@ -67,17 +67,58 @@ def run_torch(case: TrainCase, data, init, dtype: str, device: str, steps) -> Tr
         loss = loss_fn(p=predict({n: batch[n] for n in t.inputs}), y=batch[t.target])
         loss.backward()
         optimizer.step()
-        value = loss.item()
-        snapshot = _snapshot(params)
-        if not _finite(value, snapshot):  # diverged or overflowed: nothing after this step can be judged
-            traj.blowup = step
+        history.add(loss, params)
+        if case.stop and loss.item() < case.stop[1]:  # unless a step up to this one was not finite
+            if history.check() is None:
+                stop_step = step
             break
-        traj.losses.append(value)
-        traj.params.append(snapshot)
-        if case.stop and value < case.stop[1]:
-            traj.stop_step = step
+        if (step + 1) % CHECK_EVERY == 0 and history.check() is not None:
             break
-    return traj
+    history.check()
+    return history.trajectory(stop_step)
+
+
+CHECK_EVERY = 32  # steps between finiteness checks of the torch loop (each checks every step since the last)
+
+
+class _History:
+    """The torch loop's loss and parameters after each step, kept as tensors and converted to float64 arrays once
+    at the end. The first step whose loss or updated parameters are not finite is the blowup: the run is cut
+    there (nothing after it can be judged), as if it had stopped at that step; the loop checks every CHECK_EVERY
+    steps, so a diverged run goes on for at most CHECK_EVERY - 1 steps that are then dropped."""
+
+    def __init__(self, params):
+        self.names = list(params)
+        self.params = [[p.detach().clone()] for p in params.values()]  # per param: the start, then every step
+        self.losses: list[torch.Tensor] = []
+        self.checked = 0  # steps known to be finite
+        self.blowup: int | None = None
+
+    def add(self, loss, params) -> None:
+        self.losses.append(loss.detach())
+        for hist, p in zip(self.params, params.values()):
+            hist.append(p.detach().clone())
+
+    def check(self) -> int | None:
+        """The blowup step, looking at the steps not checked yet."""
+        lo, hi = self.checked, len(self.losses)
+        if self.blowup is None and hi > lo:
+            ok = torch.isfinite(torch.stack(self.losses[lo:hi]))
+            for hist in self.params:
+                finite = torch.isfinite(torch.stack(hist[lo + 1:hi + 1]))
+                ok &= finite.flatten(1).all(1) if finite.ndim > 1 else finite
+            bad = torch.nonzero(~ok)
+            if len(bad):
+                self.blowup = lo + int(bad[0, 0])
+            self.checked = hi
+        return self.blowup
+
+    def trajectory(self, stop_step: int | None) -> Trajectory:
+        n = len(self.losses) if self.blowup is None else self.blowup
+        arrays = [torch.stack(hist[:n + 1]).cpu().numpy().astype(np.float64) for hist in self.params]
+        params = [{k: a[s, ...] for k, a in zip(self.names, arrays)} for s in range(n + 1)]
+        losses = torch.stack(self.losses[:n]).tolist() if n else []
+        return Trajectory(params, losses, stop_step=stop_step, blowup=self.blowup)
 
 
 class _ManualSGD:
@@ -96,10 +137,6 @@ class _ManualSGD:
         for p in self.params:
             if p.grad is not None:
                 p.data.sub_(self.lr * p.grad)
-
-
-def _snapshot(params) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().astype(np.float64) for k, v in params.items()}
 
 
 def _finite(loss: float, params: dict[str, np.ndarray]) -> bool:
