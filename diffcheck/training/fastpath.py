@@ -32,6 +32,7 @@ class ValueAndGrad:
                               for i, slot in reversed(list(enumerate(program.slots)))
                               if slot.kind == "instr" and slot.active]
         self.outputs = [(name, program.var_slots.get(name)) for name in program.grad_vars]
+        self.seed = np.broadcast_to(np.asarray(1.0, float), program.out_shape)  # the cotangent; read, never written
 
     def _plan_slot(self, i: int, slot):
         if slot.kind == "var":
@@ -89,7 +90,7 @@ class ValueAndGrad:
                 values[i], errs[i] = structured.step(prog, i, ins, fwd, [values[a] for a in ins.args],
                                                      [errs[a] for a in ins.args], None, False)
         adj: list = [None] * n
-        adj[prog.out] = np.broadcast_to(np.asarray(1.0, float), prog.out_shape)
+        adj[prog.out] = self.seed
         for i, ins, shapes, active in self.backward_plan:
             g = adj[i]
             if g is None:
@@ -102,7 +103,11 @@ class ValueAndGrad:
         grads = {}
         for name, s in self.outputs:
             shape = prog.slots[s].shape if s is not None else ()
-            grads[name] = np.zeros(shape) if s is None or adj[s] is None else np.array(np.broadcast_to(adj[s], shape))
+            g = None if s is None else adj[s]
+            if g is None:
+                grads[name] = np.zeros(shape)
+            else:  # a copy, broadcast to the var's shape where the adjoint is not already of it
+                grads[name] = np.array(g if type(g) is np.ndarray and g.shape == shape else np.broadcast_to(g, shape))
         return float(values[prog.out]), grads
 
     def _back(self, i, ins, fwd, shapes, active, g):
@@ -111,7 +116,9 @@ class ValueAndGrad:
         if i in fwd.derivs:
             for arg, shape, d, needed in zip(ins.args, shapes, fwd.derivs[i], active):
                 if needed:
-                    yield arg, structured._unbroadcast(g * d, 0.0, shape, False)[0]
+                    contrib = g * d  # structured._unbroadcast returns an array of the input's shape as it is
+                    yield arg, (contrib if type(contrib) is np.ndarray and contrib.shape == shape else
+                                structured._unbroadcast(contrib, 0.0, shape, False)[0])
             return
         if ins.op in ("sum", "mean"):  # structured.back, less the budget it computes even when unused
             ga = structured._expand(g, shapes[0], ins.params["dims"], ins.params["keepdim"])

@@ -55,9 +55,11 @@ def run_torch(case: TrainCase, data, init, dtype: str, device: str, steps) -> Tr
     else:
         opt_cls = torch.optim.SGD if t.optimizer == "sgd" else torch.optim.Adam
         optimizer = opt_cls(list(params.values()), lr=t.lr)
-    history, stop_step = _History(params), None
+    history, stop_step, batch = _History(params), None, tensors
     for step, idx in enumerate(steps):
-        batch = tensors if idx is None else {k: v[torch.as_tensor(idx, device=device)] for k, v in tensors.items()}
+        if idx is not None:
+            index = torch.as_tensor(idx, device=device)
+            batch = {k: v[index] for k, v in tensors.items()}
         if t.slip == "zero_weight_not_grad":
             for p in params.values():
                 if p.grad is not None:
