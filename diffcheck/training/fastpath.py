@@ -28,7 +28,8 @@ class ValueAndGrad:
         self.program = program
         self.forward_plan = [self._plan_slot(i, slot) for i, slot in enumerate(program.slots)]
         self.backward_plan = [(i, slot.instr, tuple(program.slots[a].shape for a in slot.instr.args),
-                               tuple(program.slots[a].active for a in slot.instr.args))
+                               tuple(program.slots[a].active for a in slot.instr.args),
+                               tuple(_summed_axes(slot.shape, program.slots[a].shape) for a in slot.instr.args))
                               for i, slot in reversed(list(enumerate(program.slots)))
                               if slot.kind == "instr" and slot.active]
         self.outputs = [(name, program.var_slots.get(name)) for name in program.grad_vars]
@@ -91,12 +92,12 @@ class ValueAndGrad:
                                                      [errs[a] for a in ins.args], None, False)
         adj: list = [None] * n
         adj[prog.out] = self.seed
-        for i, ins, shapes, active in self.backward_plan:
+        for i, ins, shapes, active, axes in self.backward_plan:
             g = adj[i]
             if g is None:
                 continue
             adj[i] = None
-            for arg, ga in self._back(i, ins, fwd, shapes, active, g):
+            for arg, ga in self._back(i, ins, fwd, shapes, active, axes, g):
                 if not prog.slots[arg].active:
                     continue
                 adj[arg] = ga if adj[arg] is None else adj[arg] + ga
@@ -110,15 +111,18 @@ class ValueAndGrad:
                 grads[name] = np.array(g if type(g) is np.ndarray and g.shape == shape else np.broadcast_to(g, shape))
         return float(values[prog.out]), grads
 
-    def _back(self, i, ins, fwd, shapes, active, g):
+    def _back(self, i, ins, fwd, shapes, active, axes, g):
         """(input slot, adjoint) of step ``i``: ``Program._back`` without the budget (and without the adjoints of
         inputs that are not differentiated, which ``Program.vjp`` drops)."""
         if i in fwd.derivs:
-            for arg, shape, d, needed in zip(ins.args, shapes, fwd.derivs[i], active):
-                if needed:
-                    contrib = g * d  # structured._unbroadcast returns an array of the input's shape as it is
-                    yield arg, (contrib if type(contrib) is np.ndarray and contrib.shape == shape else
-                                structured._unbroadcast(contrib, 0.0, shape, False)[0])
+            for arg, shape, d, needed, summed in zip(ins.args, shapes, fwd.derivs[i], active, axes):
+                if not needed:
+                    continue
+                contrib = g * d
+                if type(contrib) is not np.ndarray or contrib.shape != ins.shape:  # not planned for: as Program
+                    yield arg, structured._unbroadcast(contrib, 0.0, shape, False)[0]
+                else:  # structured._unbroadcast's sum, over the axes found once
+                    yield arg, contrib if summed is None else np.sum(contrib, axis=summed).reshape(shape)
             return
         if ins.op in ("sum", "mean"):  # structured.back, less the budget it computes even when unused
             ga = structured._expand(g, shapes[0], ins.params["dims"], ins.params["keepdim"])
@@ -127,6 +131,15 @@ class ValueAndGrad:
         vals = [fwd.values[a] for a in ins.args]
         for arg, (ga, _) in structured.back(self.program, i, ins, fwd, vals, list(shapes), g, 0.0, False, 0):
             yield arg, ga
+
+
+def _summed_axes(shape: tuple, arg_shape: tuple) -> tuple | None:
+    """The axes ``structured._unbroadcast`` sums an adjoint of ``shape`` over, back to ``arg_shape`` (None: it
+    returns the adjoint as it is)."""
+    lead = len(shape) - len(arg_shape)
+    if shape == tuple(arg_shape) or lead < 0:  # lead < 0: not an elementwise step, whose adjoints are not summed
+        return None
+    return tuple(range(lead)) + tuple(lead + j for j, s in enumerate(arg_shape) if s == 1 and shape[lead + j] != 1)
 
 
 def _derivative(expr, symbols):
