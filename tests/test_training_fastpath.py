@@ -145,3 +145,25 @@ def test_a_stop_rule_fires_at_the_step_of_a_plain_loop(write_case, dtype):
                       expect=f"{{ stop_step = {step} }}")
     code, out = cli(write_case(text), "-v")
     assert code == 0 and f"stop rule fired at step {step}" in out and f"after {step + 1} steps" in out, out
+
+
+@pytest.mark.parametrize("lr", [0.1, 3.0])  # converging, and blowing up (in float32 first)
+def test_parameters_stacked_a_few_steps_at_a_time_give_the_same_run(monkeypatch, lr):
+    from diffcheck.training import loops
+    from diffcheck.training.data import batches, draw
+
+    from .test_training import small_case
+
+    case = small_case(train={"lr": lr, "steps": 200})
+    data, init = draw(case)
+    steps = batches(case, len(data["y"]))
+    for dtype in ("float32", "float64"):
+        whole = loops.run_torch(case, data, init, dtype, "cpu", steps)
+        monkeypatch.setattr(loops, "CHUNK_ENTRIES", 1)  # one step per stack: a large parameter's path
+        chunked = loops.run_torch(case, data, init, dtype, "cpu", steps)
+        monkeypatch.undo()
+        assert (whole.blowup, whole.stop_step, whole.losses) == (chunked.blowup, chunked.stop_step, chunked.losses)
+        assert len(whole.params) == len(chunked.params) > 1
+        for a, b in zip(whole.params, chunked.params):
+            assert all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype == np.float64 for k in a)
+    assert (whole.blowup is None) == (lr == 0.1)

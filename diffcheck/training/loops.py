@@ -81,6 +81,7 @@ def run_torch(case: TrainCase, data, init, dtype: str, device: str, steps) -> Tr
 
 
 CHECK_EVERY = 32  # steps between finiteness checks of the torch loop (each checks every step since the last)
+CHUNK_ENTRIES = 1 << 20  # entries stacked at once (a big parameter's steps are stacked a few at a time)
 
 
 class _History:
@@ -107,8 +108,11 @@ class _History:
         if self.blowup is None and hi > lo:
             ok = torch.isfinite(torch.stack(self.losses[lo:hi]))
             for hist in self.params:
-                finite = torch.isfinite(torch.stack(hist[lo + 1:hi + 1]))
-                ok &= finite.flatten(1).all(1) if finite.ndim > 1 else finite
+                flags = []
+                for _, chunk in _chunks(hist[lo + 1:hi + 1]):
+                    finite = torch.isfinite(torch.stack(chunk))
+                    flags.append(finite.flatten(1).all(1) if finite.ndim > 1 else finite)
+                ok &= torch.cat(flags)
             bad = torch.nonzero(~ok)
             if len(bad):
                 self.blowup = lo + int(bad[0, 0])
@@ -117,10 +121,25 @@ class _History:
 
     def trajectory(self, stop_step: int | None) -> Trajectory:
         n = len(self.losses) if self.blowup is None else self.blowup
-        arrays = [torch.stack(hist[:n + 1]).cpu().numpy().astype(np.float64) for hist in self.params]
+        arrays = []
+        for hist in self.params:
+            kept, array = hist[:n + 1], np.empty((n + 1, *hist[0].shape))
+            hist.clear()  # each chunk's tensors are freed once copied
+            for i, chunk in _chunks(kept):
+                array[i:i + len(chunk)] = torch.stack(chunk).cpu().numpy()
+                kept[i:i + len(chunk)] = [None] * len(chunk)
+                del chunk
+            arrays.append(array)
         params = [{k: a[s, ...] for k, a in zip(self.names, arrays)} for s in range(n + 1)]
         losses = torch.stack(self.losses[:n]).tolist() if n else []
         return Trajectory(params, losses, stop_step=stop_step, blowup=self.blowup)
+
+
+def _chunks(tensors: list):
+    """(offset, run of consecutive tensors) of about CHUNK_ENTRIES entries in all, at least one tensor each."""
+    size = max(1, CHUNK_ENTRIES // max(1, tensors[0].numel())) if tensors else 1
+    for i in range(0, len(tensors), size):
+        yield i, tensors[i:i + size]
 
 
 class _ManualSGD:
