@@ -12,8 +12,9 @@ dtype under test. A model of ``type = "linear"`` is a real ``nn.Linear`` (initia
 draws); any other model is an expression of the params and inputs.
 
 Modules, each importing only those before it: ``schema`` (TOML tables -> TrainCase; no torch, no matplotlib),
-``data`` (draws, batches), ``loops`` (the autograd loop and the symbolic-gradient loop), ``verdicts`` (the
-checks), ``plot`` (matplotlib). This module ties them together; it loads torch only when a case runs.
+``data`` (draws, batches), ``fastpath`` (the loops' per-step work, planned once), ``loops`` (the autograd loop and
+the symbolic-gradient loop), ``verdicts`` (the checks), ``plot`` (matplotlib). This module ties them together; it
+loads torch only when a case runs.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ SLIPS = {"zero_weight_not_grad": "zeroes each parameter's value instead of its g
 MAX_ENTRIES = 10_000_000  # per data entry or parameter: keeps a hostile shape from exhausting memory
 # Total work of a run, in entries touched: steps x (STEP_COST + entries of one step's batch and params). One step
 # costs about as much as STEP_COST entries (Python and dispatch overhead of the five loops: 5,000 steps of a small
-# case take 18 s of CPU), so the default allows about 50,000 small steps (about 3 minutes of one core) or 50
+# case take 9-12 s of CPU), so the default allows about 50,000 small steps (about 2 minutes of one core) or 50
 # full-batch steps over 10 million entries.
 STEP_COST = 10_000
 MAX_WORK = 5 * 10**8
