@@ -391,6 +391,9 @@ def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
     """``x`` rounded to ``dtype`` and widened back to float64: the point a ``dtype`` computation sees."""
     if dtype == "float64":
         return np.asarray(x, dtype=np.float64)
+    if dtype == "float32":  # numpy's cast rounds as torch's (to nearest even, subnormals kept), without torch's cost
+        with np.errstate(over="ignore"):  # beyond float32's range is inf, as in torch
+            return np.array(x, dtype=np.float64).astype(np.float32, order="C").astype(np.float64)
     return to_numpy(torch.as_tensor(np.array(x, dtype=np.float64)).to(TORCH_DTYPES[dtype]))
 
 

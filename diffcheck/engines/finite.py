@@ -62,7 +62,7 @@ def directional(evaluate: Evaluator, point: dict, direction: dict, noise: float,
     ``sig0`` is the kink signature at ``point`` when the caller already has it."""
     method = method or DEFAULT
     if sig0 is None:
-        _, sig0 = evaluate(point)
+        sig0 = signature(evaluate, point)
     first = _first_round(evaluate, point, direction, list(direction.values()), noise, sig0, method)
     if first is not None and first[0] is not None:
         return first[0]
@@ -87,6 +87,12 @@ def directional(evaluate: Evaluator, point: dict, direction: dict, noise: float,
     why = "a kink (non-differentiable point) lies within every step tried" if crossed else \
         "the function is not finite near this point (domain edge)"
     return Estimate(float("nan"), float("inf"), h, why)
+
+
+def signature(evaluate: Evaluator, point: dict) -> list:
+    """The kink signature at ``point``; an evaluator marked ``kinkless`` (a program without kinked steps, no user
+    code) has the empty one everywhere, so its evaluation there is skipped."""
+    return [] if getattr(evaluate, "kinkless", False) else evaluate(point)[1]
 
 
 def _first_round(evaluate: Evaluator, point: dict, like: dict, directions: list, noise: float, sig0,
@@ -155,7 +161,7 @@ def entrywise(evaluate: Evaluator, point: dict, var: str, indices, noise: float,
     """Finite-difference estimates of single gradient entries of ``var`` (flat indices)."""
     x = np.asarray(point[var], dtype=float)
     scale = entry_scale(x).reshape(-1)
-    _, sig0 = evaluate(point)
+    sig0 = signature(evaluate, point)
     indices = list(indices)
     dirs = []
     for flat in indices:
