@@ -38,14 +38,21 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
     allowed = np.broadcast_to(np.asarray(tol.allowed, dtype=float), ref.shape)
     judged = np.ones(ref.shape, bool) if judge is None else np.broadcast_to(np.asarray(judge, bool), ref.shape)
     err, margin, ambiguous = margins(got, ref, allowed, lo, hi)
-    wrong_value = judged & ~np.isfinite(got) & np.isfinite(ref)  # wrong whatever the tolerance
-    no_ref = judged & ~wrong_value & ~np.isfinite(ref)
-    no_tol = judged & ~wrong_value & ~no_ref & ~np.isfinite(allowed)
-    ok = judged & ~no_ref & ~no_tol
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(err == 0, 0.0, err / np.abs(ref))
-    margin = np.where(ok, margin, 0.0)
-    rel, err = np.where(ok, rel, 0.0), np.where(ok, err, 0.0)
+    if judge is None and np.isfinite(got).all() and np.isfinite(ref).all() and np.isfinite(allowed).all():
+        # the usual case: every entry judged, nothing to map (the masks below would all be False, ok all True)
+        wrong_value = no_ref = no_tol = np.zeros(ref.shape, bool)
+        ok = np.ones(ref.shape, bool)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(err == 0, 0.0, err / np.abs(ref))
+    else:
+        wrong_value = judged & ~np.isfinite(got) & np.isfinite(ref)  # wrong whatever the tolerance
+        no_ref = judged & ~wrong_value & ~np.isfinite(ref)
+        no_tol = judged & ~wrong_value & ~no_ref & ~np.isfinite(allowed)
+        ok = judged & ~no_ref & ~no_tol
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(err == 0, 0.0, err / np.abs(ref))
+        margin = np.where(ok, margin, 0.0)
+        rel, err = np.where(ok, rel, 0.0), np.where(ok, err, 0.0)
     bad = ok & (margin > 1.0)
     check.entries = int(ref.size)
     check.bad = int(bad.sum())
@@ -97,8 +104,9 @@ def margins(got, ref, allowed, lo=None, hi=None):
     ambiguous = np.zeros(ref.shape, dtype=bool)
     if lo is not None and hi is not None:
         ambiguous = np.asarray(hi > lo)
-        below, above = np.asarray(lo) - got, got - np.asarray(hi)
-        err = np.where(ambiguous, np.maximum(np.maximum(below, above), 0.0), err)
+        if ambiguous.any():  # no kink: the error is |got - ref| as it is
+            below, above = np.asarray(lo) - got, got - np.asarray(hi)
+            err = np.where(ambiguous, np.maximum(np.maximum(below, above), 0.0), err)
     if np.isfinite(err).all() and np.isfinite(got).all() and np.isfinite(ref).all():  # the usual case: nothing
         with np.errstate(divide="ignore", invalid="ignore"):  # below would change (no nan, no inf)
             margin = np.where(err == 0, 0.0, err / allowed)
