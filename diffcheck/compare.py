@@ -35,7 +35,8 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
         check.status = "fail"
         check.message = f"shape {list(got.shape)} where {list(ref.shape)} was expected"
         return check
-    allowed = np.broadcast_to(np.asarray(tol.allowed, dtype=float), ref.shape)
+    allowed = np.asarray(tol.allowed, dtype=float)
+    allowed = allowed if allowed.shape == ref.shape else np.broadcast_to(allowed, ref.shape)
     judged = np.ones(ref.shape, bool) if judge is None else np.broadcast_to(np.asarray(judge, bool), ref.shape)
     err, margin, ambiguous = margins(got, ref, allowed, lo, hi)
     if judge is None and np.isfinite(got).all() and np.isfinite(ref).all() and np.isfinite(allowed).all():

@@ -148,8 +148,11 @@ def stacked_margins(vjps, grads, name, dtype, override) -> list[float] | None:
             len(gots) * int(np.prod(shape)) > STACKED_ENTRIES:
         return None
 
-    def stack(parts):
-        return np.stack([np.broadcast_to(np.asarray(p, dtype=float), shape) for p in parts])
+    def stack(parts):  # each part broadcast into its row (np.stack of broadcast_to views costs more, in Python)
+        out = np.empty((len(parts), *shape))
+        for k, part in enumerate(parts):
+            out[k] = part
+        return out
 
     refs = [g[name] for g in grads]
     got, ref = stack(gots), stack([r.value for r in refs])

@@ -272,7 +272,8 @@ def to_numpy(t) -> np.ndarray:
 
 def _cotangent(c, out: torch.Tensor, dtype: str, device: str) -> torch.Tensor:
     """A cotangent as a tensor of the output's shape and dtype."""
-    return to_tensor(np.broadcast_to(c, tuple(out.shape)), dtype, device).to(out.dtype)
+    shape = tuple(out.shape)
+    return to_tensor(c if np.shape(c) == shape else np.broadcast_to(c, shape), dtype, device).to(out.dtype)
 
 
 def run(fn: Callable, inputs: dict, grad_vars, dtype: str, device: str, cotangents: list,

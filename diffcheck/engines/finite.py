@@ -134,7 +134,8 @@ def _first_round(evaluate: Evaluator, point: dict, like: dict, directions: list,
 
 def _same_row(sig0: list, sigs: list, row: int) -> bool:
     """``_same`` for one row of a batched signature (each entry's shape broadcast to its step's)."""
-    return all(np.array_equal(np.broadcast_to(a, b.shape[1:]), b[row]) for a, b in zip(sig0, sigs))
+    return all(np.array_equal(a if np.shape(a) == b.shape[1:] else np.broadcast_to(a, b.shape[1:]), b[row])
+               for a, b in zip(sig0, sigs))
 
 
 def _richardson(d: list, h: float, noise):
