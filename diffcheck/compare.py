@@ -67,12 +67,15 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
         order = top[np.argsort(-flat_margin[top], kind="stable")]
     else:
         order = np.argsort(-flat_margin, kind="stable")
-    for flat in order:
-        idx = np.unravel_index(flat, ref.shape) if ref.ndim else ()
-        check.worst.append(Entry([int(i) for i in idx], float(got[idx]), float(ref[idx]), float(err[idx]),
-                                 float(allowed[idx]), None if fd is None else float(np.asarray(fd)[idx]),
-                                 float(lo[idx]) if ambiguous[idx] else None,
-                                 float(hi[idx]) if ambiguous[idx] else None))
+    # the worst entries' fields gathered once per array (the same floats as one entry at a time)
+    where = np.unravel_index(order, ref.shape) if ref.ndim else ((),) * len(order)
+    columns = [a[where].tolist() if ref.ndim else [float(a)] * len(order) for a in (got, ref, err, allowed)]
+    indices = np.stack(where, axis=1).tolist() if ref.ndim else [[]] * len(order)
+    for k, idx in enumerate(indices):
+        idx_t = tuple(idx)
+        on_kink = bool(ambiguous[idx_t])
+        check.worst.append(Entry(idx, *(c[k] for c in columns), None if fd is None else float(np.asarray(fd)[idx_t]),
+                                 float(lo[idx_t]) if on_kink else None, float(hi[idx_t]) if on_kink else None))
     if check.bad:
         if ref.size <= MATRIX:
             check.error_matrix = np.where(np.isfinite(got - ref), got - ref, np.nan).tolist()

@@ -135,7 +135,8 @@ def worst_over_cotangents(point: Point, res, grads, name, dtype, device) -> Chec
     return worst
 
 
-STACKED_ENTRIES = 1 << 18  # cotangents are ranked in one stacked pass while the stack holds at most this many
+STACKED_ENTRIES = 4096  # cotangents are ranked in one stacked pass while the stack holds at most this many entries
+# (the pass saves numpy's per-call overhead on small arrays; on large ones its copies cost more than they save)
 
 
 def stacked_margins(vjps, grads, name, dtype, override) -> list[float] | None:
