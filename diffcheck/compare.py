@@ -37,7 +37,6 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
         return check
     allowed = np.asarray(tol.allowed, dtype=float)
     allowed = allowed if allowed.shape == ref.shape else np.broadcast_to(allowed, ref.shape)
-    judged = np.ones(ref.shape, bool) if judge is None else np.broadcast_to(np.asarray(judge, bool), ref.shape)
     err, margin, ambiguous = margins(got, ref, allowed, lo, hi)
     if judge is None and np.isfinite(got).all() and np.isfinite(ref).all() and np.isfinite(allowed).all():
         # the usual case: every entry judged, nothing to map (the masks below would all be False, ok all True)
@@ -46,6 +45,7 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.where(err == 0, 0.0, err / np.abs(ref))
     else:
+        judged = np.ones(ref.shape, bool) if judge is None else np.broadcast_to(np.asarray(judge, bool), ref.shape)
         wrong_value = judged & ~np.isfinite(got) & np.isfinite(ref)  # wrong whatever the tolerance
         no_ref = judged & ~wrong_value & ~np.isfinite(ref)
         no_tol = judged & ~wrong_value & ~no_ref & ~np.isfinite(allowed)
@@ -68,7 +68,7 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
     else:
         order = np.argsort(-flat_margin, kind="stable")
     # the worst entries' fields gathered once per array (the same floats as one entry at a time)
-    where = np.unravel_index(order, ref.shape) if ref.ndim else ((),) * len(order)
+    where = np.unravel_index(order, ref.shape) if ref.ndim else None
     columns = [a[where].tolist() if ref.ndim else [float(a)] * len(order) for a in (got, ref, err, allowed)]
     indices = np.stack(where, axis=1).tolist() if ref.ndim else [[]] * len(order)
     for k, idx in enumerate(indices):
