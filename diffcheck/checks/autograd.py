@@ -145,8 +145,8 @@ def stacked_margins(vjps, grads, name, dtype, override) -> list[float] | None:
     None where a VJP's shape is not its reference's (``worst_margin`` ranks it inf) or the stack is large."""
     shape = np.shape(grads[0][name].value)
     gots = [np.asarray(v[name], dtype=float) for v in vjps]
-    if any(x.shape != shape for x in gots) or any(np.shape(g[name].value) != shape for g in grads) or \
-            len(gots) * int(np.prod(shape)) > STACKED_ENTRIES:
+    if len(gots) != len(grads) or any(x.shape != shape for x in gots) or \
+            any(np.shape(g[name].value) != shape for g in grads) or len(gots) * int(np.prod(shape)) > STACKED_ENTRIES:
         return None
 
     def stack(parts):  # each part broadcast into its row (np.stack of broadcast_to views costs more, in Python)
