@@ -35,17 +35,25 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
         check.status = "fail"
         check.message = f"shape {list(got.shape)} where {list(ref.shape)} was expected"
         return check
-    allowed = np.broadcast_to(np.asarray(tol.allowed, dtype=float), ref.shape)
-    judged = np.ones(ref.shape, bool) if judge is None else np.broadcast_to(np.asarray(judge, bool), ref.shape)
+    allowed = np.asarray(tol.allowed, dtype=float)
+    allowed = allowed if allowed.shape == ref.shape else np.broadcast_to(allowed, ref.shape)
     err, margin, ambiguous = margins(got, ref, allowed, lo, hi)
-    wrong_value = judged & ~np.isfinite(got) & np.isfinite(ref)  # wrong whatever the tolerance
-    no_ref = judged & ~wrong_value & ~np.isfinite(ref)
-    no_tol = judged & ~wrong_value & ~no_ref & ~np.isfinite(allowed)
-    ok = judged & ~no_ref & ~no_tol
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(err == 0, 0.0, err / np.abs(ref))
-    margin = np.where(ok, margin, 0.0)
-    rel, err = np.where(ok, rel, 0.0), np.where(ok, err, 0.0)
+    if judge is None and np.isfinite(got).all() and np.isfinite(ref).all() and np.isfinite(allowed).all():
+        # the usual case: every entry judged, nothing to map (the masks below would all be False, ok all True)
+        wrong_value = no_ref = no_tol = np.zeros(ref.shape, bool)
+        ok = np.ones(ref.shape, bool)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(err == 0, 0.0, err / np.abs(ref))
+    else:
+        judged = np.ones(ref.shape, bool) if judge is None else np.broadcast_to(np.asarray(judge, bool), ref.shape)
+        wrong_value = judged & ~np.isfinite(got) & np.isfinite(ref)  # wrong whatever the tolerance
+        no_ref = judged & ~wrong_value & ~np.isfinite(ref)
+        no_tol = judged & ~wrong_value & ~no_ref & ~np.isfinite(allowed)
+        ok = judged & ~no_ref & ~no_tol
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(err == 0, 0.0, err / np.abs(ref))
+        margin = np.where(ok, margin, 0.0)
+        rel, err = np.where(ok, rel, 0.0), np.where(ok, err, 0.0)
     bad = ok & (margin > 1.0)
     check.entries = int(ref.size)
     check.bad = int(bad.sum())
@@ -59,12 +67,15 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
         order = top[np.argsort(-flat_margin[top], kind="stable")]
     else:
         order = np.argsort(-flat_margin, kind="stable")
-    for flat in order:
-        idx = np.unravel_index(flat, ref.shape) if ref.ndim else ()
-        check.worst.append(Entry([int(i) for i in idx], float(got[idx]), float(ref[idx]), float(err[idx]),
-                                 float(allowed[idx]), None if fd is None else float(np.asarray(fd)[idx]),
-                                 float(lo[idx]) if ambiguous[idx] else None,
-                                 float(hi[idx]) if ambiguous[idx] else None))
+    # the worst entries' fields gathered once per array (the same floats as one entry at a time)
+    where = np.unravel_index(order, ref.shape) if ref.ndim else None
+    columns = [a[where].tolist() if ref.ndim else [float(a)] * len(order) for a in (got, ref, err, allowed)]
+    indices = np.stack(where, axis=1).tolist() if ref.ndim else [[]] * len(order)
+    for k, idx in enumerate(indices):
+        idx_t = tuple(idx)
+        on_kink = bool(ambiguous[idx_t])
+        check.worst.append(Entry(idx, *(c[k] for c in columns), None if fd is None else float(np.asarray(fd)[idx_t]),
+                                 float(lo[idx_t]) if on_kink else None, float(hi[idx_t]) if on_kink else None))
     if check.bad:
         if ref.size <= MATRIX:
             check.error_matrix = np.where(np.isfinite(got - ref), got - ref, np.nan).tolist()
@@ -97,8 +108,9 @@ def margins(got, ref, allowed, lo=None, hi=None):
     ambiguous = np.zeros(ref.shape, dtype=bool)
     if lo is not None and hi is not None:
         ambiguous = np.asarray(hi > lo)
-        below, above = np.asarray(lo) - got, got - np.asarray(hi)
-        err = np.where(ambiguous, np.maximum(np.maximum(below, above), 0.0), err)
+        if ambiguous.any():  # no kink: the error is |got - ref| as it is
+            below, above = np.asarray(lo) - got, got - np.asarray(hi)
+            err = np.where(ambiguous, np.maximum(np.maximum(below, above), 0.0), err)
     if np.isfinite(err).all() and np.isfinite(got).all() and np.isfinite(ref).all():  # the usual case: nothing
         with np.errstate(divide="ignore", invalid="ignore"):  # below would change (no nan, no inf)
             margin = np.where(err == 0, 0.0, err / allowed)

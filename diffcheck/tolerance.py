@@ -51,7 +51,9 @@ def derived(budget, reference, dtype: str, override=None) -> Tolerance:
         return Tolerance(np.broadcast_to(allowed, reference.shape), atol, rtol,
                          f"case override atol={atol:g} rtol={rtol:g} ({override.reason})")
     u = UNIT_ROUNDOFF[dtype] + UNIT_ROUNDOFF["float64"]
-    budget = np.broadcast_to(np.asarray(budget, dtype=float), reference.shape)
+    budget = np.asarray(budget, dtype=float)
+    if budget.shape != reference.shape:  # broadcast_to costs more than the arithmetic on a small array
+        budget = np.broadcast_to(budget, reference.shape)
     allowed = SAFETY * u * budget + FLOOR * TINY[dtype]
     worst = float(budget.max()) if budget.size else 0.0
     return Tolerance(allowed, None, None,

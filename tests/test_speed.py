@@ -59,3 +59,174 @@ def test_the_batched_pass_declines_what_it_cannot_stack():
     x = point.at("float64")
     assert evaluate.many(x, "w", np.stack([x["w"]] * 2)) is not None
     assert evaluate.many(x, "v", np.stack([x["v"]] * 2)) is None
+
+
+# ---- the fast paths of the gradient-case check (issue 17): each gives exactly what the path it replaces gave ----
+
+def test_float32_rounding_by_numpy_is_torchs_bit_for_bit():
+    import torch
+
+    from diffcheck.engines.autograd import round_to
+
+    rng = np.random.default_rng(0)
+    edges = [0.0, -0.0, np.inf, -np.inf, 3.4028235e38, 3.4028235677973366e38, 1e39, 2.0**-149, 2.0**-150,
+             1.5 * 2.0**-149, 1e-46, 1.0 + 2.0**-24, 1.0 + 3 * 2.0**-24]
+    for x in [rng.standard_normal(20000) * 10.0 ** rng.uniform(-46, 39, 20000), np.array(edges),
+              np.asarray(0.7), rng.standard_normal((5, 7)).T]:
+        want = torch.as_tensor(np.array(x, dtype=np.float64)).to(torch.float32).to(torch.float64).numpy()
+        with np.errstate(over="raise"):  # a value beyond float32 is inf, silently, as in torch
+            got = round_to(x, "float32")
+        assert got.shape == want.shape and got.tobytes() == want.tobytes() and got.flags.c_contiguous
+
+
+def test_a_matmul_operand_nothing_is_differentiated_through_changes_no_adjoint():
+    vars = {"x": {"shape": [6, 5]}, "w": {"shape": [5, 4]}, "b": {"shape": [4]}}
+    expr = "sum(tanh(exp(x) @ w + b) * (x @ w))"  # exp(x): an operand with its own rounding error
+    both = point_of(expr, vars)
+    vars["x"]["requires_grad"] = False
+    one = point_of(expr, vars)
+    assert one.at("float64")["x"].tobytes() == both.at("float64")["x"].tobytes()
+    _, g_both = both.reference("float64")
+    _, g_one = one.reference("float64")
+    for ci in range(len(g_one)):
+        for name in ("w", "b"):
+            for field in ("value", "err", "lo", "hi"):
+                a, b = getattr(g_one[ci][name], field), getattr(g_both[ci][name], field)
+                assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), (ci, name, field)
+
+
+def test_rss_is_the_hypot_chain_from_zero():
+    from diffcheck.engines.structured import rss
+
+    def chain(*terms):  # the definition: hypot over every nonzero term, from an array of zeros
+        total = np.zeros(np.broadcast_shapes(*(np.shape(t) for t in terms)))
+        for t in terms:
+            if np.any(t):
+                total = np.hypot(total, t)
+        return total
+
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((3, 4)) * 1e200, rng.standard_normal(4) * 1e-200
+    weird = np.array([np.nan, -np.inf, -0.0, 3.0])
+    for terms in [(a,), (a, b), (0.0, b, 2.0), (0.0, 0.0), (weird, a), (-2.5,), (np.zeros(3), 0.0), (b, a, weird),
+                  (b, np.zeros((3, 4))), (2.0, np.zeros(3))]:  # the one nonzero term has the smaller shape
+        got, want = rss(*terms), chain(*terms)
+        assert np.shape(got) == np.shape(want) and np.asarray(got).tobytes() == np.asarray(want).tobytes()
+
+
+def test_finite_differences_skip_no_signature_they_need():
+    """A program without kinks has the empty signature everywhere; with kinks it is evaluated as before."""
+    for expr, kinkless in [("sum(sin(x) * y)", True), ("sum(relu(x) * y)", False)]:
+        point = point_of(expr, {"x": {"shape": [2, 3]}, "y": {"shape": [3]}})
+        evaluate, noise = point.evaluator(0)
+        assert getattr(evaluate, "kinkless", False) is kinkless
+        x = point.at("float64")
+        calls = []
+
+        def counted(inputs, evaluate=evaluate):  # the same evaluator, unmarked, counting its calls
+            calls.append(1)
+            return evaluate(inputs)
+
+        counted.many = evaluate.many
+        v = finite.random_direction(x["x"], np.random.default_rng(3))
+        assert fields(finite.directional(evaluate, x, {"x": v}, noise)) == \
+            fields(finite.directional(counted, x, {"x": v}, noise))
+        assert list(map(fields, finite.entrywise(evaluate, x, "y", range(3), noise))) == \
+            list(map(fields, finite.entrywise(counted, x, "y", range(3), noise)))
+        assert calls  # the unmarked evaluator was asked for the signature at the point
+
+
+@pytest.mark.parametrize("got_error", [None, "nan", "inf"])
+def test_compare_with_every_entry_judged_is_the_masked_compare(got_error):
+    """compare's shortcut for all-finite data (no judge mask) gives the Check the masked path gives."""
+    from diffcheck.compare import compare
+    from diffcheck.model import Check
+    from diffcheck.tolerance import Tolerance
+
+    rng = np.random.default_rng(4)
+    ref = rng.standard_normal((6, 7))
+    got = ref * (1 + 1e-9 * rng.standard_normal(ref.shape))
+    got[2, 3] *= 1 + 1e-3  # one entry off
+    if got_error:
+        got[1, 1] = float(got_error)
+    lo, hi = ref.copy(), ref.copy()
+    tol = Tolerance(1e-9 * np.abs(ref) + 1e-12, None, None, "test")
+    for kink in (False, True):
+        if kink:
+            lo[4, 4], hi[4, 4] = ref[4, 4] - 1e-3, ref[4, 4] + 1e-3
+        fast = compare(Check("grad", "autograd", "symbolic", var="x"), got, ref, tol, lo=lo, hi=hi)
+        masked = compare(Check("grad", "autograd", "symbolic", var="x"), got, ref, tol, lo=lo, hi=hi,
+                         judge=np.ones(ref.shape, bool))
+        assert fast.status == "fail" and repr(vars(fast)) == repr(vars(masked))  # repr: nan equals nan
+
+
+def test_an_entry_on_a_kink_is_judged_by_its_distance_to_the_hull():
+    from diffcheck.compare import margins
+
+    ref = np.array([1.0, 2.0, 3.0])
+    lo, hi = ref.copy(), ref.copy()
+    lo[1], hi[1] = 1.0, 2.5  # entry 1 sits on a kink: anything in [1, 2.5] is right
+    for got, want in [([1.0, 1.2, 3.0], [0.0, 0.0, 0.0]), ([1.5, 3.0, 3.0], [0.5, 0.5, 0.0])]:
+        err, margin, ambiguous = margins(np.array(got), ref, np.full(3, 0.25), lo, hi)
+        assert err.tolist() == want and margin.tolist() == [w / 0.25 for w in want]
+        assert ambiguous.tolist() == [False, True, False]
+    err, _, ambiguous = margins(np.array([1.5, 3.0, 3.0]), ref, np.full(3, 0.25), ref, ref)  # no kink
+    assert err.tolist() == [0.5, 1.0, 0.0] and not ambiguous.any()
+
+
+def test_stacked_cotangent_ranking_is_worst_margin_per_cotangent():
+    from diffcheck.casefile import Tolerance as CaseTolerance
+    from diffcheck.checks.autograd import stacked_margins
+    from diffcheck.compare import worst_margin
+    from diffcheck.engines.symbolic import Gradient
+    from diffcheck.tolerance import derived
+
+    rng = np.random.default_rng(5)
+    shape = (4, 3)
+    grads, vjps = [], []
+    for k in range(5):
+        value = rng.standard_normal(shape)
+        err = np.abs(rng.standard_normal(shape)) * 10 if k != 2 else 3.0  # a scalar budget too
+        lo, hi = value.copy(), value.copy()
+        if k == 1:
+            lo[0, 0] -= 0.5  # an entry on a kink
+        grads.append({"x": Gradient(value, err, lo, hi)})
+        got = value + 1e-14 * rng.standard_normal(shape) * (k + 1)
+        if k == 3:
+            got[2, 1] = np.nan
+        if k == 4:
+            got[0, 1] = np.nan  # where the reference cannot be judged either
+        vjps.append({"x": got})
+    vjps[0]["x"][3, 2] = np.inf
+    grads[4]["x"].value[0, 1] = np.inf  # a reference entry that cannot be judged
+    override = CaseTolerance(atol=1e-13, rtol=1e-9, reason="test")
+    for tolerance in (None, override):
+        want = [worst_margin(v["x"], g["x"].value, derived(g["x"].err, g["x"].value, "float32", tolerance).allowed,
+                             g["x"].lo, g["x"].hi) for v, g in zip(vjps, grads)]
+        assert list(map(repr, stacked_margins(vjps, grads, "x", "float32", tolerance))) == list(map(repr, want))
+    vjps[0]["x"] = np.zeros((3, 4))  # a VJP of the wrong shape: ranked one at a time (worst_margin says inf)
+    assert stacked_margins(vjps, grads, "x", "float32", None) is None
+
+
+def test_a_backward_right_only_for_the_ones_cotangent_fails_on_the_random_one():
+    """A cotangent-dependent bug: the backward treats grad_output as all ones (sum of it times the derivative's
+    mean), right for the ones cotangent only; the ranking of the cotangents reports a random one as the worst."""
+    import torch
+
+    import diffcheck
+
+    class Off(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return torch.sin(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return torch.cos(x) * g.mean()
+
+    result = diffcheck.check("sin(x)", vars={"x": {"shape": [4, 5]}}, impl=Off)
+    assert result.status == "fail"
+    grads = [c for c in result.checks if c.kind == "grad" and c.engine == "impl"]
+    assert grads and all(c.status == "fail" and "worst: random #" in c.message for c in grads)

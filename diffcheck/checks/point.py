@@ -159,6 +159,7 @@ class Point:
         from ..engines.symbolic import Program
 
         if forward is None and isinstance(program, Program):  # a Python reference is called one point at a time
+            evaluate.kinkless = not program._kinked()  # its kink signature is [] at every point
             from ..engines import batched
 
             def many(inputs, var, stack):

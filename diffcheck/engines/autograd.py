@@ -272,7 +272,8 @@ def to_numpy(t) -> np.ndarray:
 
 def _cotangent(c, out: torch.Tensor, dtype: str, device: str) -> torch.Tensor:
     """A cotangent as a tensor of the output's shape and dtype."""
-    return to_tensor(np.broadcast_to(c, tuple(out.shape)), dtype, device).to(out.dtype)
+    shape = tuple(out.shape)
+    return to_tensor(c if np.shape(c) == shape else np.broadcast_to(c, shape), dtype, device).to(out.dtype)
 
 
 def run(fn: Callable, inputs: dict, grad_vars, dtype: str, device: str, cotangents: list,
@@ -391,6 +392,9 @@ def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
     """``x`` rounded to ``dtype`` and widened back to float64: the point a ``dtype`` computation sees."""
     if dtype == "float64":
         return np.asarray(x, dtype=np.float64)
+    if dtype == "float32":  # numpy's cast rounds as torch's (to nearest even, subnormals kept), without torch's cost
+        with np.errstate(over="ignore"):  # beyond float32's range is inf, as in torch
+            return np.array(x, dtype=np.float64).astype(np.float32, order="C").astype(np.float64)
     return to_numpy(torch.as_tensor(np.array(x, dtype=np.float64)).to(TORCH_DTYPES[dtype]))
 
 

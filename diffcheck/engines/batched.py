@@ -71,7 +71,7 @@ def evaluate(program, inputs: dict, var: str, stack: np.ndarray, detached_from=N
                     values[i] = total / _count(program.slots[ins.args[0]].shape, ins.params["dims"]) \
                         if ins.op == "mean" else total
                 else:
-                    values[i] = np.broadcast_to(OPS[ins.op].numpy(*args, **ins.params), shape).astype(np.float64)
+                    values[i] = _float64(OPS[ins.op].numpy(*args, **ins.params), shape)
         sig = []
         for _, slot, rules in program._kinked():
             ins = slot.instr
@@ -81,6 +81,14 @@ def evaluate(program, inputs: dict, var: str, stack: np.ndarray, detached_from=N
             sig.append(np.broadcast_to(np.sign(k), (n, *ins.shape)))
     out = program.out
     return np.broadcast_to(values[out], (n, *program.slots[out].shape)), sig
+
+
+def _float64(v, shape) -> np.ndarray:
+    """``np.broadcast_to(v, shape).astype(np.float64)``, without the copy where ``v`` already is a float64
+    C-contiguous array of that shape (the same bits in the same layout; nothing writes into these arrays)."""
+    if type(v) is np.ndarray and v.dtype == np.float64 and v.shape == shape and v.flags.c_contiguous:
+        return v
+    return np.broadcast_to(v, shape).astype(np.float64)
 
 
 def _aligned(program, a: int, values, batched, ndim: int):

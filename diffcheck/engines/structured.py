@@ -27,11 +27,12 @@ def rss(*terms):
     """Root-sum-square of error terms: independent rounding errors add in quadrature (hypot: no underflow).
     Used across the many terms of sums and matmuls; the few terms of one elementwise op add worst-case.
     The result has the terms' broadcast shape even when every term is zero."""
-    total = np.zeros(np.broadcast_shapes(*(np.shape(t) for t in terms)))
+    shape = np.broadcast_shapes(*(np.shape(t) for t in terms))
+    total = None
     for t in terms:
-        if np.any(t):
-            total = np.hypot(total, t)
-    return total
+        if np.any(t):  # hypot(0, t) is |t| exactly (C99 F.10.4.3): the first term needs no hypot
+            total = np.abs(np.broadcast_to(t, shape), dtype=np.float64) if total is None else np.hypot(total, t)
+    return np.zeros(shape) if total is None else total
 
 
 def l2(x, axis, keepdims: bool = False):
@@ -174,7 +175,8 @@ def back(prog, i: int, ins: Instr, fwd, vals, shapes, g, ge, with_err, side):
         yield ins.args[0], _STRUCTURED[ins.op][1](prog, i, ins, vals[0], fwd, g, ge, with_err, side)
         return
     if ins.op == "matmul":
-        yield from _matmul_back(ins, vals, [fwd.errs[a] for a in ins.args], shapes, g, ge, with_err)
+        yield from _matmul_back(ins, vals, [fwd.errs[a] for a in ins.args], shapes, g, ge, with_err,
+                                [prog.slots[a].active for a in ins.args])
         return
     if ins.op == "transpose":
         yield ins.args[0], (np.transpose(g), np.transpose(ge) if np.ndim(ge) else ge)
@@ -212,8 +214,9 @@ def _unbroadcast(contrib, err, shape, with_err):
     return total, err
 
 
-def _matmul_back(ins: Instr, vals, errs, shapes, g, ge, with_err):
-    """Adjoints of numpy-style matmul, 1-D operands and batch broadcasting included."""
+def _matmul_back(ins: Instr, vals, errs, shapes, g, ge, with_err, need=(True, True)):
+    """Adjoints of numpy-style matmul, 1-D operands and batch broadcasting included. An operand not in ``need``
+    (one that depends on no differentiated var: every caller drops its adjoint) gets zeros, not computed."""
     a, b = vals
     ea, eb = errs
     sa, sb = shapes
@@ -223,20 +226,24 @@ def _matmul_back(ins: Instr, vals, errs, shapes, g, ge, with_err):
     g2 = np.reshape(g, out2)
     ge2 = np.reshape(np.broadcast_to(ge, np.shape(g)), out2) if with_err else 0.0
     bt, at = np.swapaxes(b2, -1, -2), np.swapaxes(a2, -1, -2)
-    ga = np.matmul(g2, bt)
-    gb = np.matmul(at, g2)
+    ga = np.matmul(g2, bt) if need[0] else np.zeros(a2.shape)
+    gb = np.matmul(at, g2) if need[1] else np.zeros(b2.shape)
     ea_ = gb_err = 0.0
     if with_err:
         ge_full = np.broadcast_to(ge2, g2.shape)
         m, n = b2.shape[-1], a2.shape[-2]
-        ea_ = rss(accumulation(m + 1, l2_matmul(g2, bt), ga), l2_matmul(ge_full, bt))
-        gb_err = rss(accumulation(n + 1, l2_matmul(at, g2), gb), l2_matmul(at, ge_full))
-        if np.any(eb):  # operand errors in the operands' promoted (2-D) layout
+        if need[0]:
+            ea_ = rss(accumulation(m + 1, l2_matmul(g2, bt), ga), l2_matmul(ge_full, bt))
+        if need[1]:
+            gb_err = rss(accumulation(n + 1, l2_matmul(at, g2), gb), l2_matmul(at, ge_full))
+        if np.any(eb) and need[0]:  # operand errors in the operands' promoted (2-D) layout
             eb2 = np.reshape(np.broadcast_to(eb, np.shape(b)), np.shape(b2))
             ea_ = rss(ea_, l2_matmul(g2, np.swapaxes(eb2, -1, -2)))
-        if np.any(ea):
+        if np.any(ea) and need[1]:
             ea2 = np.reshape(np.broadcast_to(ea, np.shape(a)), np.shape(a2))
             gb_err = rss(gb_err, l2_matmul(np.swapaxes(ea2, -1, -2), g2))
+        ea_ = ea_ if need[0] else np.zeros(a2.shape)
+        gb_err = gb_err if need[1] else np.zeros(b2.shape)
     ga, ea_ = _unbroadcast(ga, ea_, a2.shape, with_err)
     gb, gb_err = _unbroadcast(gb, gb_err, b2.shape, with_err)
     yield ins.args[0], (ga.reshape(sa), np.reshape(ea_, sa) if with_err else 0.0)

@@ -442,7 +442,7 @@ class Program:
         """Reverse pass: per grad var, (adjoint, error bound in units of u). ``sides`` maps a kinked step to the
         one-sided derivative it takes at entries on its kink (-1 left, +1 right); others use the op's own rule."""
         sides = sides or {}
-        adj: dict[int, np.ndarray] = {self.out: np.broadcast_to(np.asarray(cotangent, float), self.out_shape)}
+        adj: dict[int, np.ndarray] = {self.out: _shaped(np.asarray(cotangent, float), self.out_shape)}
         aerr: dict[int, np.ndarray] = {self.out: np.zeros(self.out_shape)}
         with np.errstate(all="ignore"):
             for i in range(len(self.slots) - 1, -1, -1):
@@ -466,7 +466,7 @@ class Program:
             if s is None or s not in adj:
                 out[name] = (np.zeros(shape), np.zeros(shape))
             else:
-                out[name] = (np.array(np.broadcast_to(adj[s], shape)), np.array(np.broadcast_to(aerr[s], shape)))
+                out[name] = (np.array(_shaped(adj[s], shape)), np.array(_shaped(aerr[s], shape)))
         return out
 
     def gradient(self, fwd: Forward, cotangent) -> dict[str, Gradient]:

@@ -367,6 +367,20 @@ def _check_indices(node: Call, shapes, var_shapes: VarShapes) -> None:
                               f"[0, {n - 1}] of the dim it indexes (size {n})")
 
 
+class _Where:
+    """The "in '<sub-expression>': " prefix of a shape error, printed only when an error is: printing every node
+    of a tree at every inference (each lowering step infers its subtree again) cost more than the inference."""
+
+    def __init__(self, node: Call):
+        self.node = node
+
+    def __format__(self, spec: str) -> str:
+        text = to_text(self.node)
+        return format(f"in '{text}': " if len(text) < 80 else f"in {self.node.op}(): ", spec)
+
+    __str__ = __repr__ = lambda self: format(self)
+
+
 def _infer(node: Node, var_shapes: dict[str, Shape], sizes: dict) -> Shape:
     if isinstance(node, Const):
         return ()
@@ -374,7 +388,7 @@ def _infer(node: Node, var_shapes: dict[str, Shape], sizes: dict) -> Shape:
         return tuple(var_shapes[node.name])
     assert isinstance(node, Call)
     shapes = [infer(a, var_shapes, sizes) for a in node.args]
-    what = f"in '{to_text(node)}': " if len(to_text(node)) < 80 else f"in {node.op}(): "
+    what = _Where(node)
     op = node.op
     if isinstance(var_shapes, VarShapes):  # the case file's declarations: check masks and index ranges
         _check_masks(node, what, var_shapes.masks)
