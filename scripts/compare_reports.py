@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 
 IGNORED = {"seconds", "time", "timings", "wall", "elapsed", "check_s", "compile_s"}
 TIMED = re.compile(r"(compiled in|checked in) [0-9.]+ s")  # torch.compile's messages carry their seconds
@@ -45,7 +46,7 @@ def diff(a, b, path: str, out: list) -> None:
 
 
 def main() -> int:
-    before, after = (json.load(open(p)) for p in sys.argv[1:3])
+    before, after = (json.loads(Path(p).read_text()) for p in sys.argv[1:3])
     for report in (before, after):
         report.pop("environment", None)
     out: list = []

@@ -123,7 +123,7 @@ def test_finite_differences_skip_no_signature_they_need():
         x = point.at("float64")
         calls = []
 
-        def counted(inputs, evaluate=evaluate):  # the same evaluator, unmarked, counting its calls
+        def counted(inputs, evaluate=evaluate, calls=calls):  # the same evaluator, unmarked, counting its calls
             calls.append(1)
             return evaluate(inputs)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffcheck.engines import autograd
 from diffcheck.engines.autograd import build
 from diffcheck.engines.symbolic import Program
 from diffcheck.expr.parse import parse
@@ -59,8 +60,9 @@ def test_the_planned_reference_step_is_the_programs_forward_and_vjp_bit_for_bit(
                 assert np.array_equal(got, value, equal_nan=True), (text, name, got, value)
 
 
-TORCH_EXPRESSIONS = EXPRESSIONS[:-1] + [
-    "2 * 3 * b + x @ w * (1 / 4)",  # a constant sub-expression stays a number, as build computes it
+TORCH_EXPRESSIONS = [
+    *EXPRESSIONS[:-1],
+    "2 * 3 * b + x @ w * (1 / 4)",  # a constant sub-expression stays a number, as _eval computes it
     "((x @ w > 0) + (y < 0)) * y",  # masks added: 0/1 in the float dtype, never a boolean or
     "mean(-(x @ w) ** 2 - y / 3) + mean(where(y > 0, 1.0, y))",
     "sum(softmax(x @ m, dim=1) * z) + mean(stack([y, x @ w], dim=0))",
@@ -69,11 +71,19 @@ TORCH_EXPRESSIONS = EXPRESSIONS[:-1] + [
 
 @pytest.mark.parametrize("text", TORCH_EXPRESSIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_closure_built_torch_function_is_builds_bit_for_bit(text, dtype):
+def test_the_closure_built_torch_function_is_the_node_by_node_walk_bit_for_bit(text, dtype):
+    """``autograd.build`` walks the expression once into closures; ``autograd._eval`` walks it at every call."""
     ir = parse(text, set(SHAPES))
     values = {k: torch.tensor(v, dtype=dtype) for k, v in _inputs(0).items()}
+
+    def walked(ir):
+        def fn(**tensors):
+            env = dict(tensors, **{autograd._DTYPE: dtype})
+            return autograd._as_float(autograd._eval(ir, env), env)
+        return fn
+
     results = []
-    for make in (build, fastpath.torch_function):
+    for make in (walked, build):
         tensors = {k: v.clone().requires_grad_() for k, v in values.items()}
         out = make(ir)(**tensors)
         out.sum().backward()

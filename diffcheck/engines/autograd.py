@@ -27,12 +27,15 @@ TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": t
 
 
 def build(ir: Node) -> Callable[..., torch.Tensor]:
-    """A torch function of the case's variables (keyword arguments) computing ``ir``."""
+    """A torch function of the case's variables (keyword arguments) computing ``ir``: the expression is walked
+    once, into closures making the torch calls ``_eval`` makes node by node (a training loop calls it thousands of
+    times)."""
+    node_fn, _ = _closure(ir)
 
     def fn(**tensors):
         floats = [t for t in tensors.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
         env = dict(tensors, **{_DTYPE: floats[0].dtype if floats else torch.float64})
-        return _as_float(_eval(ir, env), env)
+        return _as_float(node_fn(env), env)
 
     return fn
 
@@ -45,6 +48,70 @@ def _as_float(t, env):
     if isinstance(t, torch.Tensor) and t.dtype == torch.bool:
         return t.to(env[_DTYPE] if _DTYPE in env else torch.get_default_dtype())
     return t
+
+
+_PLAIN = {"add", "sub", "mul", "div", "pow", "neg"}  # ops _eval sends straight to OPS[op].torch
+_REDUCE = {"sum", "mean", "logsumexp"}
+
+
+def _closure(node: Node):
+    """A closure computing ``_eval(node, env)``, and whether its value is never a bool tensor (so that
+    ``_as_float`` of it is itself)."""
+    if isinstance(node, Const):
+        value = node.value
+        return (lambda env: value), True
+    if isinstance(node, Var):
+        name = node.name
+        return (lambda env: env[name]), False
+    assert isinstance(node, Call)
+    children = [_closure(a) for a in node.args]
+    as_float, tensor = _as_float, torch.Tensor
+    arg_fns = [c if plain else (lambda env, c=c: as_float(c(env), env)) for c, plain in children]
+    p = dict(node.params)
+    if node.op in _PLAIN:
+        torch_op, numpy_op = OPS[node.op].torch, OPS[node.op].numpy
+
+        def constant(args):  # a constant sub-expression stays a Python float, as in _eval
+            return float(numpy_op(*[np.float64(a) for a in args], **p))
+
+        if len(arg_fns) == 2 and not p:
+            f0, f1 = arg_fns
+
+            def binary(env):
+                a, b = f0(env), f1(env)
+                if isinstance(a, tensor) or isinstance(b, tensor):
+                    return torch_op(a, b)
+                return constant((a, b))
+            return binary, True
+
+        def plain(env):
+            args = [f(env) for f in arg_fns]
+            if all(not isinstance(a, tensor) for a in args):
+                return constant(args)
+            return torch_op(*args, **p)
+        return plain, True
+    if node.op in _REDUCE:
+        (f0,), reduce_op, keepdim = arg_fns, getattr(torch, node.op), p["keepdim"]
+
+        def reduce(env):
+            x = f0(env)
+            if x.ndim == 0:
+                return x
+            return reduce_op(x, dim=tuple(range(x.ndim)) if p["dim"] is None else p["dim"], keepdim=keepdim)
+        return reduce, True
+    if node.op == "matmul":
+        f0, f1 = arg_fns
+        matmul = torch.matmul
+        return (lambda env: matmul(f0(env), f1(env))), True
+    # any other op: _eval itself, on a copy of the node whose arguments are the values computed by the children
+    names = [f"_arg{id(node)}_{k}" for k in range(len(children))]
+    stand_in = Call(node.op, tuple(Var(n) for n in names), node.params)
+
+    def other(env):
+        for n, (c, _) in zip(names, children):
+            env[n] = c(env)
+        return _eval(stand_in, env)
+    return other, False
 
 
 def _eval(node: Node, env: dict):

@@ -6,18 +6,16 @@ in the same order, so loss and gradient are bit for bit the program's, but with 
 parameters looked up once per program rather than at every step. ``tests/test_training_fastpath.py`` holds it to
 ``Program`` over every op family.
 
-``torch_function`` is ``engines.autograd.build`` with the expression's walk done once: each node becomes a closure
-calling the same torch function ``build`` calls, so a model or loss evaluates to the same tensors (and graph) with
-less Python per node.
+The torch loop's model and loss are ``engines.autograd.build`` functions: the expression walked once, into
+closures.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..engines import autograd, structured, sympy_eval
+from ..engines import structured, sympy_eval
 from ..engines.symbolic import Forward, Program, _shaped, local_rules
-from ..expr.ir import Call, Const, Node, Var
 from ..expr.ops import OPS
 
 
@@ -153,80 +151,3 @@ def _derivative(expr, symbols):
         if number == 0 or 1 / sympy_eval.EXTREME <= abs(number) <= sympy_eval.EXTREME:
             return (number,)
     return expr
-
-
-def torch_function(ir: Node):
-    """``autograd.build(ir)``, walked once: the same torch calls per node, through closures."""
-    node_fn, _ = _torch_node(ir)
-    tensor, as_float, dtype_key = autograd.torch.Tensor, autograd._as_float, autograd._DTYPE
-
-    def fn(**tensors):
-        floats = [t for t in tensors.values() if isinstance(t, tensor) and t.is_floating_point()]
-        env = dict(tensors, **{dtype_key: floats[0].dtype if floats else autograd.torch.float64})
-        return as_float(node_fn(env), env)
-
-    return fn
-
-
-_PLAIN = {"add", "sub", "mul", "div", "pow", "neg"}  # ops _eval sends straight to OPS[op].torch
-_REDUCE = {"sum", "mean", "logsumexp"}
-
-
-def _torch_node(node: Node):
-    """A closure computing ``autograd._eval(node, env)``, and whether its value is never a bool tensor (so that
-    ``_as_float`` of it is itself)."""
-    if isinstance(node, Const):
-        value = node.value
-        return (lambda env: value), True
-    if isinstance(node, Var):
-        name = node.name
-        return (lambda env: env[name]), False
-    assert isinstance(node, Call)
-    children = [_torch_node(a) for a in node.args]
-    as_float, tensor = autograd._as_float, autograd.torch.Tensor
-    arg_fns = [c if plain else (lambda env, c=c: as_float(c(env), env)) for c, plain in children]
-    p = dict(node.params)
-    if node.op in _PLAIN:
-        torch_op, numpy_op = OPS[node.op].torch, OPS[node.op].numpy
-
-        def constant(args):  # a constant sub-expression stays a Python float, as in _eval
-            return float(numpy_op(*[np.float64(a) for a in args], **p))
-
-        if len(arg_fns) == 2 and not p:
-            f0, f1 = arg_fns
-
-            def binary(env):
-                a, b = f0(env), f1(env)
-                if isinstance(a, tensor) or isinstance(b, tensor):
-                    return torch_op(a, b)
-                return constant((a, b))
-            return binary, True
-
-        def plain(env):
-            args = [f(env) for f in arg_fns]
-            if all(not isinstance(a, tensor) for a in args):
-                return constant(args)
-            return torch_op(*args, **p)
-        return plain, True
-    if node.op in _REDUCE:
-        (f0,), reduce_op, keepdim = arg_fns, getattr(autograd.torch, node.op), p["keepdim"]
-
-        def reduce(env):
-            x = f0(env)
-            if x.ndim == 0:
-                return x
-            return reduce_op(x, dim=tuple(range(x.ndim)) if p["dim"] is None else p["dim"], keepdim=keepdim)
-        return reduce, True
-    if node.op == "matmul":
-        f0, f1 = arg_fns
-        matmul = autograd.torch.matmul
-        return (lambda env: matmul(f0(env), f1(env))), True
-    # any other op: _eval itself, on a copy of the node whose arguments are the values computed by the children
-    names = [f"_arg{id(node)}_{k}" for k in range(len(children))]
-    stand_in = Call(node.op, tuple(Var(n) for n in names), node.params)
-
-    def other(env):
-        for n, (c, _) in zip(names, children):
-            env[n] = c(env)
-        return autograd._eval(stand_in, env)
-    return other, False

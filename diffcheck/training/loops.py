@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..engines.autograd import TORCH_DTYPES
+from ..engines.autograd import TORCH_DTYPES, build
 from ..engines.symbolic import Program
 from ..expr.parse import parse
-from .fastpath import ValueAndGrad, torch_function
+from .fastpath import ValueAndGrad
 from .schema import LOSSES, TrainCase
 
 BUDGET_EVERY = 50
@@ -44,12 +44,12 @@ def run_torch(case: TrainCase, data, init, dtype: str, device: str, steps) -> Tr
         predict = lambda inputs: layer(inputs[t.inputs[0]])
     else:
         params = {k: torch.nn.Parameter(torch.tensor(v, dtype=tdt, device=device)) for k, v in init.items()}
-        model_fn = torch_function(parse(case.model.model.expr, set(params) | set(t.inputs)))
+        model_fn = build(parse(case.model.model.expr, set(params) | set(t.inputs)))
         predict = lambda inputs: model_fn(**inputs, **params)
     if t.loss == "mse":  # nn.MSELoss itself, so the run matches a user's script to the last bit
         loss_fn = lambda p, y: torch.nn.functional.mse_loss(p, y)
     else:
-        loss_fn = torch_function(parse(LOSSES.get(t.loss, t.loss), {"p", "y"}))
+        loss_fn = build(parse(LOSSES.get(t.loss, t.loss), {"p", "y"}))
     if t.optimizer == "manual":  # the tutorials' hand-written step, exactly: w.data.sub_(lr * w.grad)
         optimizer = _ManualSGD(list(params.values()), t.lr)
     else:
