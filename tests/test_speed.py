@@ -230,3 +230,26 @@ def test_a_backward_right_only_for_the_ones_cotangent_fails_on_the_random_one():
     assert result.status == "fail"
     grads = [c for c in result.checks if c.kind == "grad" and c.engine == "impl"]
     assert grads and all(c.status == "fail" and "worst: random #" in c.message for c in grads)
+
+
+def test_a_checks_json_is_its_fields_as_asdict_gives_them():
+    """``Check.to_json`` copies its fields shallowly (``asdict``'s deep copy cost seconds on the corpus); the JSON
+    written is the same, nested details and worst entries included."""
+    import dataclasses
+    import json
+
+    from diffcheck.model import Check, Entry
+    from diffcheck.report import _finite, _jsonable
+
+    check = Check("grad", "autograd", "symbolic", var="w", dtype="float32", device="cpu", status="fail",
+                  message="m", max_abs_err=float("inf"), margin=2.5, entries=4, bad=1,
+                  worst=[Entry([1, 0], 1.0, 2.0, 1.0, 0.5, fd=2.0, lo=None, hi=None)], error_matrix=[[0.0, 1.0]],
+                  details={"probe": "random", "nested": {"a": [1, 2.0, float("nan")]}})
+    expected = dataclasses.asdict(check)
+    expected["worst"] = [dict(dataclasses.asdict(e), rel_err=e.rel_err) for e in check.worst]
+    expected.update(max_abs_err=None)
+
+    def text(data):
+        return json.dumps(_finite(data), indent=1, allow_nan=False, default=_jsonable)
+
+    assert text(check.to_json()) == text(expected)
