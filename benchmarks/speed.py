@@ -18,7 +18,7 @@ best-of-7 runs, so one noisy neighbour does not make the figure. Beside the tabl
 gradient entries per dtype) checked once in a fresh process, with its peak memory two ways -- tracemalloc (numpy's
 allocations) and the process's peak resident set growth (torch's allocations too); the per-case time of the corpus
 from ``diffcheck run --json`` (median and 90th percentile of the cases' own seconds, start-up excluded); and
-``pytest cases/`` with ``-n 2`` (full run only).
+``pytest cases/`` with ``-n 2``, plain and with pytest's logging and hypothesis plugins off (full run only).
 """
 
 from __future__ import annotations
@@ -168,13 +168,13 @@ def corpus(exe: str) -> str:
             f"{len(secs) - len(gradient)}: total {sum(secs) - sum(gradient):.1f} s")
 
 
-def pytest_corpus(workers: str) -> str:
+def pytest_corpus(workers: str, *flags: str) -> str:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", workers,
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", workers, *flags,
                            str(ROOT / "cases")], capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - start
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr.strip()[-200:]
-    return f"pytest cases/ -n {workers}: {wall:.1f} s wall: {last}"
+    return f"pytest cases/ -n {workers} {' '.join(flags)}: {wall:.1f} s wall: {last}".replace("  ", " ")
 
 
 def main(quick: bool) -> None:
@@ -206,6 +206,9 @@ def main(quick: bool) -> None:
     print(corpus(exe))
     if not quick:
         print(pytest_corpus("2"))
+        # pytest's logging plugin attaches a handler to each of torch's non-propagating loggers in every phase of
+        # every item; hypothesis's plugin imports hypothesis at the end of the session
+        print(pytest_corpus("2", "-p", "no:logging", "-p", "no:hypothesispytest"))
     helps = []
     for _ in range(5):
         start = time.perf_counter()

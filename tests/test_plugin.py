@@ -161,3 +161,44 @@ def test_the_items_of_one_case_share_its_reference_in_a_process(pytester):
     _no_internal_error(result)
     result.assert_outcomes(passed=3, failed=3)  # each case: a reference item and 2 dtype items
     assert (pytester.path / "reference_passes.txt").read_text() == "2"  # one per case, not one per item
+
+
+TRAIN_COUNTING_CONFTEST = '''
+import diffcheck.training.loops as loops
+
+calls = []
+run_reference = loops.run_reference
+
+
+def counted(*args, **kwargs):
+    calls.append(1)
+    return run_reference(*args, **kwargs)
+
+
+loops.run_reference = counted
+
+
+def pytest_sessionfinish(session):
+    (session.config.rootpath / "reference_loops.txt").write_text(str(len(calls)))
+'''
+TRAIN = '''
+kind = "train"
+name = "line"
+data.x = { arange = [0.0, 5.0, 1.0], shape = [5, 1] }
+data.y = "2*x + 1"
+model = { type = "linear" }
+train = { loss = "mse", optimizer = "sgd", lr = 0.05, steps = 300 }
+expect = { params = { weight = 2.0, bias = 1.0 }, atol = 0.05 }
+devices = ["cpu"]
+'''
+
+
+def test_the_items_of_one_training_case_share_its_reference_loop_in_a_process(pytester):
+    """A training case's dtype items run the float64 symbolic-gradient loop once per process, not once per item;
+    a wrong expectation still fails each item."""
+    pytester.makeconftest(TRAIN_COUNTING_CONFTEST)
+    pytester.makefile(".toml", line=TRAIN, wrong=TRAIN.replace('"line"', '"wrong"').replace("bias = 1.0", "bias = 1.5"))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist")
+    _no_internal_error(result)
+    result.assert_outcomes(passed=2, failed=2)  # float32 and float64 items of each case
+    assert (pytester.path / "reference_loops.txt").read_text() == "2"  # one per case, not one per item
