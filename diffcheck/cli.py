@@ -98,8 +98,10 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
         sys.exit(2)
     from .parallel import run_all
 
+    environment: dict | None = {} if json_path else None  # the JSON report's, found by the run
+
     with _Progress(len(items)) as progress:
-        for result in run_all(items, options, workers):
+        for result in run_all(items, options, workers, environment):
             results.append(result)
             shown = not quiet or result.status in ("fail", "error")
             progress.echo(_coloured(case_text(result, verbose), progress.fancy) if shown else None)
@@ -109,13 +111,13 @@ def run(paths, device, dtypes, pattern, json_path, junit_path, seed, verbose, pl
 
         where = ", ".join(safe(p) for p in paths)
         click.echo(f"diffcheck: no cases selected in {where}" + (f" by -k {safe(pattern)!r}" if pattern else ""))
-        _write_reports(json_path, junit_path, results, seconds)
+        _write_reports(json_path, junit_path, results, seconds, environment)
         sys.exit(exit_code(results))
     _end(results, quiet, options.devices)
     if not quiet:
         _summary(results, seconds)
     click.echo(summary_line(results, seconds))
-    code = _write_reports(json_path, junit_path, results, seconds)
+    code = _write_reports(json_path, junit_path, results, seconds, environment)
     if html_path:
         from .explain_cli import write_html
 
@@ -142,12 +144,15 @@ def _report_path(option: str, path) -> None:
         raise UsageError(f"{option} {path}: not writable")
 
 
-def _write_reports(json_path, junit_path, results, seconds: float) -> int:
+def _write_reports(json_path, junit_path, results, seconds: float, environment: dict | None = None) -> int:
     """Write the reports asked for; a write that fails (a full disk, /dev/full) is a clean error, exit 2."""
+    from functools import partial
+
     from .report import write_json, write_junit
 
     code = 0
-    for option, path, write in (("--json", json_path, write_json), ("--junit", junit_path, write_junit)):
+    for option, path, write in (("--json", json_path, partial(write_json, env=environment)),
+                                ("--junit", junit_path, write_junit)):
         if not path:
             continue
         try:

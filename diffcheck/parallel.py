@@ -6,6 +6,7 @@ cores for torch's intra-op threads, so two workers on two cores do not oversubsc
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -13,14 +14,20 @@ from .errors import CaseError
 from .runner import CaseResult, Options, error_result, run_case
 
 
-def run_all(items: list, options: Options, workers: int = 1) -> Iterator[CaseResult]:
-    """Results of every item (CaseErrors become error results), in the order given."""
+def run_all(items: list, options: Options, workers: int = 1, environment: dict | None = None) -> Iterator[CaseResult]:
+    """Results of every item (CaseErrors become error results), in the order given. ``environment``, when given,
+    is filled with ``report.environment()`` once the cases have run -- found by a worker, which has torch
+    imported already, rather than by importing torch in this process after the run."""
+    from .report import environment as find_environment
+
     if workers <= 1 or len(items) <= 1:
         for item in items:
             try:
                 yield _one(item, options)
             except Exception as exc:  # a bug, not the case's fault: report it on the case, run the rest
                 yield _crashed(item, exc)
+        if environment is not None:
+            environment.update(find_environment())
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -33,6 +40,7 @@ def run_all(items: list, options: Options, workers: int = 1) -> Iterator[CaseRes
     order = sorted(range(len(items)), key=lambda i: not isinstance(items[i], TrainCase))
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init, initargs=(threads,)) as pool:
         futures = {i: pool.submit(_one, items[i], options) for i in order}
+        found = pool.submit(find_environment) if environment is not None else None
         for i in range(len(items)):
             try:
                 yield futures[i].result()
@@ -40,6 +48,9 @@ def run_all(items: list, options: Options, workers: int = 1) -> Iterator[CaseRes
                 raise
             except BaseException as exc:  # what the worker raised, or its death: an error on this case only
                 yield _crashed(items[i], exc)
+        if found is not None:
+            with contextlib.suppress(Exception):  # a dead pool: the report finds it in this process instead
+                environment.update(found.result())
 
 
 def _one(item, options: Options) -> CaseResult:

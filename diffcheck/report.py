@@ -34,15 +34,23 @@ def environment() -> dict:
             "tf32": "disabled during checks (torch.backends.cuda.matmul.allow_tf32 = False)"}
 
 
-def to_json(results, seconds: float) -> dict:
+def to_json(results, seconds: float, env: dict | None = None) -> dict:
     return {"cases": [r.to_json() for r in results], "summary": summary(results, seconds),
-            "environment": environment()}
+            "environment": env or environment()}
 
 
-def write_json(path, results, seconds: float) -> None:
+def write_json(path, results, seconds: float, env: dict | None = None) -> None:
+    """The report, one line per case: json's C encoder writes no indentation, and an indented report of a large
+    run took seconds in the Python one. ``env``: ``environment()`` found already (by a worker)."""
+    data = _finite(to_json(results, seconds, env))
+
+    def line(value) -> str:
+        return json.dumps(value, allow_nan=False, default=_jsonable)
+
+    text = ('{"cases": [\n' + ",\n".join(map(line, data.pop("cases"))) + "\n]"
+            + "".join(f",\n{line(key)}: {line(value)}" for key, value in data.items()) + "\n}\n")
     with open(path, "w", encoding="utf-8") as fh:
-        # dumps, not dump: dump encodes chunk by chunk in Python, several times slower on a large report
-        fh.write(json.dumps(_finite(to_json(results, seconds)), indent=1, allow_nan=False, default=_jsonable) + "\n")
+        fh.write(text)
 
 
 def _finite(obj):

@@ -120,3 +120,20 @@ def test_devices_excluded_by_the_device_option_are_reported_as_skipped(write_cas
     code, out = run(path, "--device", "cpu", "-v")
     assert code == 0
     assert "SKIP grad [float32 cuda]: autograd vs symbolic -- cuda not requested (--device cpu)" in out
+
+
+def test_json_report_with_workers_has_the_environment_and_one_line_per_case(write_case, tmp_path):
+    """With -j 2 the environment is found by a worker (this process need not import torch after the run); the
+    report is still the environment this machine reports, and each case is one line of it."""
+    from diffcheck.report import environment
+
+    write_case(GOOD, "a.toml")
+    write_case(GOOD.replace('"good"', '"good2"'), "b.toml")
+    code, out = run(tmp_path, "--device", "cpu", "-j", "2", "--json", tmp_path / "r.json")
+    assert code == 0, out
+    text = (tmp_path / "r.json").read_text()
+    report = json.loads(text)
+    assert report["environment"] == json.loads(json.dumps(environment()))
+    lines = text.splitlines()
+    assert lines[0] == '{"cases": [' and [json.loads(line.rstrip(","))["name"] for line in lines[1:3]] == \
+        ["good", "good2"]
