@@ -384,3 +384,34 @@ def test_the_schema_loads_neither_torch_nor_matplotlib():
             "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_learning_rate_beyond_a_dtype_skips_that_dtype_with_the_reason(write_case):
+    """torch.optim refuses lr = 1e308 with float32 params ("cannot be converted ... without overflow"): that
+    dtype's checks skip with the reason, float64 runs (and diverges: a finding), and nothing is an error."""
+    path = write_case(train_toml(dtypes='["float32", "float64"]', train='{ lr = 1e308, steps = 5, optimizer = "sgd" }'))
+    code, out = cli(path, "-v")
+    assert "ERROR" not in out and code == 1, out
+    assert out.count("train.lr = 1e+308 is not representable in float32 (its largest is 3.4e+38)") == 3, out
+    assert "FAIL converge [float64 cpu]" in out and "not finite at step 0" in out, out
+
+
+def test_torch_raising_in_the_loop_is_a_failure_of_that_dtype_not_a_crash(write_case, monkeypatch):
+    """Whatever torch raises in the loop under test fails that dtype's three checks with its message; the other
+    dtype still runs and passes."""
+    from diffcheck.training import loops
+
+    run_torch = loops.run_torch
+
+    def refusing(case, data, init, dtype, *args):
+        if dtype == "float32":
+            raise RuntimeError("no kernel for this shape\nmore text")
+        return run_torch(case, data, init, dtype, *args)
+
+    monkeypatch.setattr(loops, "run_torch", refusing)
+    code, out = cli(write_case(train_toml(dtypes='["float32", "float64"]')), "-v")
+    assert code == 1 and "ERROR" not in out, out
+    for kind in ("converge", "trajectory", "reproducible"):
+        assert f"FAIL {kind} [float32 cpu]" in out, out
+    assert "-- the training loop raised RuntimeError: no kernel for this shape\n" in out, out
+    assert "PASS converge [float64 cpu]" in out, out

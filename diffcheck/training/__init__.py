@@ -76,12 +76,44 @@ def check_train_case(case: TrainCase, dtypes, devices, plot_dir=None) -> tuple[l
                        for d in chosen for kind in AGAINST]
             continue
         for dtype in chosen:
-            run = run_torch(case, data, init, dtype, device, steps)
+            why = _unrunnable(case, dtype)
+            if why:
+                checks += [Check(kind, "autograd", AGAINST[kind], dtype=dtype, device=device, status="skip",
+                                 message=why) for kind in AGAINST]
+                continue
+            try:
+                run = run_torch(case, data, init, dtype, device, steps)
+                again = run_torch(case, data, init, dtype, device, steps)
+            except (RuntimeError, NotImplementedError, TypeError, ValueError, OverflowError) as exc:
+                checks += _raised(exc, dtype, device)  # torch refusing the loop is a finding, not a crash
+                continue
             runs[f"autograd {dtype} {device}"] = run
-            again = run_torch(case, data, init, dtype, device, steps)
             checks.append(converge(case, data, run, dtype, device))
             checks.append(trajectory(case, run, reference, dtype, device))
             checks.append(reproducible(run, again, dtype, device))
     if plot_dir is None:
         return checks, []
     return checks, [plot(case, data, dict(reversed(list(runs.items()))), plot_dir)]
+
+
+def _unrunnable(case: TrainCase, dtype: str) -> str | None:
+    """Why the loop cannot run in ``dtype`` as written (a learning rate beyond its range: torch.optim refuses it,
+    and ``lr * grad`` is inf), or None."""
+    from .. import tolerance as tol
+
+    lr = case.model.train.lr
+    if abs(lr) > tol.MAX[dtype]:
+        return f"train.lr = {lr:g} is not representable in {dtype} (its largest is {tol.MAX[dtype]:.3g})"
+    return None
+
+
+def _raised(exc: BaseException, dtype: str, device: str) -> list[Check]:
+    """The dtype's three checks when torch raised in the loop under test: a skip where torch has no kernel for
+    the dtype or device, else a failure with torch's message."""
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    missing = "not implemented for" in first
+    message = f"the training loop raised {type(exc).__name__}: {first}"
+    return [Check(kind, "autograd", AGAINST[kind], dtype=dtype, device=device,
+                  status="skip" if missing else "fail", message=message,
+                  details={"skipped": "missing_kernel"} if missing else {"raised": type(exc).__name__})
+            for kind in AGAINST]
