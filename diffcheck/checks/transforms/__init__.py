@@ -1,7 +1,7 @@
 """Stage ``transforms``: the case's gradients again under what runs them -- ``torch.compile``, ``vmap``, forward
-mode, odd layouts, aliased inputs. Each transform is a module here with ``run(point) -> list[Check]`` whose checks
-have the transform's name as their kind, judged in every dtype and device the run asked for; one that cannot
-apply to a case returns a ``skip`` check with the reason.
+mode, odd layouts, aliased inputs. Each transform is a module here with ``run(point, requested) -> list[Check]``
+(``requested``: every transform of this run) whose checks have the transform's name as their kind, judged in every
+dtype and device the run asked for; one that cannot apply to a case returns a ``skip`` check with the reason.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import importlib
 
 from ...model import Check, Options
 from ..point import Point
-
-REQUESTED: list[str] = []  # the transforms of the case running now (aliasing runs compiled too when compile is one)
 
 
 def requested(case, options: Options) -> list[str]:
@@ -25,7 +23,6 @@ def requested(case, options: Options) -> list[str]:
 
 def transforms(point: Point, names: list[str]) -> list[Check]:
     checks: list[Check] = []
-    REQUESTED[:] = names
-    for name in names:
-        checks += importlib.import_module(f"{__name__}.{name}").run(point)
+    for name in names:  # each is told the others (aliasing runs compiled too when compile is one)
+        checks += importlib.import_module(f"{__name__}.{name}").run(point, names)
     return checks

@@ -33,11 +33,9 @@ def alias_group(case) -> list[str]:
     return next((names for names in by_shape.values() if len(names) > 1), [])
 
 
-def run(point: Point) -> list[Check]:
-    from . import REQUESTED
-
+def run(point: Point, requested: list[str]) -> list[Check]:
     group = alias_group(point.case)
-    modes = [False, True] if "compile" in REQUESTED else [False]
+    modes = [False, True] if "compile" in requested else [False]  # compiled too when compile is requested
     checks = []
     for device, skip in device_skips(point.case.devices, point.devices).items():
         for dtype in point.dtypes:

@@ -49,7 +49,7 @@ class Compiled:
 _CACHE: dict = {}  # "source": the judged function, "compiled": its Compiled (one function at a time)
 
 
-def run(point: Point) -> list[Check]:
+def run(point: Point, requested: list[str]) -> list[Check]:
     checks = []
     for device, skip in device_skips(point.case.devices, point.devices).items():
         for dtype in point.dtypes:

@@ -25,7 +25,7 @@ from .judge import failure, per_device, tensor
 ENTRYWISE = 64  # outputs up to this many entries get J v entry by entry (one reference VJP per entry)
 
 
-def run(point: Point) -> list[Check]:
+def run(point: Point, requested: list[str]) -> list[Check]:
     return per_device(point, "forward", on_device)
 
 

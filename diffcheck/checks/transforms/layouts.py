@@ -23,7 +23,7 @@ from .judge import failure, judge_grads, judge_value, per_device, reference_at, 
 LAYOUTS = ("transposed", "strided", "expanded", "channels_last", "upstream")
 
 
-def run(point: Point) -> list[Check]:
+def run(point: Point, requested: list[str]) -> list[Check]:
     return per_device(point, "layouts", on_device)
 
 

@@ -28,7 +28,7 @@ from .judge import failure, judge_grads, judge_value, per_device, reference_at, 
 MEMBERS = 3  # points in the batch of inputs (the case's own and two fresh samples)
 
 
-def run(point: Point) -> list[Check]:
+def run(point: Point, requested: list[str]) -> list[Check]:
     return per_device(point, "vmap", on_device)
 
 
