@@ -380,6 +380,8 @@ class Program:
             if not (with_err or kink_u is not None):  # values and derivatives only: no one reads the budget
                 return value, 0.0
             err = sympy_eval.times(op.ulps, np.abs(value))
+            if ins.op == "mul":  # a product by an exact 0 or +-1 (a mask, a sign) rounds nothing in any dtype
+                err = np.where(_exact_unit(vals[0], errs[0]) | _exact_unit(vals[1], errs[1]), 0.0, err)
             if op.formula:
                 err = np.maximum(err, sympy_eval.evaluate(rules.value, {s: (v, 0.0) for s, v in
                                                                          zip(rules.symbols, vals)}, True)[1])
@@ -523,6 +525,12 @@ class Program:
             d_side, _ = sympy_eval.evaluate(gexpr, env, with_err=False)
             out.append((np.where(fwd.kinks[i], np.broadcast_to(d_side, ins.shape), d), de))
         return out
+
+
+def _exact_unit(value, err) -> np.ndarray:
+    """The entries that are exactly 0, 1 or -1 and carry no rounding error."""
+    value = np.asarray(value)
+    return (np.asarray(err) == 0) & ((value == 0) | (np.abs(value) == 1))
 
 
 def _shaped(x, shape):
