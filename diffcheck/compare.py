@@ -123,14 +123,19 @@ def margins(got, ref, allowed, lo=None, hi=None):
 
 
 def worst_margin(got, ref, allowed, lo=None, hi=None) -> float:
-    """The largest error / allowed over the entries, without the report's detail (to rank cotangents). An entry
-    that cannot be judged (allowed or reference not finite) ranks above any pass, below any fail."""
+    """The largest error / allowed over the entries, without the report's detail (to rank cotangents)."""
     got, ref = np.asarray(got, dtype=float), np.asarray(ref, dtype=float)
     if got.shape != ref.shape:
         return float("inf")
+    return float(np.max(ranks(got, ref, allowed, lo, hi), initial=0.0))
+
+
+def ranks(got: np.ndarray, ref: np.ndarray, allowed, lo=None, hi=None) -> np.ndarray:
+    """Each entry's error / allowed for ranking: an entry that cannot be judged (allowed or reference not finite)
+    ranks 1, above any pass, below any fail."""
     _, margin, _ = margins(got, ref, allowed, lo, hi)
     unjudged = np.isfinite(got) & ~(np.isfinite(allowed) & np.isfinite(ref))
-    return float(np.max(np.where(unjudged, 1.0, margin), initial=0.0))
+    return np.where(unjudged, 1.0, margin)
 
 
 MAP_SIDE = 128  # a failing check's margin map keeps every entry up to 128 x 128, then the max over blocks

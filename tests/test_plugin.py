@@ -131,22 +131,29 @@ def test_plugin_under_xdist_gives_the_same_items_and_errors(pytester):
 
 COUNTING_CONFTEST = '''
 import diffcheck.engines.symbolic as symbolic
+import diffcheck.training.loops as loops
 
-calls = []
-forward = symbolic.Program.forward
+calls = {"reference_passes": 0, "reference_loops": 0}
+forward, run_reference = symbolic.Program.forward, loops.run_reference
 
 
-def counted(self, point, *args, **kwargs):
+def counted_forward(self, point, *args, **kwargs):
     if kwargs.get("with_err", True):  # the reference's own pass, with its rounding budget
-        calls.append(1)
+        calls["reference_passes"] += 1
     return forward(self, point, *args, **kwargs)
 
 
-symbolic.Program.forward = counted
+def counted_loop(*args, **kwargs):  # the float64 symbolic-gradient loop of a training case
+    calls["reference_loops"] += 1
+    return run_reference(*args, **kwargs)
+
+
+symbolic.Program.forward, loops.run_reference = counted_forward, counted_loop
 
 
 def pytest_sessionfinish(session):
-    (session.config.rootpath / "reference_passes.txt").write_text(str(len(calls)))
+    for name, count in calls.items():
+        (session.config.rootpath / f"{name}.txt").write_text(str(count))
 '''
 
 
@@ -163,24 +170,6 @@ def test_the_items_of_one_case_share_its_reference_in_a_process(pytester):
     assert (pytester.path / "reference_passes.txt").read_text() == "2"  # one per case, not one per item
 
 
-TRAIN_COUNTING_CONFTEST = '''
-import diffcheck.training.loops as loops
-
-calls = []
-run_reference = loops.run_reference
-
-
-def counted(*args, **kwargs):
-    calls.append(1)
-    return run_reference(*args, **kwargs)
-
-
-loops.run_reference = counted
-
-
-def pytest_sessionfinish(session):
-    (session.config.rootpath / "reference_loops.txt").write_text(str(len(calls)))
-'''
 TRAIN = '''
 kind = "train"
 name = "line"
@@ -196,7 +185,7 @@ devices = ["cpu"]
 def test_the_items_of_one_training_case_share_its_reference_loop_in_a_process(pytester):
     """A training case's dtype items run the float64 symbolic-gradient loop once per process, not once per item;
     a wrong expectation still fails each item."""
-    pytester.makeconftest(TRAIN_COUNTING_CONFTEST)
+    pytester.makeconftest(COUNTING_CONFTEST)
     pytester.makefile(".toml", line=TRAIN, wrong=TRAIN.replace('"line"', '"wrong"').replace("bias = 1.0", "bias = 1.5"))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist")
     _no_internal_error(result)

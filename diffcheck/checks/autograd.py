@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import tolerance as tol
-from ..compare import compare, worst_margin
-from ..compare import margins as margins_of
+from ..compare import compare, ranks, worst_margin
 from ..devices import device_skips
 from ..expr.ir import Call, Const, walk
 from ..model import Check
@@ -158,10 +157,8 @@ def stacked_margins(vjps, grads, name, dtype, override) -> list[float] | None:
     refs = [g[name] for g in grads]
     got, ref = stack(gots), stack([r.value for r in refs])
     allowed = tol.derived(stack([r.err for r in refs]), ref, dtype, override).allowed
-    _, margin, _ = margins_of(got, ref, allowed, stack([r.lo for r in refs]), stack([r.hi for r in refs]))
-    unjudged = np.isfinite(got) & ~(np.isfinite(allowed) & np.isfinite(ref))
-    ranked = np.where(unjudged, 1.0, margin).reshape(len(gots), -1)
-    return [float(m) for m in np.max(ranked, axis=1, initial=0.0)]
+    ranked = ranks(got, ref, allowed, stack([r.lo for r in refs]), stack([r.hi for r in refs]))
+    return [float(m) for m in np.max(ranked.reshape(len(gots), -1), axis=1, initial=0.0)]
 
 
 def add_fd_column(point: Point, check: Check, grads, ci: int, name: str) -> None:

@@ -213,8 +213,8 @@ def build_point(case: Case, options, seed: int, fn, dtypes: list[str]) -> Point:
     return point
 
 
-_POINTS: dict = {}  # id(case) -> (case, seed, the fields a Point at that seed shares): the latest case only, so
-_POINTS_KEPT = 1  # a large case's reference is not kept alive past the next case
+_LATEST: list = []  # [case, seed, the fields a Point at that seed shares]: the latest case only, so a large
+# case's reference is not kept alive past the next case
 
 
 def _shared(case: Case, seed: int) -> dict | None:
@@ -222,16 +222,13 @@ def _shared(case: Case, seed: int) -> dict | None:
     their reference and rounding caches: what another dtype's pytest item would otherwise compute again. Keyed
     by identity (a case is never changed once built); none of these depends on the run's dtypes, devices or
     impl."""
-    hit = _POINTS.get(id(case))
-    return hit[2] if hit is not None and hit[0] is case and hit[1] == seed else None
+    return _LATEST[2] if _LATEST and _LATEST[0] is case and _LATEST[1] == seed else None
 
 
 def _remember(point: Point) -> None:
-    if len(_POINTS) >= _POINTS_KEPT:
-        _POINTS.pop(next(iter(_POINTS)))
-    _POINTS[id(point.case)] = (point.case, point.seed, {
-        "base": point.base, "program": point.program, "cotangents": point.cotangents, "refs": point.refs,
-        "rounded": point.rounded})
+    _LATEST[:] = [point.case, point.seed, {"base": point.base, "program": point.program,
+                                           "cotangents": point.cotangents, "refs": point.refs,
+                                           "rounded": point.rounded}]
 
 
 def surrogate_programs(case: Case) -> dict:

@@ -110,8 +110,10 @@ def _unrunnable(case: TrainCase, dtype: str) -> str | None:
 def _raised(exc: BaseException, dtype: str, device: str) -> list[Check]:
     """The dtype's three checks when torch raised in the loop under test: a skip where torch has no kernel for
     the dtype or device, else a failure with torch's message."""
+    from ..checks.probes import missing_kernel  # the one place torch's text is read
+
+    missing = missing_kernel(exc)
     first = (str(exc).strip().splitlines() or [""])[0][:200]
-    missing = "not implemented for" in first
     message = f"the training loop raised {type(exc).__name__}: {first}"
     return [Check(kind, "autograd", AGAINST[kind], dtype=dtype, device=device,
                   status="skip" if missing else "fail", message=message,
