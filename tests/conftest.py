@@ -73,3 +73,12 @@ def tf32_recording_mse(seen: list):
 def mse_vars(n: int, k: int, m: int) -> dict:
     return {"x": {"shape": [n, k], "requires_grad": False}, "w": {"shape": [k, m]}, "b": {"shape": [m]},
             "y": {"shape": [n, m], "requires_grad": False}}
+
+
+def corpus(path: Path) -> tuple[list, list]:
+    """The bugs (``bug_*``) and their correct twins (``ok_*``) of a wrong-on-purpose corpus file."""
+    from diffcheck.casefile import Case
+    from diffcheck.runner import load
+
+    cases = [c for c in load([path]) if isinstance(c, Case)]
+    return [c for c in cases if c.name.startswith("bug_")], [c for c in cases if c.name.startswith("ok_")]

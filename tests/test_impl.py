@@ -3,17 +3,15 @@ float32; a wrong forward is blamed on the forward; bad impl names are clear erro
 
 import pytest
 
-from diffcheck.casefile import Case, load_data
-from diffcheck.runner import Options, load, run_case
+from diffcheck.casefile import load_data
+from diffcheck.runner import Options, run_case
 
-from .conftest import ROOT
+from .conftest import ROOT, corpus
 
 pytest_plugins = ["pytester"]
 
 CORPUS = ROOT / "benchmarks" / "bug_corpus" / "cases.toml"
-CASES = [c for c in load([CORPUS]) if isinstance(c, Case)]
-BUGS = [c for c in CASES if c.name.startswith("bug_")]
-TWINS = [c for c in CASES if c.name.startswith("ok_")]
+BUGS, TWINS = corpus(CORPUS)
 
 
 def test_corpus_is_large_enough():

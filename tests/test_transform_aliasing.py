@@ -8,18 +8,15 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from diffcheck.casefile import Case
 from diffcheck.cli import main
-from diffcheck.runner import Options, load, run_case
+from diffcheck.runner import Options, run_case
 
-from .conftest import ROOT
+from .conftest import ROOT, corpus
 
 pytest_plugins = ["pytester"]
 
 CORPUS = ROOT / "benchmarks" / "transform_corpus" / "aliasing.toml"
-CASES = {c.name: c for c in load([CORPUS]) if isinstance(c, Case)}
-BUGS = [c for n, c in CASES.items() if n.startswith("bug_")]
-TWINS = [c for n, c in CASES.items() if n.startswith("ok_")]
+BUGS, TWINS = corpus(CORPUS)
 BOTH = Options(devices=("cpu",), dtypes=("float64", "float32"))
 
 

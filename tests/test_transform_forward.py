@@ -5,21 +5,19 @@ mode is skipped with torch's reason; a 1e-3 relative error in one entry of J v f
 import pytest
 from click.testing import CliRunner
 
-from diffcheck.casefile import Case, load_data
+from diffcheck.casefile import load_data
 from diffcheck.cli import main
-from diffcheck.runner import Options, load, run_case
+from diffcheck.runner import Options, run_case
 
-from .conftest import ROOT
+from .conftest import ROOT, corpus
 
 CORPUS = ROOT / "benchmarks" / "transform_corpus" / "forward.toml"
-CASES = [c for c in load([CORPUS]) if isinstance(c, Case)]
-BUGS = [c for c in CASES if c.name.startswith("bug_")]
-TWINS = [c for c in CASES if c.name.startswith("ok_")]
+BUGS, TWINS = corpus(CORPUS)
 
 
 def test_the_corpus_has_bugs_and_twins():
     assert len(BUGS) >= 2 and len(TWINS) >= len(BUGS)
-    assert all(c.transforms == ("forward",) for c in CASES)
+    assert all(c.transforms == ("forward",) for c in BUGS + TWINS)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

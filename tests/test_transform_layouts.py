@@ -5,23 +5,21 @@ caught and the message names the layout; every twin passes; layouts that cannot 
 import pytest
 from click.testing import CliRunner
 
-from diffcheck.casefile import Case, load_data
+from diffcheck.casefile import load_data
 from diffcheck.cli import main
 from diffcheck.runner import Options, load, run_case
 
-from .conftest import ROOT
+from .conftest import ROOT, corpus
 
 CORPUS = ROOT / "benchmarks" / "transform_corpus" / "layouts.toml"
-CASES = [c for c in load([CORPUS]) if isinstance(c, Case)]
-BUGS = [c for c in CASES if c.name.startswith("bug_")]
-TWINS = [c for c in CASES if c.name.startswith("ok_")]
+BUGS, TWINS = corpus(CORPUS)
 CAUGHT_BY = {"bug_layouts_contiguous_input": {"transposed", "strided", "expanded"},
              "bug_layouts_contiguous_grad": {"upstream"}}
 
 
 def test_the_corpus_has_bugs_and_twins():
     assert len(BUGS) >= 2 and len(TWINS) >= len(BUGS) and {c.name for c in BUGS} == set(CAUGHT_BY)
-    assert all(c.transforms == ("layouts",) for c in CASES)
+    assert all(c.transforms == ("layouts",) for c in BUGS + TWINS)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -7,23 +7,21 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from diffcheck.casefile import Case, load_data
+from diffcheck.casefile import load_data
 from diffcheck.cli import main
 from diffcheck.runner import Options, load, run_case
 
-from .conftest import ROOT
+from .conftest import ROOT, corpus
 
 pytest_plugins = ["pytester"]
 
 CORPUS = ROOT / "benchmarks" / "transform_corpus" / "vmap.toml"
-CASES = [c for c in load([CORPUS]) if isinstance(c, Case)]
-BUGS = [c for c in CASES if c.name.startswith("bug_")]
-TWINS = [c for c in CASES if c.name.startswith("ok_")]
+BUGS, TWINS = corpus(CORPUS)
 
 
 def test_the_corpus_has_bugs_and_twins():
     assert len(BUGS) >= 2 and len(TWINS) >= len(BUGS)
-    assert all(c.transforms == ("vmap",) for c in CASES)
+    assert all(c.transforms == ("vmap",) for c in BUGS + TWINS)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
