@@ -158,6 +158,9 @@ def run_case(case: Case | TrainCase, options: Options | None = None) -> CaseResu
 
     run, imports = next(kind for t, kind in KINDS.items() if isinstance(case, t))
     imports()
+    from .engines.impl import restore_state, torch_state
+
+    state = torch_state()
     try:
         with time_limit(options.timeout) as enforced:
             result.checks, result.artifacts, result.formula = run(case, options, seed)
@@ -175,10 +178,23 @@ def run_case(case: Case | TrainCase, options: Options | None = None) -> CaseResu
                                    status="fail", message=f"timed out after {exc.seconds:g} s ({during}); "
                                    "raise --timeout, or 0 for none",
                                    details={"impl_failure": {"what": "timeout", "phase": exc.during}}))
+    changed = restore_state(state)  # whatever the case left changed never reaches the next case
+    if changed and isinstance(case, Case) and (case.impl or case.reference) and result.status == "pass":
+        result.checks.append(_state_check(changed))
     result.seconds = time.perf_counter() - start
     if result.status == "pass":
         _verdict(result)
     return _with_report(result)
+
+
+def _state_check(changed: str) -> Check:
+    """A failing check for the torch settings the user's code changed outside its forward calls (importing its
+    module, constructing it, its backward), which the guard of each forward call cannot see."""
+    from .engines.impl import state_failure
+
+    failure = state_failure(changed, "while the case ran: importing, constructing or in backward")
+    return Check("state", "impl", "torch's global state before the case", status="fail", message=failure.message,
+                 details={"impl_failure": failure.details})
 
 
 def _verdict(result: CaseResult) -> None:

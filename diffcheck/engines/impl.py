@@ -270,6 +270,65 @@ class ImplFailure(Exception):
                    "raised", phase_name, exc)
 
 
+def _settings():
+    """torch's process-wide settings that user code can change and every later computation depends on: (what it
+    is, how to read it, how to set it, how to say its value). Restored in this order (the matmul precision sets
+    the TF32 flags too, so it goes before them)."""
+    import torch
+
+    def anomaly(on_and_nan):
+        torch.autograd.set_detect_anomaly(*on_and_nan)
+
+    def deterministic(on_and_warn):
+        torch.use_deterministic_algorithms(on_and_warn[0], warn_only=on_and_warn[1])
+
+    def tf32(flag):
+        return lambda value: setattr(flag[0], flag[1], value)
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    return (
+        ("grad mode", torch.is_grad_enabled, torch.set_grad_enabled,
+         lambda on: "on" if on else "off (torch.set_grad_enabled(False) never undone; use `with torch.no_grad():`)"),
+        ("the default dtype", torch.get_default_dtype, torch.set_default_dtype,
+         lambda d: f"{str(d).removeprefix('torch.')} (torch.set_default_dtype)"),
+        ("the default device", torch.get_default_device, torch.set_default_device,
+         lambda d: f"{d} (torch.set_default_device)"),
+        ("anomaly detection", lambda: (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()), anomaly,
+         lambda v: "on (torch.autograd.set_detect_anomaly)" if v[0] else "off"),
+        ("deterministic algorithms", lambda: (torch.are_deterministic_algorithms_enabled(),
+                                              torch.is_deterministic_algorithms_warn_only_enabled()), deterministic,
+         lambda v: "on (torch.use_deterministic_algorithms)" if v[0] else "off"),
+        ("the float32 matmul precision", torch.get_float32_matmul_precision, torch.set_float32_matmul_precision,
+         lambda v: f"{v!r} (torch.set_float32_matmul_precision)"),
+        ("TF32 matmuls", lambda: matmul.allow_tf32, tf32((matmul, "allow_tf32")),
+         lambda on: "allowed (torch.backends.cuda.matmul.allow_tf32)" if on else "not allowed"),
+        ("TF32 convolutions", lambda: cudnn.allow_tf32, tf32((cudnn, "allow_tf32")),
+         lambda on: "allowed (torch.backends.cudnn.allow_tf32)" if on else "not allowed"),
+    )
+
+
+def torch_state() -> tuple:
+    """The values of torch's process-wide settings (``_settings``), to compare and restore around user code."""
+    return tuple(get() for _, get, _, _ in _settings())
+
+
+def restore_state(before: tuple) -> str:
+    """Put back the settings ``before`` holds; say what user code had changed ("" when nothing): a setting left
+    changed would change every later case in the process (a grad mode left off fails every gradient after it)."""
+    changed = []
+    for (what, get, put, say), old in zip(_settings(), before, strict=True):
+        new = get()
+        if new != old:
+            changed.append(f"{what}: {say(new)}, was {say(old).split(' (')[0]}")
+            put(old)
+    return "; ".join(changed)
+
+
+def state_failure(changed: str, phase_name: str) -> ImplFailure:
+    return ImplFailure(f"the impl left torch's global state changed ({phase_name}): {changed} -- diffcheck put it "
+                       "back, so that later cases are unaffected", "state", phase_name)
+
+
 def guard(fn: Callable, out_shape, outputs=()) -> Callable:
     """``fn`` whose every failure is an ImplFailure: anything it raises, a non-tensor, a wrong shape. With several
     ``outputs`` (outputs.Output) the result is a tuple or dict, checked and flattened into the one flat output;
@@ -281,13 +340,18 @@ def guard(fn: Callable, out_shape, outputs=()) -> Callable:
         return _guard_outputs(fn, outputs)
 
     def call(**tensors):
+        before = torch_state()
         try:
             with phase("the impl's forward"):
                 out = fn(**tensors)
         except (KeyboardInterrupt, Timeout):
             raise
         except BaseException as exc:  # user code: every exception is a finding, SystemExit included
+            restore_state(before)
             raise ImplFailure.of(exc, "forward") from None
+        changed = restore_state(before)
+        if changed:
+            raise state_failure(changed, "in forward")
         if not isinstance(out, torch.Tensor):
             hint = " (several outputs: write expr as a tuple, '(a, b)')" if isinstance(out, tuple | list | dict) else ""
             raise ImplFailure(f"the impl returned {clean(type(out).__name__)}, not a tensor{hint}", "returned",
@@ -305,13 +369,18 @@ def _guard_outputs(fn: Callable, outputs) -> Callable:
     from ..outputs import Mismatch, concatenate, flatten_result
 
     def parts(**tensors):
+        before = torch_state()
         try:
             with phase("the impl's forward"):
                 out = fn(**tensors)
         except (KeyboardInterrupt, Timeout):
             raise
         except BaseException as exc:  # user code: every exception is a finding, SystemExit included
+            restore_state(before)
             raise ImplFailure.of(exc, "forward") from None
+        changed = restore_state(before)
+        if changed:
+            raise state_failure(changed, "in forward")
         try:
             return flatten_result(out, outputs, clean)
         except Mismatch as exc:
