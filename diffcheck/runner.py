@@ -208,6 +208,12 @@ def _verdict(result: CaseResult) -> None:
     elif all(s == "skip" for s in statuses):
         result.status = "skip"
         result.message = result.checks[0].message
+    elif all(c.kind == "semantic" for c in result.checks if c.status in ("pass", "warn")):
+        # only metadata was checked (gradients' dtype, shape, a zero upstream): no value or gradient was judged
+        # against anything, so it is not a pass
+        why = next((c for c in result.checks if c.status == "skip" and not not_requested(c)), result.checks[0])
+        result.status = "skip"
+        result.message = f"no value or gradient could be judged ({why.label}: {why.message})"
     elif unjudged is not None:  # the known answer the case asked about was never judged: not a pass
         result.status = "skip"
         result.message = f"the known answer in 'expect' cannot be judged ({unjudged.label}: {unjudged.message})"
