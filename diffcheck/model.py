@@ -50,7 +50,7 @@ class Kind(_Word):
     LAYOUTS = "layouts"  # non-contiguous, expanded and channels-last inputs, non-contiguous upstream gradients
     ALIASING = "aliasing"  # two vars passed the very same tensor
     TIMEOUT = "timeout"
-    STATE = "state"  # torch's global settings (grad mode, default dtype, ...) as the user's code left them
+    STATE = "state"  # global settings (torch's grad mode, default dtype, ...; the cwd) as the user's code left them
     CONVERGE = "converge"  # training cases
     TRAJECTORY = "trajectory"
     REPRODUCIBLE = "reproducible"

@@ -158,9 +158,9 @@ def run_case(case: Case | TrainCase, options: Options | None = None) -> CaseResu
 
     run, imports = next(kind for t, kind in KINDS.items() if isinstance(case, t))
     imports()
-    from .engines.impl import restore_state, torch_state
+    from .engines.impl import global_state, restore_state
 
-    state = torch_state()
+    state = global_state()
     try:
         with time_limit(options.timeout) as enforced:
             result.checks, result.artifacts, result.formula = run(case, options, seed)
@@ -188,12 +188,12 @@ def run_case(case: Case | TrainCase, options: Options | None = None) -> CaseResu
 
 
 def _state_check(changed: str) -> Check:
-    """A failing check for the torch settings the user's code changed outside its forward calls (importing its
+    """A failing check for the settings the user's code changed outside its forward calls (importing its
     module, constructing it, its backward), which the guard of each forward call cannot see."""
     from .engines.impl import state_failure
 
     failure = state_failure(changed, "while the case ran: importing, constructing or in backward")
-    return Check("state", "impl", "torch's global state before the case", status="fail", message=failure.message,
+    return Check("state", "impl", "the global state before the case", status="fail", message=failure.message,
                  details={"impl_failure": failure.details})
 
 

@@ -1,5 +1,5 @@
-"""User code that leaves torch's global settings changed (grad mode off, another default dtype, anomaly detection,
-deterministic algorithms, the float32 matmul precision) fails its own case with what it changed, and never reaches
+"""User code that leaves global settings changed (torch's grad mode off, another default dtype, anomaly detection,
+deterministic algorithms, the float32 matmul precision; the working directory) fails its own case with what it changed, and never reaches
 the cases run after it in the same process; code that changes them only for a while (a with-block) passes."""
 
 import pytest
@@ -21,6 +21,7 @@ LEAKS = {
                     "        return x * 2\n    @staticmethod\n    def backward(ctx, g):\n"
                     "        torch.set_default_dtype(torch.float64)\n        return g * 2\nf = F\n",
                     "the default dtype: float64"),
+    "chdir": ("import os\ndef f(x):\n    os.chdir('/')\n    return x * 2\n", "the working directory: '/'"),
     "at_import": ("torch.set_default_dtype(torch.float64)\ndef f(x):\n    return x * 2\n",
                   "while the case ran: importing"),
 }
@@ -48,18 +49,20 @@ def run(tmp_path, source: str):
 
 @pytest.mark.parametrize("name", LEAKS)
 def test_a_leaked_setting_fails_its_case_and_no_later_case(tmp_path, name):
+    import os
+
     import torch
 
     source, said = LEAKS[name]
-    before = torch.is_grad_enabled(), torch.get_default_dtype(), torch.is_anomaly_enabled()
+    before = torch.is_grad_enabled(), torch.get_default_dtype(), torch.is_anomaly_enabled(), os.getcwd()
     result = run(tmp_path, source)
     assert result.exit_code == 1, result.output
     mine = next(line for line in result.output.splitlines() if line.startswith("FAIL  ") and "::mine" in line)
-    assert "left torch's global state changed" in mine and said in mine, mine
+    assert "left global state changed" in mine and said in mine, mine
     for follower in ("good_impl_after", "expression_after"):
         line = next(x for x in result.output.splitlines() if f"::{follower}" in x)
         assert line.startswith("PASS  "), result.output
-    assert (torch.is_grad_enabled(), torch.get_default_dtype(), torch.is_anomaly_enabled()) == before
+    assert (torch.is_grad_enabled(), torch.get_default_dtype(), torch.is_anomaly_enabled(), os.getcwd()) == before
     assert not torch.are_deterministic_algorithms_enabled()
     assert torch.get_float32_matmul_precision() == "highest"
 

@@ -271,9 +271,12 @@ class ImplFailure(Exception):
 
 
 def _settings():
-    """torch's process-wide settings that user code can change and every later computation depends on: (what it
-    is, how to read it, how to set it, how to say its value). Restored in this order (the matmul precision sets
-    the TF32 flags too, so it goes before them)."""
+    """The process-wide settings that user code can change and every later computation depends on -- torch's, and
+    the working directory (relative case, impl and report paths) -- as (what it is, how to read it, how to set
+    it, how to say its value). Restored in this order (the matmul precision sets the TF32 flags too, so it goes
+    before them)."""
+    import os
+
     import torch
 
     def anomaly(on_and_nan):
@@ -304,11 +307,21 @@ def _settings():
          lambda on: "allowed (torch.backends.cuda.matmul.allow_tf32)" if on else "not allowed"),
         ("TF32 convolutions", lambda: cudnn.allow_tf32, tf32((cudnn, "allow_tf32")),
          lambda on: "allowed (torch.backends.cudnn.allow_tf32)" if on else "not allowed"),
+        ("the working directory", _cwd, os.chdir, lambda d: f"{clean(repr(d))} (os.chdir)"),
     )
 
 
-def torch_state() -> tuple:
-    """The values of torch's process-wide settings (``_settings``), to compare and restore around user code."""
+def _cwd() -> str | None:
+    import os
+
+    try:
+        return os.getcwd()
+    except OSError:  # removed under the process: nothing to go back from
+        return None
+
+
+def global_state() -> tuple:
+    """The values of the process-wide settings (``_settings``), to compare and restore around user code."""
     return tuple(get() for _, get, _, _ in _settings())
 
 
@@ -318,14 +331,14 @@ def restore_state(before: tuple) -> str:
     changed = []
     for (what, get, put, say), old in zip(_settings(), before, strict=True):
         new = get()
-        if new != old:
+        if new != old and old is not None:
             changed.append(f"{what}: {say(new)}, was {say(old).split(' (')[0]}")
             put(old)
     return "; ".join(changed)
 
 
 def state_failure(changed: str, phase_name: str) -> ImplFailure:
-    return ImplFailure(f"the impl left torch's global state changed ({phase_name}): {changed} -- diffcheck put it "
+    return ImplFailure(f"the impl left global state changed ({phase_name}): {changed} -- diffcheck put it "
                        "back, so that later cases are unaffected", "state", phase_name)
 
 
@@ -340,7 +353,7 @@ def guard(fn: Callable, out_shape, outputs=()) -> Callable:
         return _guard_outputs(fn, outputs)
 
     def call(**tensors):
-        before = torch_state()
+        before = global_state()
         try:
             with phase("the impl's forward"):
                 out = fn(**tensors)
@@ -369,7 +382,7 @@ def _guard_outputs(fn: Callable, outputs) -> Callable:
     from ..outputs import Mismatch, concatenate, flatten_result
 
     def parts(**tensors):
-        before = torch_state()
+        before = global_state()
         try:
             with phase("the impl's forward"):
                 out = fn(**tensors)
