@@ -1,6 +1,7 @@
-"""User code that leaves global settings changed (torch's grad mode off, another default dtype, anomaly detection,
-deterministic algorithms, the float32 matmul precision; the working directory) fails its own case with what it changed, and never reaches
-the cases run after it in the same process; code that changes them only for a while (a with-block) passes."""
+"""User code that leaves global settings changed (torch's grad mode off, another default dtype, anomaly
+detection, deterministic algorithms, the float32 matmul precision; the working directory) fails its own case with
+what it changed, and never reaches the cases run after it in the same process; code that changes them only for a
+while (a with-block) passes."""
 
 import pytest
 from click.testing import CliRunner
