@@ -151,7 +151,8 @@ def test_a_case_with_no_checks_is_not_a_pass():
 
 def test_a_case_whose_only_passing_checks_are_metadata_is_a_skip_not_a_pass(write_case):
     """x**400 overflows float64 at this point (x in [5, 6]): every value and gradient check skips, only the
-    semantic check (the gradients' dtype and shape, a zero upstream) passes -- nothing was judged, so the case says so."""
+    semantic check (the gradients' dtype and shape, a zero upstream) passes -- nothing
+    was judged, so the case says so."""
     result = run_cli(write_case('[[case]]\nname = "overflows"\nexpr = "sum(x**400)"\n'
                                 'seed = 1635667730\nvars.x = { shape = [2], domain = [5.0, 6.0] }\n'
                                 '[[case]]\nname = "fits"\nexpr = "sum(x**40)"\n'
