@@ -171,3 +171,11 @@ def test_the_api_takes_outputs_rng_and_transforms():
     assert diffcheck.check(None, wide, impl=dropout, rng="replay").ok
     with pytest.raises(diffcheck.CaseError, match="rng"):
         diffcheck.check(None, x, impl=dropout, rng="again")
+
+
+@pytest.mark.parametrize("returned, name", [(None, "NoneType"), ({"s": 1}, "dict"), (3, "int")])
+def test_a_function_returning_no_tensor_is_said_plainly(returned, name):
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(diffcheck.GradcheckError) as error:
+        diffcheck.gradcheck(lambda a: returned, (x,))
+    assert error.value.result.message == f"the impl returned {name}, not a tensor"  # not "raised TypeError: ..."

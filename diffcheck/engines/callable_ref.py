@@ -71,8 +71,11 @@ class CallableProgram:
             tensors = {n: input_tensor(v, dtype, "cpu", grad and n in self.grad_vars, self.var_dtypes.get(n))
                        for n, v in inputs.items()}
             out = self.fn(**tensors)
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"the {self.who} returned {type(out).__name__}, not a tensor")
+            if not isinstance(out, torch.Tensor):  # said like the guard's (for a reference as "the reference")
+                from .impl import ImplFailure, clean
+
+                raise ImplFailure(f"the impl returned {clean(type(out).__name__)}, not a tensor", "returned",
+                                  "forward")
             vjps = []
             leaves = [tensors[n] for n in self.grad_vars]
             for c in cotangents:
