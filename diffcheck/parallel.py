@@ -70,6 +70,18 @@ def _crashed(item, exc: BaseException) -> CaseResult:
 
 
 def _init(threads: int) -> None:
+    """A worker's start: torch's threads, and the modules every case uses imported before the garbage collector is
+    told to leave them alone (``gc.freeze``): they live as long as the worker, and each full collection of a run
+    -- and the one at the worker's exit, which took longer than many cases -- walked their million objects."""
+    import atexit
+    import gc
+
     import torch
 
+    from .runner import KINDS
+
     torch.set_num_threads(threads)
+    for _, imports in KINDS.values():
+        imports()
+    gc.freeze()
+    atexit.register(gc.freeze)  # what the cases built (caches, torch's compiled kernels) too, once they are done

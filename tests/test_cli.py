@@ -122,6 +122,41 @@ def test_devices_excluded_by_the_device_option_are_reported_as_skipped(write_cas
     assert "SKIP grad [float32 cuda]: autograd vs symbolic -- cuda not requested (--device cpu)" in out
 
 
+FREEZE_RECORDING_IMPL = """
+import gc
+from pathlib import Path
+
+import torch
+
+
+def double(x):  # a correct impl of 2*x that notes how many objects its process has frozen
+    with open(Path(__file__).with_name("frozen.txt"), "a") as f:
+        f.write(f"{gc.get_freeze_count()}\\n")
+    return 2 * x
+"""
+
+
+def test_workers_leave_their_imported_modules_to_the_garbage_collector_and_report_the_same(tmp_path):
+    """A -j worker freezes (gc.freeze) what it imported before its first case -- torch, sympy, diffcheck's engines,
+    live until it exits -- so that no collection of the run, nor the one at its exit (1.6-1.9 s after a share of
+    the corpus), walks them again; the cases' reports are those of -j 1, which runs in this process and freezes
+    nothing."""
+    (tmp_path / "mine.py").write_text(FREEZE_RECORDING_IMPL)
+    (tmp_path / "cases.toml").write_text("".join(
+        f'[[case]]\nname = "c{i}"\nexpr = "2*x"\nimpl = "mine:double"\nvars.x = {{ shape = [3] }}\n'
+        f'devices = ["cpu"]\n' for i in range(4)))
+    reports = {}
+    for jobs in ("1", "2"):
+        code, out = run(tmp_path / "cases.toml", "-j", jobs, "--json", tmp_path / f"j{jobs}.json")
+        assert code == 0 and "4 passed" in out, out
+        frozen = [int(n) for n in (tmp_path / "frozen.txt").read_text().split()]
+        (tmp_path / "frozen.txt").unlink()
+        assert frozen and (all(n > 10000 for n in frozen) if jobs == "2" else set(frozen) == {0}), (jobs, frozen)
+        reports[jobs] = [{k: v for k, v in case.items() if k != "seconds"}
+                         for case in json.loads((tmp_path / f"j{jobs}.json").read_text())["cases"]]
+    assert reports["1"] == reports["2"]
+
+
 def test_json_report_with_workers_has_the_environment_and_one_line_per_case(write_case, tmp_path):
     """With -j 2 the environment is found by a worker (this process need not import torch after the run); the
     report is still the environment this machine reports, and each case is one line of it."""
