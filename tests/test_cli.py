@@ -197,3 +197,30 @@ def test_json_report_with_workers_has_the_environment_and_one_line_per_case(writ
     lines = text.splitlines()
     assert lines[0] == '{"cases": [' and [json.loads(line.rstrip(","))["name"] for line in lines[1:3]] == \
         ["good", "good2"]
+
+
+def test_json_report_is_the_same_bytes_when_only_the_cases_with_nan_or_inf_are_cleaned(write_case, tmp_path):
+    """write_json encodes each case as it is and cleans (nan and inf to null) only a case whose encoding met one;
+    walking every case's values in Python took longer than encoding them. The bytes are those of cleaning all."""
+    import numpy as np
+
+    import diffcheck
+    from diffcheck.model import Check, Entry
+    from diffcheck.report import _finite, _jsonable, to_json, write_json
+
+    results = [diffcheck.run_case(case) for case in diffcheck.load(write_case(GOOD))] * 2
+    results[1] = diffcheck.CaseResult("odd", "odd.toml", "fail", "x", checks=[Check(
+        "grad", "autograd", "symbolic", status="fail", max_abs_err=float("inf"),
+        worst=[Entry([0], float("nan"), 1.0, float("inf"), 1e-9, fd=np.float64("-inf"))],
+        details={"trace": [1.0, float("nan"), [np.float64("inf"), 2]], "n": np.int64(3), "ok": np.float32(0.5)})])
+    write_json(tmp_path / "r.json", results, 1.5, env={"python": "3"})
+    data = _finite(to_json(results, 1.5, {"python": "3"}))
+
+    def line(value) -> str:
+        return json.dumps(value, allow_nan=False, default=_jsonable)
+
+    old = ('{"cases": [\n' + ",\n".join(map(line, data.pop("cases"))) + "\n]"
+           + "".join(f",\n{line(key)}: {line(value)}" for key, value in data.items()) + "\n}\n")
+    assert (tmp_path / "r.json").read_text() == old
+    odd = json.loads(old)["cases"][1]
+    assert odd["checks"][0]["worst"][0]["got"] is None and odd["checks"][0]["details"]["trace"][2][0] is None
