@@ -5,6 +5,8 @@ Only click is imported at start-up; torch, sympy and numpy load inside the comma
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import sys
 
 import click
@@ -156,12 +158,26 @@ def _write_reports(json_path, junit_path, results, seconds: float, environment: 
         if not path:
             continue
         try:
-            write(path, results, seconds)
+            with _collector_paused():
+                write(path, results, seconds)
         except OSError as exc:
             click.echo(f"diffcheck: error: {option} {path}: cannot write the report: {exc.strerror or exc}",
                        err=True)
             code = 2
     return code
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """The garbage collector off while a report is built: its dicts and lists hold no cycles, and the collector's
+    full passes over the run's objects were a third of the 1.2 s the corpus's JSON report took."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 _COLOURS = {"PASS": "green", "FAIL": "red", "ERROR": "red", "SKIP": "yellow", "FAILED": "red"}

@@ -140,8 +140,21 @@ def _crashed(item, exc: BaseException) -> CaseResult:
 
 
 def _init(threads: int, marks: str) -> None:
+    """A worker's start: torch's threads, the folder it marks its running case in, and the modules every case uses
+    imported before the garbage collector is told to leave them alone (``gc.freeze``): they live as long as the
+    worker, and each full collection of a run -- and the one at the worker's exit, which took longer than many
+    cases -- walked their million objects."""
     global _MARKS
+    import atexit
+    import gc
+
     import torch
+
+    from .runner import KINDS
 
     torch.set_num_threads(threads)
     _MARKS = marks
+    for _, imports in KINDS.values():
+        imports()
+    gc.freeze()
+    atexit.register(gc.freeze)  # what the cases built (caches, torch's compiled kernels) too, once they are done

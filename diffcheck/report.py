@@ -42,10 +42,13 @@ def to_json(results, seconds: float, env: dict | None = None) -> dict:
 def write_json(path, results, seconds: float, env: dict | None = None) -> None:
     """The report, one line per case: json's C encoder writes no indentation, and an indented report of a large
     run took seconds in the Python one. ``env``: ``environment()`` found already (by a worker)."""
-    data = _finite(to_json(results, seconds, env))
+    data = to_json(results, seconds, env)
 
     def line(value) -> str:
-        return json.dumps(value, allow_nan=False, default=_jsonable)
+        try:
+            return json.dumps(value, allow_nan=False, default=_jsonable)
+        except ValueError:  # a nan or inf in it: copied with them as null (walking every case's values took longer
+            return json.dumps(_finite(value), allow_nan=False, default=_jsonable)  # than the encoding itself)
 
     text = ('{"cases": [\n' + ",\n".join(map(line, data.pop("cases"))) + "\n]"
             + "".join(f",\n{line(key)}: {line(value)}" for key, value in data.items()) + "\n}\n")

@@ -122,6 +122,66 @@ def test_devices_excluded_by_the_device_option_are_reported_as_skipped(write_cas
     assert "SKIP grad [float32 cuda]: autograd vs symbolic -- cuda not requested (--device cpu)" in out
 
 
+FREEZE_RECORDING_IMPL = """
+import gc
+from pathlib import Path
+
+import torch
+
+
+def double(x):  # a correct impl of 2*x that notes how many objects its process has frozen
+    with open(Path(__file__).with_name("frozen.txt"), "a") as f:
+        f.write(f"{gc.get_freeze_count()}\\n")
+    return 2 * x
+"""
+
+
+def test_workers_leave_their_imported_modules_to_the_garbage_collector_and_report_the_same(tmp_path):
+    """A -j worker freezes (gc.freeze) what it imported before its first case -- torch, sympy, diffcheck's engines,
+    live until it exits -- so that no collection of the run, nor the one at its exit (1.6-1.9 s after a share of
+    the corpus), walks them again; the cases' reports are those of -j 1, which runs in this process and freezes
+    nothing."""
+    (tmp_path / "mine.py").write_text(FREEZE_RECORDING_IMPL)
+    (tmp_path / "cases.toml").write_text("".join(
+        f'[[case]]\nname = "c{i}"\nexpr = "2*x"\nimpl = "mine:double"\nvars.x = {{ shape = [3] }}\n'
+        f'devices = ["cpu"]\n' for i in range(4)))
+    reports = {}
+    for jobs in ("1", "2"):
+        code, out = run(tmp_path / "cases.toml", "-j", jobs, "--json", tmp_path / f"j{jobs}.json")
+        assert code == 0 and "4 passed" in out, out
+        frozen = [int(n) for n in (tmp_path / "frozen.txt").read_text().split()]
+        (tmp_path / "frozen.txt").unlink()
+        assert frozen and (all(n > 10000 for n in frozen) if jobs == "2" else set(frozen) == {0}), (jobs, frozen)
+        reports[jobs] = [{k: v for k, v in case.items() if k != "seconds"}
+                         for case in json.loads((tmp_path / f"j{jobs}.json").read_text())["cases"]]
+    assert reports["1"] == reports["2"]
+
+
+def test_reports_are_built_with_the_garbage_collector_paused_and_it_is_back_after(write_case, tmp_path,
+                                                                                   monkeypatch):
+    """The --json and --junit reports are built with the collector off (their dicts and lists hold no cycles; its
+    full passes over the run's objects were a third of the corpus's report time); it is on again afterwards,
+    also when a write fails."""
+    import gc
+
+    import diffcheck.report as report
+
+    seen = []
+    for name in ("write_json", "write_junit"):
+        def recording(path, results, seconds, *, _write=getattr(report, name), **kwargs):
+            seen.append(gc.isenabled())
+            return _write(path, results, seconds, **kwargs)
+
+        monkeypatch.setattr(report, name, recording)
+    path = write_case(GOOD)
+    code, out = run(path, "--device", "cpu", "--json", tmp_path / "r.json", "--junit", tmp_path / "r.xml")
+    assert code == 0 and json.loads((tmp_path / "r.json").read_text())["summary"]["passed"] == 1, out
+    assert seen == [False, False] and gc.isenabled()
+    if sys.platform.startswith("linux"):
+        code, out = run(path, "--device", "cpu", "--json", "/dev/full")
+        assert code == 2 and "cannot write the report" in out and gc.isenabled()
+
+
 def test_json_report_with_workers_has_the_environment_and_one_line_per_case(write_case, tmp_path):
     """With -j 2 the environment is found by a worker (this process need not import torch after the run); the
     report is still the environment this machine reports, and each case is one line of it."""
@@ -137,3 +197,30 @@ def test_json_report_with_workers_has_the_environment_and_one_line_per_case(writ
     lines = text.splitlines()
     assert lines[0] == '{"cases": [' and [json.loads(line.rstrip(","))["name"] for line in lines[1:3]] == \
         ["good", "good2"]
+
+
+def test_json_report_is_the_same_bytes_when_only_the_cases_with_nan_or_inf_are_cleaned(write_case, tmp_path):
+    """write_json encodes each case as it is and cleans (nan and inf to null) only a case whose encoding met one;
+    walking every case's values in Python took longer than encoding them. The bytes are those of cleaning all."""
+    import numpy as np
+
+    import diffcheck
+    from diffcheck.model import Check, Entry
+    from diffcheck.report import _finite, _jsonable, to_json, write_json
+
+    results = [diffcheck.run_case(case) for case in diffcheck.load(write_case(GOOD))] * 2
+    results[1] = diffcheck.CaseResult("odd", "odd.toml", "fail", "x", checks=[Check(
+        "grad", "autograd", "symbolic", status="fail", max_abs_err=float("inf"),
+        worst=[Entry([0], float("nan"), 1.0, float("inf"), 1e-9, fd=np.float64("-inf"))],
+        details={"trace": [1.0, float("nan"), [np.float64("inf"), 2]], "n": np.int64(3), "ok": np.float32(0.5)})])
+    write_json(tmp_path / "r.json", results, 1.5, env={"python": "3"})
+    data = _finite(to_json(results, 1.5, {"python": "3"}))
+
+    def line(value) -> str:
+        return json.dumps(value, allow_nan=False, default=_jsonable)
+
+    old = ('{"cases": [\n' + ",\n".join(map(line, data.pop("cases"))) + "\n]"
+           + "".join(f",\n{line(key)}: {line(value)}" for key, value in data.items()) + "\n}\n")
+    assert (tmp_path / "r.json").read_text() == old
+    odd = json.loads(old)["cases"][1]
+    assert odd["checks"][0]["worst"][0]["got"] is None and odd["checks"][0]["details"]["trace"][2][0] is None

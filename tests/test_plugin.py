@@ -191,3 +191,28 @@ def test_the_items_of_one_training_case_share_its_reference_loop_in_a_process(py
     _no_internal_error(result)
     result.assert_outcomes(passed=2, failed=2)  # float32 and float64 items of each case
     assert (pytester.path / "reference_loops.txt").read_text() == "2"  # one per case, not one per item
+
+
+PHASES_CONFTEST = '''
+def pytest_runtest_logreport(report):
+    with open("phases.txt", "a") as f:
+        f.write(f"{report.nodeid.split('::')[-1]} {report.when} {report.outcome}\\n")
+'''
+
+
+def test_an_item_for_a_missing_device_is_skipped_at_setup_with_no_call_phase(pytester):
+    """Without CUDA, a CUDA item is skipped with the reason before its call phase: pytest runs and reports only
+    its setup and teardown (1717 such items in cases/ on a CPU machine), and the CPU items beside it still run."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: the CUDA item runs instead of being skipped")
+    pytester.makeconftest(PHASES_CONFTEST)
+    pytester.makefile(".toml", seeds=GOOD.replace('devices = ["cpu"]', 'devices = ["cpu", "cuda"]'))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist", "-rs", "-k", "float32")
+    _no_internal_error(result)
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*CUDA is not available*"])
+    phases = (pytester.path / "phases.txt").read_text().splitlines()
+    assert [p for p in phases if "cuda" in p] == ["good[float32-cuda] setup skipped",
+                                                  "good[float32-cuda] teardown passed"]
+    assert "good[float32-cpu] call passed" in phases
