@@ -167,12 +167,16 @@ def test_reports_are_built_with_the_garbage_collector_paused_and_it_is_back_afte
     import diffcheck.report as report
 
     seen = []
-    for name in ("write_json", "write_junit"):
-        def recording(path, results, seconds, *, _write=getattr(report, name), **kwargs):
-            seen.append(gc.isenabled())
-            return _write(path, results, seconds, **kwargs)
 
-        monkeypatch.setattr(report, name, recording)
+    def recorder(write):
+        def recording(path, results, seconds, **kwargs):
+            seen.append(gc.isenabled())
+            return write(path, results, seconds, **kwargs)
+
+        return recording
+
+    for name in ("write_json", "write_junit"):
+        monkeypatch.setattr(report, name, recorder(getattr(report, name)))
     path = write_case(GOOD)
     code, out = run(path, "--device", "cpu", "--json", tmp_path / "r.json", "--junit", tmp_path / "r.xml")
     assert code == 0 and json.loads((tmp_path / "r.json").read_text())["summary"]["passed"] == 1, out
