@@ -16,13 +16,15 @@ WORST = 5
 MATRIX = 64  # failing results up to this many entries carry their full error matrix
 
 
-def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, judge=None, upstream=None) -> Check:
+def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, judge=None, upstream=None,
+            known=None) -> Check:
     """Fill ``check`` from comparing ``got`` to ``ref`` entry by entry under ``tol``.
 
     ``lo``/``hi`` (optional) give, per entry, the hull of one-sided derivatives where the reference sits on a
     kink: there any value inside the hull (within tolerance) is right. ``judge`` (optional mask) leaves out the
     entries the caller has nothing to judge by (not differenced). ``upstream`` (optional) is the cotangent a
-    gradient was computed with, for the diagnosis.
+    gradient was computed with, for the diagnosis. ``known`` (optional): ``_margins`` of these very arrays, where
+    the caller ranked them already (so they are not computed twice).
 
     Never a vacuous pass (``nan > 1`` is False): an entry whose reference or allowed error is not finite cannot be
     judged, so a check with such entries and none failing is a ``skip`` that says why; a non-finite value against
@@ -37,8 +39,8 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
         return check
     allowed = np.asarray(tol.allowed, dtype=float)
     allowed = allowed if allowed.shape == ref.shape else np.broadcast_to(allowed, ref.shape)
-    err, margin, ambiguous = margins(got, ref, allowed, lo, hi)
-    if judge is None and np.isfinite(got).all() and np.isfinite(ref).all() and np.isfinite(allowed).all():
+    err, margin, ambiguous, finite = _margins(got, ref, allowed, lo, hi) if known is None else known
+    if judge is None and finite and _finite(allowed):
         # the usual case: every entry judged, nothing to map (the masks below would all be False, ok all True)
         wrong_value = no_ref = no_tol = np.zeros(ref.shape, bool)
         ok = np.ones(ref.shape, bool)
@@ -56,8 +58,8 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
         rel, err = np.where(ok, rel, 0.0), np.where(ok, err, 0.0)
     bad = ok & (margin > 1.0)
     check.entries = int(ref.size)
-    check.bad = int(bad.sum())
-    check.ambiguous = int(ambiguous.sum())
+    check.bad = int(np.count_nonzero(bad))
+    check.ambiguous = int(np.count_nonzero(ambiguous))
     check.max_abs_err = float(err.max()) if err.size else 0.0
     check.max_rel_err = float(rel.max()) if rel.size else 0.0
     check.margin = float(margin.max()) if margin.size else 0.0
@@ -102,24 +104,40 @@ def margins(got, ref, allowed, lo=None, hi=None):
     """Per entry: the error (|got - ref|, or where the reference sits on a kink, hi > lo, the distance from got to
     the hull [lo, hi]; nan anywhere counts as infinite, equal infinities as 0), error / allowed (nan -> inf), and
     the kink mask. The one definition behind ``compare`` and ``worst_margin``."""
+    return _margins(got, ref, allowed, lo, hi)[:3]
+
+
+def _finite(a) -> bool:
+    """Whether every entry of ``a`` is finite, in one pass: a sum is finite only if every term is (an inf or nan
+    term stays in it), and one that overflows only sends the caller down its general path, which then gives the
+    same numbers."""
+    return bool(np.isfinite(np.add.reduce(a, axis=None)))
+
+
+def _margins(got, ref, allowed, lo=None, hi=None):
+    """``margins`` and whether ``got``, ``ref`` and the error are all finite (the callers' usual case)."""
     got, ref = np.asarray(got, dtype=float), np.asarray(ref, dtype=float)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(got - ref)
     ambiguous = np.zeros(ref.shape, dtype=bool)
+    kinked = False
     if lo is not None and hi is not None:
         ambiguous = np.asarray(hi > lo)
-        if ambiguous.any():  # no kink: the error is |got - ref| as it is
+        kinked = bool(ambiguous.any())
+        if kinked:  # no kink: the error is |got - ref| as it is
             below, above = np.asarray(lo) - got, got - np.asarray(hi)
             err = np.where(ambiguous, np.maximum(np.maximum(below, above), 0.0), err)
-    if np.isfinite(err).all() and np.isfinite(got).all() and np.isfinite(ref).all():  # the usual case: nothing
-        with np.errstate(divide="ignore", invalid="ignore"):  # below would change (no nan, no inf)
+    # |got - ref| is finite only where both are (inf - x is inf, inf - inf and nan are nan): without a kink's
+    # replaced error, the error's finiteness is all three's
+    if _finite(err) and (not kinked or (_finite(got) and _finite(ref))):  # the usual case: nothing below would
+        with np.errstate(divide="ignore", invalid="ignore"):  # change (no nan, no inf)
             margin = np.where(err == 0, 0.0, err / allowed)
-        return err, np.where(np.isnan(margin), np.inf, margin), ambiguous
+        return err, np.where(np.isnan(margin), np.inf, margin), ambiguous, True
     err = np.where(np.isnan(got) | np.isnan(ref) | np.isnan(err), np.inf, err)
     err = np.where(np.isinf(got) & np.isinf(ref) & (got == ref), 0.0, err)
     with np.errstate(divide="ignore", invalid="ignore"):
         margin = np.where(err == 0, 0.0, err / allowed)
-    return err, np.where(np.isnan(margin), np.inf, margin), ambiguous
+    return err, np.where(np.isnan(margin), np.inf, margin), ambiguous, False
 
 
 def worst_margin(got, ref, allowed, lo=None, hi=None) -> float:
@@ -133,7 +151,14 @@ def worst_margin(got, ref, allowed, lo=None, hi=None) -> float:
 def ranks(got: np.ndarray, ref: np.ndarray, allowed, lo=None, hi=None) -> np.ndarray:
     """Each entry's error / allowed for ranking: an entry that cannot be judged (allowed or reference not finite)
     ranks 1, above any pass, below any fail."""
-    _, margin, _ = margins(got, ref, allowed, lo, hi)
+    return _ranked(got, ref, allowed, _margins(got, ref, allowed, lo, hi))
+
+
+def _ranked(got, ref, allowed, known) -> np.ndarray:
+    """``ranks`` from the ``_margins`` of these arrays: where every value is finite, no entry is unjudged."""
+    _, margin, _, finite = known
+    if finite and _finite(allowed):
+        return margin
     unjudged = np.isfinite(got) & ~(np.isfinite(allowed) & np.isfinite(ref))
     return np.where(unjudged, 1.0, margin)
 

@@ -312,7 +312,7 @@ class Program:
                 else:
                     values[i], errs[i] = self._step(i, slot.instr, fwd, kink_u, with_err, derivs)
                 if with_err:  # the reference run: how large do intermediates get (a dtype's range)?
-                    peak = max(peak, float(np.max(np.abs(values[i]), initial=0.0, where=np.isfinite(values[i]))))
+                    peak = max(peak, _finite_peak(values[i]))
         fwd.peak = peak
         return fwd
 
@@ -525,6 +525,14 @@ class Program:
             d_side, _ = sympy_eval.evaluate(gexpr, env, with_err=False)
             out.append((np.where(fwd.kinks[i], np.broadcast_to(d_side, ins.shape), d), de))
         return out
+
+
+def _finite_peak(value) -> float:
+    """The largest finite magnitude in ``value`` (0 for none): one plain max where every entry is finite (the max
+    is then finite too; a nan or inf makes it not), the masked max otherwise."""
+    mag = np.abs(value)
+    top = float(np.max(mag, initial=0.0))
+    return top if top < np.inf else float(np.max(mag, initial=0.0, where=np.isfinite(value)))
 
 
 def _exact_unit(value, err) -> np.ndarray:
