@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import tolerance as tol
-from ..compare import _margins, _ranked, compare, ranks
+from ..compare import _finite, _margins, _ranked, compare, ranks
 from ..devices import device_skips
 from ..expr.ir import Call, Const, walk
 from ..model import Check
@@ -108,7 +108,7 @@ def on_device(point: Point, dtype: str, device: str) -> list[Check]:
 def worst_over_cotangents(point: Point, res, grads, name, dtype, device) -> Check:
     """Judge every cotangent's VJP; report the one with the worst margin in full."""
     against = "surrogate" if name in point.surrogates else "symbolic"
-    if not all(np.all(np.isfinite(ref[name].value)) for ref in grads):
+    if not all(_finite(ref[name].value) for ref in grads):
         return Check("grad", point.engine, against, var=name, dtype=dtype, device=device, status="skip",
                      message="the reference gradient is not finite at this point (a singularity)")
     margins = stacked_margins(res.vjps, grads, name, dtype, point.case.tolerance)

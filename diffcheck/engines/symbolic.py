@@ -65,6 +65,14 @@ def local_rules(op_name: str, params: tuple) -> Rules:
     return Rules(syms, value, grads, kink, slope, alt, grads_out=via_out, kink_grads=kink_grads)
 
 
+@functools.cache
+def _undefined_everywhere(op_name: str, params: tuple) -> bool:
+    """Whether sympy's formula or a derivative of ``op_name`` with these parameters is undefined for every input
+    (``zoo``, ``nan``, an infinity): asked at every lowering, answered once (sympy's ``has`` walks the tree)."""
+    rules = local_rules(op_name, params)
+    return any(e.has(sp.zoo, sp.nan, sp.oo, -sp.oo) for e in (rules.value, *rules.grads))
+
+
 OUT = sp.Symbol("out", real=True)  # an op's own output, in derivatives written with it
 
 
@@ -154,8 +162,7 @@ class Program:
         p = dict(node.params)
         op = OPS[node.op]
         if op.kind == "elementwise":
-            rules = local_rules(node.op, tuple(sorted(p.items())))
-            if any(e.has(sp.zoo, sp.nan, sp.oo, -sp.oo) for e in (rules.value, *rules.grads)):
+            if _undefined_everywhere(node.op, tuple(sorted(p.items()))):
                 shown = ", ".join(f"{k}={v:g}" for k, v in p.items())
                 raise ExpressionError(f"{node.op}({shown}) is undefined for every input (with these parameters "
                                       f"its formula divides by zero)")
@@ -354,7 +361,7 @@ class Program:
         errs = [fwd.errs[a] for a in ins.args]
         if ins.op in OPS and OPS[ins.op].kind == "elementwise":
             op = OPS[ins.op]
-            value = _shaped(op.numpy(*vals, **ins.params), ins.shape).astype(np.float64)
+            value = _fresh(_shaped(op.numpy(*vals, **ins.params), ins.shape), vals)
             if op.zero_grad:  # masks, floor, detach: exact (or the input's error), nothing flows back
                 if op.jump and kink_u is not None:
                     fwd.jumps[i] = self._jump_distance(ins, vals, errs)
@@ -539,6 +546,15 @@ def _exact_unit(value, err) -> np.ndarray:
     """The entries that are exactly 0, 1 or -1 and carry no rounding error."""
     value = np.asarray(value)
     return (np.asarray(err) == 0) & ((value == 0) | (np.abs(value) == 1))
+
+
+def _fresh(value, inputs) -> np.ndarray:
+    """``value.astype(np.float64)``: a float64 array of its own; one numpy has just made (not a view, not an input
+    passed through) is that already, so it is not copied again."""
+    if type(value) is np.ndarray and value.dtype == np.float64 and value.flags.owndata and \
+            all(value is not v for v in inputs):
+        return value
+    return value.astype(np.float64)
 
 
 def _shaped(x, shape):
