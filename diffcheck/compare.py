@@ -42,8 +42,7 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
     err, margin, ambiguous, finite = _margins(got, ref, allowed, lo, hi) if known is None else known
     if judge is None and finite and _finite(allowed):
         # the usual case: every entry judged, nothing to map (the masks below would all be False, ok all True)
-        wrong_value = no_ref = no_tol = np.zeros(ref.shape, bool)
-        ok = np.ones(ref.shape, bool)
+        unjudged = ok = None
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.where(err == 0, 0.0, err / np.abs(ref))
     else:
@@ -56,7 +55,8 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
             rel = np.where(err == 0, 0.0, err / np.abs(ref))
         margin = np.where(ok, margin, 0.0)
         rel, err = np.where(ok, rel, 0.0), np.where(ok, err, 0.0)
-    bad = ok & (margin > 1.0)
+        unjudged = no_ref | no_tol
+    bad = margin > 1.0 if ok is None else ok & (margin > 1.0)
     check.entries = int(ref.size)
     check.bad = int(np.count_nonzero(bad))
     check.ambiguous = int(np.count_nonzero(ambiguous))
@@ -86,7 +86,7 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
         check.diagnosis = diagnose(got, ref, bad, upstream, gradient=check.var is not None)
         if ref.size > 1:
             check.details["margin_map"] = margin_map(margin, ref.shape)
-    elif (no_ref | no_tol).any():
+    elif unjudged is not None and unjudged.any():
         why = [f"the reference is not finite at {int(no_ref.sum())}"] * bool(no_ref.any()) + \
             [f"the allowed error is not finite at {int(no_tol.sum())} (the error budget overflows float64 or is "
              f"undefined at this point)"] * bool(no_tol.any())
