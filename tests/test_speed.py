@@ -253,3 +253,85 @@ def test_a_checks_json_is_its_fields_as_asdict_gives_them():
         return json.dumps(_finite(data), indent=1, allow_nan=False, default=_jsonable)
 
     assert text(check.to_json()) == text(expected)
+
+
+def test_the_worst_cotangent_is_reported_from_its_ranking_margins(monkeypatch):
+    """A var too large for the stacked ranking: each cotangent's margins are computed once (the worst one's are
+    reused for its report, not computed again), and the report is the one a fresh compare gives -- a 1e-3
+    relative error in one entry of a 100 x 100 gradient fails."""
+    import importlib
+
+    from diffcheck import compare as compare_module
+    from diffcheck import tolerance as tol
+    from diffcheck.engines.autograd import run
+    from diffcheck.model import Check
+
+    stage = importlib.import_module("diffcheck.checks.autograd")  # the package's name 'autograd' is the stage's
+    point = point_of("sum(sin(x @ w))", {"x": {"shape": [3, 100], "requires_grad": False},
+                                         "w": {"shape": [100, 100]}})
+    _, grads = point.reference("float32")
+    res = run(point.fn, point.at("float32"), point.case.grad_vars, "float32", "cpu", point.cotangents, False)
+    res.vjps[1]["w"][7, 3] = grads[1]["w"].value[7, 3] * (1 + 1e-3)
+    assert len(point.cotangents) * res.vjps[0]["w"].size > stage.STACKED_ENTRIES
+    calls = []
+    real = compare_module._margins
+    monkeypatch.setattr(compare_module, "_margins", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(stage, "_margins", compare_module._margins)
+    check = stage.worst_over_cotangents(point, res, grads, "w", "float32", "cpu")
+    assert len(calls) == len(point.cotangents)  # one per cotangent, none again for the report
+    g = grads[1]["w"]
+    fresh = compare_module.compare(Check("grad", "autograd", "symbolic", var="w", dtype="float32", device="cpu"),
+                                   res.vjps[1]["w"], g.value, tol.derived(g.err, g.value, "float32"), lo=g.lo,
+                                   hi=g.hi, upstream=point.cotangents[1])
+    assert check.status == "fail" and check.bad == 1 and [e.index for e in check.worst[:1]] == [[7, 3]]
+    fresh.message += f"; {len(point.cotangents)} cotangents, worst: random #1"
+    assert all(e.fd is not None for e in check.worst)  # the failing report's finite differences, added after
+    for e in check.worst:
+        e.fd = None
+    assert repr(vars(check)) == repr(vars(fresh))
+
+
+def test_a_reference_that_is_not_finite_at_a_kink_is_not_judged_by_the_all_finite_path():
+    """|got - ref| finite implies both finite, except where a kink's hull replaces the error: an infinite
+    reference there still leaves that entry unjudged, as the masked path says."""
+    from diffcheck.compare import compare
+    from diffcheck.model import Check
+    from diffcheck.tolerance import Tolerance
+
+    ref = np.array([1.0, np.inf, 3.0])
+    got = np.array([1.0, 2.0, 3.0])
+    lo, hi = ref.copy(), ref.copy()
+    lo[1], hi[1] = 1.5, 2.5  # entry 1 on a kink: got lies in its hull, so its error is 0
+    tol = Tolerance(np.full(3, 1e-9), None, None, "test")
+    fast = compare(Check("grad", "autograd", "symbolic", var="x"), got, ref, tol, lo=lo, hi=hi)
+    masked = compare(Check("grad", "autograd", "symbolic", var="x"), got, ref, tol, lo=lo, hi=hi,
+                     judge=np.ones(3, bool))
+    assert fast.status == "skip" and repr(vars(fast)) == repr(vars(masked))
+
+
+def test_no_finite_difference_evaluator_for_a_case_without_a_small_var(monkeypatch):
+    from diffcheck.checks import point as point_module
+
+    point = point_of("sum(x * y)", {"x": {"shape": [5, 5]}, "y": {"shape": [5, 5]}})
+    made = []
+    real = point_module.Point.evaluator
+    monkeypatch.setattr(point_module.Point, "evaluator", lambda self, *a: made.append(a) or real(self, *a))
+    assert point_module.entrywise_fd(point) == {} and made == []
+
+
+@pytest.mark.parametrize("value", [np.array([1.0, -3.0]), np.array([np.nan, -2.0]), np.array([np.inf, 2.0, -5.0]),
+                                   np.array([-np.inf, np.nan]), np.zeros(0), np.float64(-4.0), np.array(np.nan)])
+def test_the_forwards_peak_is_the_masked_max(value):
+    from diffcheck.engines.symbolic import _finite_peak
+
+    want = float(np.max(np.abs(value), initial=0.0, where=np.isfinite(value)))
+    assert repr(_finite_peak(value)) == repr(want)
+
+
+def test_a_value_passed_through_is_copied_not_shared():
+    """An op whose numpy form returns its input (detach) still gives its step an array of its own."""
+    point = point_of("sum(detach(x) * x)", {"x": {"shape": [3]}})
+    program = point.program
+    fwd = program.forward(point.at("float64"))
+    step = next(i for i, s in enumerate(program.slots) if s.kind == "instr" and s.instr.op == "detach")
+    assert not np.shares_memory(fwd.values[step], fwd.values[program.var_slots["x"]])
