@@ -119,7 +119,7 @@ def _margins(got, ref, allowed, lo=None, hi=None):
         err = np.abs(got - ref)
     ambiguous = np.zeros(ref.shape, dtype=bool)
     kinked = False
-    if lo is not None and hi is not None:
+    if lo is not None and hi is not None and lo is not hi:  # one array for both: no entry on a kink
         ambiguous = np.asarray(hi > lo)
         kinked = bool(ambiguous.any())
         if kinked:  # no kink: the error is |got - ref| as it is

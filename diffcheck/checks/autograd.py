@@ -171,7 +171,9 @@ def stacked_margins(vjps, grads, name, dtype, override) -> list[float] | None:
     refs = [g[name] for g in grads]
     got, ref = stack(gots), stack([r.value for r in refs])
     allowed = tol.derived(stack([r.err for r in refs]), ref, dtype, override).allowed
-    ranked = ranks(got, ref, allowed, stack([r.lo for r in refs]), stack([r.hi for r in refs]))
+    lo = stack([r.lo for r in refs])
+    hull = all(r.lo is r.hi for r in refs)  # every reference without a kink: its hull is one array
+    ranked = ranks(got, ref, allowed, lo, lo if hull else stack([r.hi for r in refs]))
     return [float(m) for m in np.max(ranked.reshape(len(gots), -1), axis=1, initial=0.0)]
 
 

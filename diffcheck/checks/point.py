@@ -330,7 +330,11 @@ def scaled(grads: dict, r: float) -> dict:
 
     out = {}
     for name, g in grads.items():
-        value, lo, hi = g.value * r, g.lo * r, g.hi * r
+        value = g.value * r
+        if g.lo is g.value and g.hi is g.value:  # no kink: the hull is the value, scaled alike
+            out[name] = Gradient(value, np.abs(r) * g.err + np.abs(value), value, value)
+            continue
+        lo, hi = g.lo * r, g.hi * r
         out[name] = Gradient(value, np.abs(r) * g.err + np.abs(value), np.minimum(lo, hi), np.maximum(lo, hi))
     return out
 

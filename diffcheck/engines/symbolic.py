@@ -491,6 +491,7 @@ class Program:
             for name, (value, _) in self.vjp(fwd, cotangent, False, pattern).items():
                 variants[name].append(value)
         return {name: Gradient(value, err, np.minimum.reduce(variants[name]), np.maximum.reduce(variants[name]))
+                if len(variants[name]) > 1 else Gradient(value, err, value, value)  # no kink: the hull is the value
                 for name, (value, err) in mid.items()}
 
     def _back(self, i: int, ins: Instr, fwd: Forward, g, ge, with_err, side):
