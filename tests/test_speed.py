@@ -335,3 +335,43 @@ def test_a_value_passed_through_is_copied_not_shared():
     fwd = program.forward(point.at("float64"))
     step = next(i for i, s in enumerate(program.slots) if s.kind == "instr" and s.instr.op == "detach")
     assert not np.shares_memory(fwd.values[step], fwd.values[program.var_slots["x"]])
+
+
+def test_float32_tensors_in_and_out_are_torchs_own_conversions_bit_for_bit():
+    """Inputs rounded to float32 by numpy's cast and gradients widened by numpy are the tensors and arrays torch's
+    own ``.to`` gives: the same bits (nan, inf, -0, subnormals, overflow), shapes and layouts, never a view."""
+    import torch
+
+    from diffcheck.engines.autograd import to_numpy, to_tensor
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(4000) * 10.0 ** rng.integers(-46, 40, 4000)
+    x[:8] = [np.nan, -np.inf, np.inf, -0.0, 3.5e38, 1e-46, 7e-46, -1.4e-45]
+    for a in (x, x.reshape(40, 100).T, np.float64(1.5), np.broadcast_to(x[:5], (3, 5)), [0.1, 0.2]):
+        want = torch.as_tensor(np.array(a, dtype=np.float64)).to(dtype=torch.float32)
+        got = to_tensor(a, "float32", "cpu", requires_grad=True)
+        assert got.dtype == torch.float32 and got.requires_grad and got.stride() == want.stride()
+        assert torch.equal(got.detach().view(torch.int32), want.view(torch.int32))
+    g = torch.from_numpy(x.reshape(40, 100)).to(torch.float32)
+    for t in (g, g.T, g[::3, 1::7], g[0].expand(6, 100), torch.tensor(2.5), g.requires_grad_()):
+        want = t.detach().to(dtype=torch.float64).numpy().copy()
+        got = to_numpy(t)
+        assert got.tobytes() == want.tobytes() and got.strides == want.strides
+        assert not np.shares_memory(got, t.detach().numpy())
+
+
+def test_the_gradients_peak_kept_for_a_reference_is_never_another_references():
+    """The gradients' peak is found once per reference (both dtypes ask); another reference, even an equal-sized
+    one, gets its own."""
+    import importlib
+
+    stage = importlib.import_module("diffcheck.checks.autograd")
+    point = point_of("sum(x * y)", {"x": {"shape": [3, 4]}, "y": {"shape": [4]}})
+    fwd, grads = point.reference("float64")
+    assert stage.beyond_range(fwd, grads, "float32") is None and stage._PEAK[0] is grads
+    assert stage.beyond_range(fwd, grads, "float64") is None
+    gradient = type(grads[0]["x"])
+    huge = [{"x": gradient(np.full(2, 1e39), np.zeros(2), np.full(2, 1e39), np.full(2, 1e39))}]
+    assert "values reach 1e+39, beyond float32's largest" in stage.beyond_range(fwd, huge, "float32")
+    assert stage.beyond_range(fwd, huge, "float64") is None
+    assert stage.beyond_range(fwd, grads, "float32") is None

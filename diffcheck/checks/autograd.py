@@ -41,9 +41,20 @@ def unjudgeable(point: Point, dtype: str, fwd, grads) -> str | None:
 
 def beyond_range(fwd, grads, dtype: str) -> str | None:
     """Values or gradients (the finite ones) beyond ``dtype``'s largest number: nothing can be judged there."""
-    peak = max([fwd.peak] + [float(np.max(np.abs(g.value), initial=0.0))
-                             for gs in grads for g in gs.values() if np.all(np.isfinite(g.value))])
+    peak = max(fwd.peak, _grads_peak(grads))
     return f"values reach {peak:.3g}, beyond {dtype}'s largest {tol.MAX[dtype]:.3g}" if peak > tol.MAX[dtype] else None
+
+
+_PEAK: list = []  # [grads, their peak]: the latest reference's, which every dtype of a case asks about
+
+
+def _grads_peak(grads) -> float:
+    """The largest magnitude over the finite gradients of ``grads`` (one dict per cotangent), found once per
+    reference (the list is held, so identity names it; nothing changes a reference once built)."""
+    if not _PEAK or _PEAK[0] is not grads:
+        _PEAK[:] = [grads, max([0.0] + [float(np.max(np.abs(g.value), initial=0.0))
+                                        for gs in grads for g in gs.values() if np.all(np.isfinite(g.value))])]
+    return _PEAK[1]
 
 
 def on_device(point: Point, dtype: str, device: str) -> list[Check]:

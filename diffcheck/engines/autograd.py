@@ -338,7 +338,11 @@ def to_numpy(t) -> np.ndarray:
     if not isinstance(t, torch.Tensor):
         return np.asarray(t, dtype=np.float64)
     # a copy, never a view: a backward may change the tensor it returned on a later call (a ctx-kept buffer)
-    return t.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+    t = t.detach()
+    if t.dtype == torch.float32 and t.device.type == "cpu" and type(t) is torch.Tensor and \
+            t.layout == torch.strided and not t.is_neg():  # widened by numpy (exact, as torch's), one copy not two
+        return np.array(t.numpy(), dtype=np.float64, order="C")
+    return t.to(device="cpu", dtype=torch.float64).numpy().copy()
 
 
 def _cotangent(c, out: torch.Tensor, dtype: str, device: str) -> torch.Tensor:
