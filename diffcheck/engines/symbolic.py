@@ -505,11 +505,16 @@ class Program:
             # On a kink a lower precision may take either side's derivative (a tie in maximum, relu at a rounded
             # zero): the upstream gradient's rounding then flows through the larger one, even where the
             # reference's own derivative is 0.
-            reach = [np.abs(d) for d, _ in derivs]
+            active = [self.slots[a].active for a in ins.args]  # every caller drops the others' adjoints
+            reach = [None if not act else np.abs(d) if with_err else True for (d, _), act in zip(derivs, active)]
             if with_err and on_kink:
                 for s in (-1, 1):
-                    reach = [np.maximum(r, np.abs(d)) for r, (d, _) in zip(reach, self._one_sided(i, ins, fwd, s))]
+                    reach = [r if r is None else np.maximum(r, np.abs(d))
+                             for r, (d, _) in zip(reach, self._one_sided(i, ins, fwd, s))]
             for arg, shape, (d, de), r in zip(ins.args, shapes, derivs, reach):
+                if r is None:  # not differentiated through: a placeholder, never read
+                    yield arg, (0.0, 0.0)
+                    continue
                 contrib = g * d
                 err = (sympy_eval.times(r, ge) + sympy_eval.times(np.abs(g), de) + np.abs(contrib)) if with_err else 0.0
                 yield arg, _unbroadcast(contrib, err, shape, with_err)
