@@ -40,7 +40,7 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
     allowed = np.asarray(tol.allowed, dtype=float)
     allowed = allowed if allowed.shape == ref.shape else np.broadcast_to(allowed, ref.shape)
     err, margin, ambiguous, finite = _margins(got, ref, allowed, lo, hi) if known is None else known
-    if judge is None and finite and _finite(allowed):
+    if judge is None and finite:
         # the usual case: every entry judged, nothing to map (the masks below would all be False, ok all True)
         unjudged = ok = None
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -72,11 +72,14 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
     # the worst entries' fields gathered once per array (the same floats as one entry at a time)
     where = np.unravel_index(order, ref.shape) if ref.ndim else None
     columns = [a[where].tolist() if ref.ndim else [float(a)] * len(order) for a in (got, ref, err, allowed)]
-    indices = np.stack(where, axis=1).tolist() if ref.ndim else [[]] * len(order)
+    indices = [list(i) for i in zip(*(w.tolist() for w in where))] if ref.ndim else [[]] * len(order)
+    kinks = ambiguous[where].tolist() if ref.ndim else [bool(ambiguous)] * len(order)
+    fds = [None] * len(order) if fd is None else [float(v) for v in np.asarray(fd)[where if ref.ndim else ()]
+                                                  .reshape(-1).tolist()] * (1 if ref.ndim else len(order))
     for k, idx in enumerate(indices):
         idx_t = tuple(idx)
-        on_kink = bool(ambiguous[idx_t])
-        check.worst.append(Entry(idx, *(c[k] for c in columns), None if fd is None else float(np.asarray(fd)[idx_t]),
+        on_kink = kinks[k]
+        check.worst.append(Entry(idx, *(c[k] for c in columns), fds[k],
                                  float(lo[idx_t]) if on_kink else None, float(hi[idx_t]) if on_kink else None))
     if check.bad:
         if ref.size <= MATRIX:
@@ -113,7 +116,8 @@ def _finite(a) -> bool:
 
 
 def _margins(got, ref, allowed, lo=None, hi=None):
-    """``margins`` and whether ``got``, ``ref`` and the error are all finite (the callers' usual case)."""
+    """``margins`` and whether ``got``, ``ref``, the error and ``allowed`` are all finite (the callers' usual
+    case)."""
     got, ref = np.asarray(got, dtype=float), np.asarray(ref, dtype=float)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(got - ref)
@@ -130,7 +134,9 @@ def _margins(got, ref, allowed, lo=None, hi=None):
     if _finite(err) and (not kinked or (_finite(got) and _finite(ref))):  # the usual case: nothing below would
         with np.errstate(divide="ignore", invalid="ignore"):  # change (no nan, no inf)
             margin = np.where(err == 0, 0.0, err / allowed)
-        return err, np.where(np.isnan(margin), np.inf, margin), ambiguous, True
+        if _finite(allowed):  # a finite error over a finite allowed one is never nan (0 / 0 is mapped to 0)
+            return err, margin, ambiguous, True
+        return err, np.where(np.isnan(margin), np.inf, margin), ambiguous, False
     err = np.where(np.isnan(got) | np.isnan(ref) | np.isnan(err), np.inf, err)
     err = np.where(np.isinf(got) & np.isinf(ref) & (got == ref), 0.0, err)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -155,7 +161,7 @@ def ranks(got: np.ndarray, ref: np.ndarray, allowed, lo=None, hi=None) -> np.nda
 def _ranked(got, ref, allowed, known) -> np.ndarray:
     """``ranks`` from the ``_margins`` of these arrays: where every value is finite, no entry is unjudged."""
     _, margin, _, finite = known
-    if finite and _finite(allowed):
+    if finite:
         return margin
     unjudged = np.isfinite(got) & ~(np.isfinite(allowed) & np.isfinite(ref))
     return np.where(unjudged, 1.0, margin)
