@@ -74,8 +74,8 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
     columns = [a[where].tolist() if ref.ndim else [float(a)] * len(order) for a in (got, ref, err, allowed)]
     indices = [list(i) for i in zip(*(w.tolist() for w in where))] if ref.ndim else [[]] * len(order)
     kinks = ambiguous[where].tolist() if ref.ndim else [bool(ambiguous)] * len(order)
-    fds = [None] * len(order) if fd is None else [float(v) for v in np.asarray(fd)[where if ref.ndim else ()]
-                                                  .reshape(-1).tolist()] * (1 if ref.ndim else len(order))
+    fds = [None] * len(order) if fd is None else [float(v) for v in np.asarray(fd)[where].tolist()] if ref.ndim \
+        else [float(np.asarray(fd))] * len(order)
     for k, idx in enumerate(indices):
         idx_t = tuple(idx)
         on_kink = kinks[k]
