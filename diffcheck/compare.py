@@ -16,13 +16,15 @@ WORST = 5
 MATRIX = 64  # failing results up to this many entries carry their full error matrix
 
 
-def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, judge=None, upstream=None) -> Check:
+def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, judge=None, upstream=None,
+            known=None) -> Check:
     """Fill ``check`` from comparing ``got`` to ``ref`` entry by entry under ``tol``.
 
     ``lo``/``hi`` (optional) give, per entry, the hull of one-sided derivatives where the reference sits on a
     kink: there any value inside the hull (within tolerance) is right. ``judge`` (optional mask) leaves out the
     entries the caller has nothing to judge by (not differenced). ``upstream`` (optional) is the cotangent a
-    gradient was computed with, for the diagnosis.
+    gradient was computed with, for the diagnosis. ``known`` (optional): ``_margins`` of these very arrays, where
+    the caller ranked them already (so they are not computed twice).
 
     Never a vacuous pass (``nan > 1`` is False): an entry whose reference or allowed error is not finite cannot be
     judged, so a check with such entries and none failing is a ``skip`` that says why; a non-finite value against
@@ -37,11 +39,10 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
         return check
     allowed = np.asarray(tol.allowed, dtype=float)
     allowed = allowed if allowed.shape == ref.shape else np.broadcast_to(allowed, ref.shape)
-    err, margin, ambiguous = margins(got, ref, allowed, lo, hi)
-    if judge is None and np.isfinite(got).all() and np.isfinite(ref).all() and np.isfinite(allowed).all():
+    err, margin, ambiguous, finite = _margins(got, ref, allowed, lo, hi) if known is None else known
+    if judge is None and finite:
         # the usual case: every entry judged, nothing to map (the masks below would all be False, ok all True)
-        wrong_value = no_ref = no_tol = np.zeros(ref.shape, bool)
-        ok = np.ones(ref.shape, bool)
+        unjudged = ok = None
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.where(err == 0, 0.0, err / np.abs(ref))
     else:
@@ -54,10 +55,11 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
             rel = np.where(err == 0, 0.0, err / np.abs(ref))
         margin = np.where(ok, margin, 0.0)
         rel, err = np.where(ok, rel, 0.0), np.where(ok, err, 0.0)
-    bad = ok & (margin > 1.0)
+        unjudged = no_ref | no_tol
+    bad = margin > 1.0 if ok is None else ok & (margin > 1.0)
     check.entries = int(ref.size)
-    check.bad = int(bad.sum())
-    check.ambiguous = int(ambiguous.sum())
+    check.bad = int(np.count_nonzero(bad))
+    check.ambiguous = int(np.count_nonzero(ambiguous))
     check.max_abs_err = float(err.max()) if err.size else 0.0
     check.max_rel_err = float(rel.max()) if rel.size else 0.0
     check.margin = float(margin.max()) if margin.size else 0.0
@@ -70,11 +72,14 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
     # the worst entries' fields gathered once per array (the same floats as one entry at a time)
     where = np.unravel_index(order, ref.shape) if ref.ndim else None
     columns = [a[where].tolist() if ref.ndim else [float(a)] * len(order) for a in (got, ref, err, allowed)]
-    indices = np.stack(where, axis=1).tolist() if ref.ndim else [[]] * len(order)
+    indices = [list(i) for i in zip(*(w.tolist() for w in where))] if ref.ndim else [[]] * len(order)
+    kinks = ambiguous[where].tolist() if ref.ndim else [bool(ambiguous)] * len(order)
+    fds = [None] * len(order) if fd is None else [float(v) for v in np.asarray(fd)[where].tolist()] if ref.ndim \
+        else [float(np.asarray(fd))] * len(order)
     for k, idx in enumerate(indices):
         idx_t = tuple(idx)
-        on_kink = bool(ambiguous[idx_t])
-        check.worst.append(Entry(idx, *(c[k] for c in columns), None if fd is None else float(np.asarray(fd)[idx_t]),
+        on_kink = kinks[k]
+        check.worst.append(Entry(idx, *(c[k] for c in columns), fds[k],
                                  float(lo[idx_t]) if on_kink else None, float(hi[idx_t]) if on_kink else None))
     if check.bad:
         if ref.size <= MATRIX:
@@ -84,7 +89,7 @@ def compare(check: Check, got, ref, tol: Tolerance, lo=None, hi=None, fd=None, j
         check.diagnosis = diagnose(got, ref, bad, upstream, gradient=check.var is not None)
         if ref.size > 1:
             check.details["margin_map"] = margin_map(margin, ref.shape)
-    elif (no_ref | no_tol).any():
+    elif unjudged is not None and unjudged.any():
         why = [f"the reference is not finite at {int(no_ref.sum())}"] * bool(no_ref.any()) + \
             [f"the allowed error is not finite at {int(no_tol.sum())} (the error budget overflows float64 or is "
              f"undefined at this point)"] * bool(no_tol.any())
@@ -102,24 +107,41 @@ def margins(got, ref, allowed, lo=None, hi=None):
     """Per entry: the error (|got - ref|, or where the reference sits on a kink, hi > lo, the distance from got to
     the hull [lo, hi]; nan anywhere counts as infinite, equal infinities as 0), error / allowed (nan -> inf), and
     the kink mask. The one definition behind ``compare`` and ``worst_margin``."""
+    return _margins(got, ref, allowed, lo, hi)[:3]
+
+
+def _finite(a) -> bool:
+    """Whether every entry of ``a`` is finite."""
+    return bool(np.isfinite(a).all())
+
+
+def _margins(got, ref, allowed, lo=None, hi=None):
+    """``margins`` and whether ``got``, ``ref``, the error and ``allowed`` are all finite (the callers' usual
+    case)."""
     got, ref = np.asarray(got, dtype=float), np.asarray(ref, dtype=float)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(got - ref)
     ambiguous = np.zeros(ref.shape, dtype=bool)
-    if lo is not None and hi is not None:
+    kinked = False
+    if lo is not None and hi is not None and lo is not hi:  # one array for both: no entry on a kink
         ambiguous = np.asarray(hi > lo)
-        if ambiguous.any():  # no kink: the error is |got - ref| as it is
+        kinked = bool(ambiguous.any())
+        if kinked:  # no kink: the error is |got - ref| as it is
             below, above = np.asarray(lo) - got, got - np.asarray(hi)
             err = np.where(ambiguous, np.maximum(np.maximum(below, above), 0.0), err)
-    if np.isfinite(err).all() and np.isfinite(got).all() and np.isfinite(ref).all():  # the usual case: nothing
-        with np.errstate(divide="ignore", invalid="ignore"):  # below would change (no nan, no inf)
+    # |got - ref| is finite only where both are (inf - x is inf, inf - inf and nan are nan): without a kink's
+    # replaced error, the error's finiteness is all three's
+    if _finite(err) and (not kinked or (_finite(got) and _finite(ref))):  # the usual case: nothing below would
+        with np.errstate(divide="ignore", invalid="ignore"):  # change (no nan, no inf)
             margin = np.where(err == 0, 0.0, err / allowed)
-        return err, np.where(np.isnan(margin), np.inf, margin), ambiguous
+        if _finite(allowed):  # a finite error over a finite allowed one is never nan (0 / 0 is mapped to 0)
+            return err, margin, ambiguous, True
+        return err, np.where(np.isnan(margin), np.inf, margin), ambiguous, False
     err = np.where(np.isnan(got) | np.isnan(ref) | np.isnan(err), np.inf, err)
     err = np.where(np.isinf(got) & np.isinf(ref) & (got == ref), 0.0, err)
     with np.errstate(divide="ignore", invalid="ignore"):
         margin = np.where(err == 0, 0.0, err / allowed)
-    return err, np.where(np.isnan(margin), np.inf, margin), ambiguous
+    return err, np.where(np.isnan(margin), np.inf, margin), ambiguous, False
 
 
 def worst_margin(got, ref, allowed, lo=None, hi=None) -> float:
@@ -133,7 +155,14 @@ def worst_margin(got, ref, allowed, lo=None, hi=None) -> float:
 def ranks(got: np.ndarray, ref: np.ndarray, allowed, lo=None, hi=None) -> np.ndarray:
     """Each entry's error / allowed for ranking: an entry that cannot be judged (allowed or reference not finite)
     ranks 1, above any pass, below any fail."""
-    _, margin, _ = margins(got, ref, allowed, lo, hi)
+    return _ranked(got, ref, allowed, _margins(got, ref, allowed, lo, hi))
+
+
+def _ranked(got, ref, allowed, known) -> np.ndarray:
+    """``ranks`` from the ``_margins`` of these arrays: where every value is finite, no entry is unjudged."""
+    _, margin, _, finite = known
+    if finite:
+        return margin
     unjudged = np.isfinite(got) & ~(np.isfinite(allowed) & np.isfinite(ref))
     return np.where(unjudged, 1.0, margin)
 

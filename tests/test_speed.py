@@ -253,3 +253,125 @@ def test_a_checks_json_is_its_fields_as_asdict_gives_them():
         return json.dumps(_finite(data), indent=1, allow_nan=False, default=_jsonable)
 
     assert text(check.to_json()) == text(expected)
+
+
+def test_the_worst_cotangent_is_reported_from_its_ranking_margins(monkeypatch):
+    """A var too large for the stacked ranking: each cotangent's margins are computed once (the worst one's are
+    reused for its report, not computed again), and the report is the one a fresh compare gives -- a 1e-3
+    relative error in one entry of a 100 x 100 gradient fails."""
+    import importlib
+
+    from diffcheck import compare as compare_module
+    from diffcheck import tolerance as tol
+    from diffcheck.engines.autograd import run
+    from diffcheck.model import Check
+
+    stage = importlib.import_module("diffcheck.checks.autograd")  # the package's name 'autograd' is the stage's
+    point = point_of("sum(sin(x @ w))", {"x": {"shape": [3, 100], "requires_grad": False},
+                                         "w": {"shape": [100, 100]}})
+    _, grads = point.reference("float32")
+    res = run(point.fn, point.at("float32"), point.case.grad_vars, "float32", "cpu", point.cotangents, False)
+    res.vjps[1]["w"][7, 3] = grads[1]["w"].value[7, 3] * (1 + 1e-3)
+    assert len(point.cotangents) * res.vjps[0]["w"].size > stage.STACKED_ENTRIES
+    calls = []
+    real = compare_module._margins
+    monkeypatch.setattr(compare_module, "_margins", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(stage, "_margins", compare_module._margins)
+    check = stage.worst_over_cotangents(point, res, grads, "w", "float32", "cpu")
+    assert len(calls) == len(point.cotangents)  # one per cotangent, none again for the report
+    g = grads[1]["w"]
+    fresh = compare_module.compare(Check("grad", "autograd", "symbolic", var="w", dtype="float32", device="cpu"),
+                                   res.vjps[1]["w"], g.value, tol.derived(g.err, g.value, "float32"), lo=g.lo,
+                                   hi=g.hi, upstream=point.cotangents[1])
+    assert check.status == "fail" and check.bad == 1 and [e.index for e in check.worst[:1]] == [[7, 3]]
+    fresh.message += f"; {len(point.cotangents)} cotangents, worst: random #1"
+    assert all(e.fd is not None for e in check.worst)  # the failing report's finite differences, added after
+    for e in check.worst:
+        e.fd = None
+    assert repr(vars(check)) == repr(vars(fresh))
+
+
+def test_a_reference_that_is_not_finite_at_a_kink_is_not_judged_by_the_all_finite_path():
+    """|got - ref| finite implies both finite, except where a kink's hull replaces the error: an infinite
+    reference there still leaves that entry unjudged, as the masked path says."""
+    from diffcheck.compare import compare
+    from diffcheck.model import Check
+    from diffcheck.tolerance import Tolerance
+
+    ref = np.array([1.0, np.inf, 3.0])
+    got = np.array([1.0, 2.0, 3.0])
+    lo, hi = ref.copy(), ref.copy()
+    lo[1], hi[1] = 1.5, 2.5  # entry 1 on a kink: got lies in its hull, so its error is 0
+    tol = Tolerance(np.full(3, 1e-9), None, None, "test")
+    fast = compare(Check("grad", "autograd", "symbolic", var="x"), got, ref, tol, lo=lo, hi=hi)
+    masked = compare(Check("grad", "autograd", "symbolic", var="x"), got, ref, tol, lo=lo, hi=hi,
+                     judge=np.ones(3, bool))
+    assert fast.status == "skip" and repr(vars(fast)) == repr(vars(masked))
+
+
+def test_no_finite_difference_evaluator_for_a_case_without_a_small_var(monkeypatch):
+    from diffcheck.checks import point as point_module
+
+    point = point_of("sum(x * y)", {"x": {"shape": [5, 5]}, "y": {"shape": [5, 5]}})
+    made = []
+    real = point_module.Point.evaluator
+    monkeypatch.setattr(point_module.Point, "evaluator", lambda self, *a: made.append(a) or real(self, *a))
+    assert point_module.entrywise_fd(point) == {} and made == []
+
+
+@pytest.mark.parametrize("value", [np.array([1.0, -3.0]), np.array([np.nan, -2.0]), np.array([np.inf, 2.0, -5.0]),
+                                   np.array([-np.inf, np.nan]), np.zeros(0), np.float64(-4.0), np.array(np.nan)])
+def test_the_forwards_peak_is_the_masked_max(value):
+    from diffcheck.engines.symbolic import _finite_peak
+
+    want = float(np.max(np.abs(value), initial=0.0, where=np.isfinite(value)))
+    assert repr(_finite_peak(value)) == repr(want)
+
+
+def test_a_value_passed_through_is_copied_not_shared():
+    """An op whose numpy form returns its input (detach) still gives its step an array of its own."""
+    point = point_of("sum(detach(x) * x)", {"x": {"shape": [3]}})
+    program = point.program
+    fwd = program.forward(point.at("float64"))
+    step = next(i for i, s in enumerate(program.slots) if s.kind == "instr" and s.instr.op == "detach")
+    assert not np.shares_memory(fwd.values[step], fwd.values[program.var_slots["x"]])
+
+
+def test_float32_tensors_in_and_out_are_torchs_own_conversions_bit_for_bit():
+    """Inputs rounded to float32 by numpy's cast and gradients widened by numpy are the tensors and arrays torch's
+    own ``.to`` gives: the same bits (nan, inf, -0, subnormals, overflow), shapes and layouts, never a view."""
+    import torch
+
+    from diffcheck.engines.autograd import to_numpy, to_tensor
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(4000) * 10.0 ** rng.integers(-46, 40, 4000)
+    x[:8] = [np.nan, -np.inf, np.inf, -0.0, 3.5e38, 1e-46, 7e-46, -1.4e-45]
+    for a in (x, x.reshape(40, 100).T, np.float64(1.5), np.broadcast_to(x[:5], (3, 5)), [0.1, 0.2]):
+        want = torch.as_tensor(np.array(a, dtype=np.float64)).to(dtype=torch.float32)
+        got = to_tensor(a, "float32", "cpu", requires_grad=True)
+        assert got.dtype == torch.float32 and got.requires_grad and got.stride() == want.stride()
+        assert torch.equal(got.detach().view(torch.int32), want.view(torch.int32))
+    g = torch.from_numpy(x.reshape(40, 100)).to(torch.float32)
+    for t in (g, g.T, g[::3, 1::7], g[0].expand(6, 100), torch.tensor(2.5), g.requires_grad_()):
+        want = t.detach().to(dtype=torch.float64).numpy().copy()
+        got = to_numpy(t)
+        assert got.tobytes() == want.tobytes() and got.strides == want.strides
+        assert not np.shares_memory(got, t.detach().numpy())
+
+
+def test_the_gradients_peak_kept_for_a_reference_is_never_another_references():
+    """The gradients' peak is found once per reference (both dtypes ask); another reference, even an equal-sized
+    one, gets its own."""
+    import importlib
+
+    stage = importlib.import_module("diffcheck.checks.autograd")
+    point = point_of("sum(x * y)", {"x": {"shape": [3, 4]}, "y": {"shape": [4]}})
+    fwd, grads = point.reference("float64")
+    assert stage.beyond_range(fwd, grads, "float32") is None and stage._PEAK[0] is grads
+    assert stage.beyond_range(fwd, grads, "float64") is None
+    gradient = type(grads[0]["x"])
+    huge = [{"x": gradient(np.full(2, 1e39), np.zeros(2), np.full(2, 1e39), np.full(2, 1e39))}]
+    assert "values reach 1e+39, beyond float32's largest" in stage.beyond_range(fwd, huge, "float32")
+    assert stage.beyond_range(fwd, huge, "float64") is None
+    assert stage.beyond_range(fwd, grads, "float32") is None

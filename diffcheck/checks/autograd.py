@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import tolerance as tol
-from ..compare import compare, ranks, worst_margin
+from ..compare import _finite, _margins, _ranked, compare, ranks
 from ..devices import device_skips
 from ..expr.ir import Call, Const, walk
 from ..model import Check
@@ -41,9 +41,20 @@ def unjudgeable(point: Point, dtype: str, fwd, grads) -> str | None:
 
 def beyond_range(fwd, grads, dtype: str) -> str | None:
     """Values or gradients (the finite ones) beyond ``dtype``'s largest number: nothing can be judged there."""
-    peak = max([fwd.peak] + [float(np.max(np.abs(g.value), initial=0.0))
-                             for gs in grads for g in gs.values() if np.all(np.isfinite(g.value))])
+    peak = max(fwd.peak, _grads_peak(grads))
     return f"values reach {peak:.3g}, beyond {dtype}'s largest {tol.MAX[dtype]:.3g}" if peak > tol.MAX[dtype] else None
+
+
+_PEAK: list = []  # [grads, their peak]: the latest reference's, which every dtype of a case asks about
+
+
+def _grads_peak(grads) -> float:
+    """The largest magnitude over the finite gradients of ``grads`` (one dict per cotangent), found once per
+    reference (the list is held, so identity names it; nothing changes a reference once built)."""
+    if not _PEAK or _PEAK[0] is not grads:
+        _PEAK[:] = [grads, max([0.0] + [float(np.max(np.abs(g.value), initial=0.0))
+                                        for gs in grads for g in gs.values() if np.all(np.isfinite(g.value))])]
+    return _PEAK[1]
 
 
 def on_device(point: Point, dtype: str, device: str) -> list[Check]:
@@ -108,29 +119,43 @@ def on_device(point: Point, dtype: str, device: str) -> list[Check]:
 def worst_over_cotangents(point: Point, res, grads, name, dtype, device) -> Check:
     """Judge every cotangent's VJP; report the one with the worst margin in full."""
     against = "surrogate" if name in point.surrogates else "symbolic"
-    if not all(np.all(np.isfinite(ref[name].value)) for ref in grads):
+    if not all(_finite(ref[name].value) for ref in grads):
         return Check("grad", point.engine, against, var=name, dtype=dtype, device=device, status="skip",
                      message="the reference gradient is not finite at this point (a singularity)")
     margins = stacked_margins(res.vjps, grads, name, dtype, point.case.tolerance)
+    known = {}  # cotangent -> (its tolerance, its _margins): the worst one's are not computed again
     if margins is None:  # one cotangent at a time
-        margins = []
-        for vjp, ref in zip(res.vjps, grads):
-            g = ref[name]
-            margins.append(worst_margin(vjp[name], g.value, tol.derived(g.err, g.value, dtype,
-                                                                        point.case.tolerance).allowed, g.lo, g.hi))
+        margins = [one_margin(vjp[name], ref[name], dtype, point.case.tolerance, known, k)
+                   for k, (vjp, ref) in enumerate(zip(res.vjps, grads))]
     worst_ci = int(np.argmax(margins))
     g = grads[worst_ci][name]
     surrogate = name in point.surrogates  # finite differences of the forward say nothing about a declared rule
+    t, pre = known.get(worst_ci) or (tol.derived(g.err, g.value, dtype, point.case.tolerance), None)
     worst = compare(Check("grad", point.engine, against, var=name, dtype=dtype, device=device),
-                    res.vjps[worst_ci][name], g.value, tol.derived(g.err, g.value, dtype, point.case.tolerance),
+                    res.vjps[worst_ci][name], g.value, t,
                     lo=g.lo, hi=g.hi, fd=point.fd_values(name) if worst_ci == 0 and not surrogate else None,
-                    upstream=point.cotangents[worst_ci])
+                    upstream=point.cotangents[worst_ci], known=pre)
     if worst.status == "fail" and worst.worst and not surrogate:
         add_fd_column(point, worst, grads, worst_ci, name)
     what = cotangent_name(worst_ci, len(point.cotangents), point.case.outputs)
     worst.message = (worst.message + "; " if worst.message else "") + f"{len(res.vjps)} cotangents, worst: {what}"
     if surrogate:
         worst.message += f"; declared surrogate.{name} = {clip(repr(point.case.surrogate[name][0]), 80)}"
+    return worst
+
+
+def one_margin(got, g, dtype, override, known: dict, k: int) -> float:
+    """``worst_margin`` of one cotangent's VJP against its reference ``g``; keeps the tolerance and margins of
+    the worst so far in ``known`` (k -> them), for its report."""
+    t = tol.derived(g.err, g.value, dtype, override)
+    got = np.asarray(got, dtype=float)
+    if got.shape != np.shape(g.value):
+        return float("inf")
+    pre = _margins(got, g.value, t.allowed, g.lo, g.hi)
+    worst = float(np.max(_ranked(got, g.value, t.allowed, pre), initial=0.0))
+    if not known or worst > known["worst"]:  # argmax keeps the first of equal margins: so does this
+        known.clear()
+        known.update({k: (t, pre), "worst": worst})
     return worst
 
 
@@ -157,7 +182,9 @@ def stacked_margins(vjps, grads, name, dtype, override) -> list[float] | None:
     refs = [g[name] for g in grads]
     got, ref = stack(gots), stack([r.value for r in refs])
     allowed = tol.derived(stack([r.err for r in refs]), ref, dtype, override).allowed
-    ranked = ranks(got, ref, allowed, stack([r.lo for r in refs]), stack([r.hi for r in refs]))
+    lo = stack([r.lo for r in refs])
+    hull = all(r.lo is r.hi for r in refs)  # every reference without a kink: its hull is one array
+    ranked = ranks(got, ref, allowed, lo, lo if hull else stack([r.hi for r in refs]))
     return [float(m) for m in np.max(ranked.reshape(len(gots), -1), axis=1, initial=0.0)]
 
 

@@ -153,7 +153,7 @@ class Point:
             f = program.forward(inputs, None, with_err=False, derivs=False, detached_from=fwd)
             value = f.values[out] if forward is None else forward(inputs)
             with np.errstate(invalid="ignore", over="ignore"):  # inf or nan: a step the differences reject
-                phi = float(np.sum(cot * value))
+                phi = float(np.add.reduce(cot * value, axis=None))  # np.sum's reduction, without its wrapper
             return phi, program.kink_signature(f)
 
         from ..engines.symbolic import Program
@@ -169,7 +169,7 @@ class Point:
                     return None
                 values, sig = batched.evaluate(program, inputs, var, stack, detached_from=fwd)
                 with np.errstate(invalid="ignore", over="ignore"):
-                    return [float(np.sum(cot * v)) for v in values], sig
+                    return [float(np.add.reduce(cot * v, axis=None)) for v in values], sig
 
             evaluate.many = many
         return evaluate, noise
@@ -304,11 +304,14 @@ def entrywise_fd(point: Point) -> dict[str, tuple]:
     """Every entry of each small variable's reference gradient (ones cotangent) by finite differences:
     var -> (values, errors, notes). Variables whose reference gradient is not finite are left out."""
     _, grads = point.reference("float64")
+    small = [name for name in point.case.grad_vars
+             if grads[0][name].value.size <= SMALL and np.all(np.isfinite(grads[0][name].value))]
+    if not small:  # no evaluator (its noise sums over every gradient) for a case without a small var
+        return {}
     evaluate, noise = point.evaluator(0)
     x = point.at("float64")
     return {name: difference_entries(evaluate, x, name, grads[0][name].value.shape, noise, point.fd)
-            for name in point.case.grad_vars
-            if grads[0][name].value.size <= SMALL and np.all(np.isfinite(grads[0][name].value))}
+            for name in small}
 
 
 def difference_entries(evaluate, x, name: str, shape, noise: float, method=None) -> tuple:
@@ -327,7 +330,11 @@ def scaled(grads: dict, r: float) -> dict:
 
     out = {}
     for name, g in grads.items():
-        value, lo, hi = g.value * r, g.lo * r, g.hi * r
+        value = g.value * r
+        if g.lo is g.value and g.hi is g.value:  # no kink: the hull is the value, scaled alike
+            out[name] = Gradient(value, np.abs(r) * g.err + np.abs(value), value, value)
+            continue
+        lo, hi = g.lo * r, g.hi * r
         out[name] = Gradient(value, np.abs(r) * g.err + np.abs(value), np.minimum(lo, hi), np.maximum(lo, hi))
     return out
 

@@ -115,14 +115,14 @@ def _first_round(evaluate: Evaluator, point: dict, like: dict, directions: list,
     if probes is None:
         return None
     phis, sigs = probes
+    same = _same_rows(sig0, sigs, len(rows))
     out = []
     for j in range(len(directions)):
         diffs = []
         for k, step in enumerate(steps):
             r = 6 * j + 2 * k
             plus, minus = phis[r], phis[r + 1]
-            if not (np.isfinite(plus) and np.isfinite(minus)) or not (
-                    _same_row(sig0, sigs, r) and _same_row(sig0, sigs, r + 1)):
+            if not (np.isfinite(plus) and np.isfinite(minus)) or not (same[r] and same[r + 1]):
                 break
             diffs.append((plus - minus) / (2 * step))
         if len(diffs) < len(steps):
@@ -133,10 +133,15 @@ def _first_round(evaluate: Evaluator, point: dict, like: dict, directions: list,
     return out
 
 
-def _same_row(sig0: list, sigs: list, row: int) -> bool:
-    """``_same`` for one row of a batched signature (each entry's shape broadcast to its step's)."""
-    return all(np.array_equal(a if np.shape(a) == b.shape[1:] else np.broadcast_to(a, b.shape[1:]), b[row])
-               for a, b in zip(sig0, sigs))
+def _same_rows(sig0: list, sigs: list, n: int) -> list[bool]:
+    """``_same`` for each of the ``n`` rows of a batched signature (each entry's shape broadcast to its step's),
+    every row at once: a row is the same where every entry equals its unbatched twin (``np.array_equal`` of the
+    row, as ``(a == b).all()``: nan never equals)."""
+    same = np.ones(n, bool)
+    for a, b in zip(sig0, sigs):
+        b = np.asarray(b)[:n]
+        same &= (b == np.broadcast_to(a, b.shape[1:])).reshape(len(b), -1).all(axis=1)
+    return same.tolist()
 
 
 def _richardson(d: list, h: float, noise):

@@ -13,6 +13,7 @@ its pair and the two dispatchers; a split by family would give several small mod
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -185,7 +186,7 @@ def back(prog, i: int, ins: Instr, fwd, vals, shapes, g, ge, with_err, side):
 
 
 def _count(shape, dims) -> int:
-    return int(np.prod([shape[d] for d in dims])) if dims else 1
+    return math.prod(shape[d] for d in dims) if dims else 1  # np.prod of a list would cost an array
 
 
 def _expand(g, x_shape, dims, keepdim):

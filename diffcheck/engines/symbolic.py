@@ -65,6 +65,14 @@ def local_rules(op_name: str, params: tuple) -> Rules:
     return Rules(syms, value, grads, kink, slope, alt, grads_out=via_out, kink_grads=kink_grads)
 
 
+@functools.cache
+def _undefined_everywhere(op_name: str, params: tuple) -> bool:
+    """Whether sympy's formula or a derivative of ``op_name`` with these parameters is undefined for every input
+    (``zoo``, ``nan``, an infinity): asked at every lowering, answered once (sympy's ``has`` walks the tree)."""
+    rules = local_rules(op_name, params)
+    return any(e.has(sp.zoo, sp.nan, sp.oo, -sp.oo) for e in (rules.value, *rules.grads))
+
+
 OUT = sp.Symbol("out", real=True)  # an op's own output, in derivatives written with it
 
 
@@ -154,8 +162,7 @@ class Program:
         p = dict(node.params)
         op = OPS[node.op]
         if op.kind == "elementwise":
-            rules = local_rules(node.op, tuple(sorted(p.items())))
-            if any(e.has(sp.zoo, sp.nan, sp.oo, -sp.oo) for e in (rules.value, *rules.grads)):
+            if _undefined_everywhere(node.op, tuple(sorted(p.items()))):
                 shown = ", ".join(f"{k}={v:g}" for k, v in p.items())
                 raise ExpressionError(f"{node.op}({shown}) is undefined for every input (with these parameters "
                                       f"its formula divides by zero)")
@@ -312,7 +319,7 @@ class Program:
                 else:
                     values[i], errs[i] = self._step(i, slot.instr, fwd, kink_u, with_err, derivs)
                 if with_err:  # the reference run: how large do intermediates get (a dtype's range)?
-                    peak = max(peak, float(np.max(np.abs(values[i]), initial=0.0, where=np.isfinite(values[i]))))
+                    peak = max(peak, _finite_peak(values[i]))
         fwd.peak = peak
         return fwd
 
@@ -354,7 +361,7 @@ class Program:
         errs = [fwd.errs[a] for a in ins.args]
         if ins.op in OPS and OPS[ins.op].kind == "elementwise":
             op = OPS[ins.op]
-            value = _shaped(op.numpy(*vals, **ins.params), ins.shape).astype(np.float64)
+            value = _fresh(_shaped(op.numpy(*vals, **ins.params), ins.shape), vals)
             if op.zero_grad:  # masks, floor, detach: exact (or the input's error), nothing flows back
                 if op.jump and kink_u is not None:
                     fwd.jumps[i] = self._jump_distance(ins, vals, errs)
@@ -484,6 +491,7 @@ class Program:
             for name, (value, _) in self.vjp(fwd, cotangent, False, pattern).items():
                 variants[name].append(value)
         return {name: Gradient(value, err, np.minimum.reduce(variants[name]), np.maximum.reduce(variants[name]))
+                if len(variants[name]) > 1 else Gradient(value, err, value, value)  # no kink: the hull is the value
                 for name, (value, err) in mid.items()}
 
     def _back(self, i: int, ins: Instr, fwd: Forward, g, ge, with_err, side):
@@ -497,11 +505,16 @@ class Program:
             # On a kink a lower precision may take either side's derivative (a tie in maximum, relu at a rounded
             # zero): the upstream gradient's rounding then flows through the larger one, even where the
             # reference's own derivative is 0.
-            reach = [np.abs(d) for d, _ in derivs]
+            active = [self.slots[a].active for a in ins.args]  # every caller drops the others' adjoints
+            reach = [None if not act else np.abs(d) if with_err else True for (d, _), act in zip(derivs, active)]
             if with_err and on_kink:
                 for s in (-1, 1):
-                    reach = [np.maximum(r, np.abs(d)) for r, (d, _) in zip(reach, self._one_sided(i, ins, fwd, s))]
+                    reach = [r if r is None else np.maximum(r, np.abs(d))
+                             for r, (d, _) in zip(reach, self._one_sided(i, ins, fwd, s))]
             for arg, shape, (d, de), r in zip(ins.args, shapes, derivs, reach):
+                if r is None:  # not differentiated through: a placeholder, never read
+                    yield arg, (0.0, 0.0)
+                    continue
                 contrib = g * d
                 err = (sympy_eval.times(r, ge) + sympy_eval.times(np.abs(g), de) + np.abs(contrib)) if with_err else 0.0
                 yield arg, _unbroadcast(contrib, err, shape, with_err)
@@ -527,10 +540,27 @@ class Program:
         return out
 
 
+def _finite_peak(value) -> float:
+    """The largest finite magnitude in ``value`` (0 for none): one plain max where every entry is finite (the max
+    is then finite too; a nan or inf makes it not), the masked max otherwise."""
+    mag = np.abs(value)
+    top = float(np.max(mag, initial=0.0))
+    return top if top < np.inf else float(np.max(mag, initial=0.0, where=np.isfinite(value)))
+
+
 def _exact_unit(value, err) -> np.ndarray:
     """The entries that are exactly 0, 1 or -1 and carry no rounding error."""
     value = np.asarray(value)
     return (np.asarray(err) == 0) & ((value == 0) | (np.abs(value) == 1))
+
+
+def _fresh(value, inputs) -> np.ndarray:
+    """``value.astype(np.float64)``: a float64 array of its own; one numpy has just made (not a view, not an input
+    passed through) is that already, so it is not copied again."""
+    if type(value) is np.ndarray and value.dtype == np.float64 and value.flags.owndata and \
+            all(value is not v for v in inputs):
+        return value
+    return value.astype(np.float64)
 
 
 def _shaped(x, shape):

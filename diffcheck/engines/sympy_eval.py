@@ -168,7 +168,7 @@ def times(a, b):
     budget downstream into nan, and a nan tolerance can never be judged."""
     with np.errstate(invalid="ignore", over="ignore"):
         out = np.multiply(a, b)
-    if np.any(np.isnan(out)):
+    if np.isnan(out).any():
         out = np.where(np.isnan(out) & ((np.asarray(a) == 0) | (np.asarray(b) == 0)), 0.0, out)
         return out if np.ndim(out) else float(out)
     return out
