@@ -111,6 +111,7 @@ expect.value = 5.0
 '''
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # numpy's overflow warnings stay inside diffcheck
 def test_a_wrong_expectation_under_a_non_finite_budget_never_passes(write_case):
     result = run_cli(write_case(NAN_BUDGETS), "-v")
     for name in ("saturated", "constant", "huge_slope", "huge_slope_value"):

@@ -72,7 +72,8 @@ def _closure(node: Node):
         torch_op, numpy_op = OPS[node.op].torch, OPS[node.op].numpy
 
         def constant(args):  # a constant sub-expression stays a Python float, as in _eval
-            return float(numpy_op(*[np.float64(a) for a in args], **p))
+            with np.errstate(all="ignore"):  # 10**10**10 is inf as in Python's float64, without numpy's warning
+                return float(numpy_op(*[np.float64(a) for a in args], **p))
 
         if len(arg_fns) == 2 and not p:
             f0, f1 = arg_fns
