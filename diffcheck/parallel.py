@@ -90,7 +90,8 @@ def _rounds(items, order, options, workers, threads, context, marks, environment
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(marks, str(i)))
             yield {i: _alone(items[i], options, threads, context, marks, i)}
-        pending = [i for i in order if i in set(broken) - set(running)]
+        left = set(broken) - set(running)
+        pending = [i for i in order if i in left]
 
 
 def _alone(item, options: Options, threads: int, context, marks: str, index: int) -> CaseResult:
@@ -117,9 +118,10 @@ def _marked(index: int, item, options: Options) -> CaseResult:
     mark = os.path.join(_MARKS, str(index))
     with open(mark, "w"):
         pass
-    result = _one(item, options)
-    os.remove(mark)
-    return result
+    try:
+        return _one(item, options)
+    finally:
+        os.remove(mark)
 
 
 def _one(item, options: Options) -> CaseResult:

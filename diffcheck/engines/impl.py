@@ -30,6 +30,7 @@ one file is what makes it reviewable.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -270,11 +271,12 @@ class ImplFailure(Exception):
                    "raised", phase_name, exc)
 
 
+@functools.cache
 def _settings():
     """The process-wide settings that user code can change and every later computation depends on -- torch's, and
     the working directory (relative case, impl and report paths) -- as (what it is, how to read it, how to set
     it, how to say its value). Restored in this order (the matmul precision sets the TF32 flags too, so it goes
-    before them)."""
+    before them). Built once: every forward call of user code reads it twice."""
     import os
 
     import torch
@@ -342,6 +344,24 @@ def state_failure(changed: str, phase_name: str) -> ImplFailure:
                        "back, so that later cases are unaffected", "state", phase_name)
 
 
+def _forward(fn: Callable, tensors: dict):
+    """One call of the user's forward: whatever it raises (but KeyboardInterrupt and the timeout) and any global
+    setting it leaves changed is an ImplFailure; the settings are put back either way."""
+    before = global_state()
+    try:
+        with phase("the impl's forward"):
+            out = fn(**tensors)
+    except (KeyboardInterrupt, Timeout):
+        raise
+    except BaseException as exc:  # user code: every exception is a finding, SystemExit included
+        restore_state(before)
+        raise ImplFailure.of(exc, "forward") from None
+    changed = restore_state(before)
+    if changed:
+        raise state_failure(changed, "in forward")
+    return out
+
+
 def guard(fn: Callable, out_shape, outputs=()) -> Callable:
     """``fn`` whose every failure is an ImplFailure: anything it raises, a non-tensor, a wrong shape. With several
     ``outputs`` (outputs.Output) the result is a tuple or dict, checked and flattened into the one flat output;
@@ -353,18 +373,7 @@ def guard(fn: Callable, out_shape, outputs=()) -> Callable:
         return _guard_outputs(fn, outputs)
 
     def call(**tensors):
-        before = global_state()
-        try:
-            with phase("the impl's forward"):
-                out = fn(**tensors)
-        except (KeyboardInterrupt, Timeout):
-            raise
-        except BaseException as exc:  # user code: every exception is a finding, SystemExit included
-            restore_state(before)
-            raise ImplFailure.of(exc, "forward") from None
-        changed = restore_state(before)
-        if changed:
-            raise state_failure(changed, "in forward")
+        out = _forward(fn, tensors)
         if not isinstance(out, torch.Tensor):
             hint = " (several outputs: write expr as a tuple, '(a, b)')" if isinstance(out, tuple | list | dict) else ""
             raise ImplFailure(f"the impl returned {clean(type(out).__name__)}, not a tensor{hint}", "returned",
@@ -382,18 +391,7 @@ def _guard_outputs(fn: Callable, outputs) -> Callable:
     from ..outputs import Mismatch, concatenate, flatten_result
 
     def parts(**tensors):
-        before = global_state()
-        try:
-            with phase("the impl's forward"):
-                out = fn(**tensors)
-        except (KeyboardInterrupt, Timeout):
-            raise
-        except BaseException as exc:  # user code: every exception is a finding, SystemExit included
-            restore_state(before)
-            raise ImplFailure.of(exc, "forward") from None
-        changed = restore_state(before)
-        if changed:
-            raise state_failure(changed, "in forward")
+        out = _forward(fn, tensors)
         try:
             return flatten_result(out, outputs, clean)
         except Mismatch as exc:
