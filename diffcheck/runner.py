@@ -135,12 +135,15 @@ def _training(case: TrainCase, options: Options, seed: int) -> Findings:
     return run_train_case(case, options, seed)
 
 
-def _import_gradient() -> None:
+def _import_gradient(case: Case | None = None, options: Options | None = None) -> None:
     from . import checks  # noqa: F401
     from .engines import autograd, symbolic  # noqa: F401
 
+    if case is not None and (case.impl or case.order > 1 or case.transforms or (options and options.transforms)):
+        autograd._load_forward_ad()  # jvp checks (impl, hvp_fwd, transforms): forward mode is slow to start
 
-def _import_training() -> None:
+
+def _import_training(case: TrainCase | None = None, options: Options | None = None) -> None:
     from . import training  # noqa: F401
 
 
@@ -157,7 +160,7 @@ def run_case(case: Case | TrainCase, options: Options | None = None) -> CaseResu
     from .engines.impl import Timeout, time_limit
 
     run, imports = next(kind for t, kind in KINDS.items() if isinstance(case, t))
-    imports()
+    imports(case, options)
     from .engines.impl import global_state, restore_state
 
     state = global_state()

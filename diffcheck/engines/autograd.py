@@ -456,10 +456,13 @@ def _load_forward_ad() -> None:
 
     On first use torch registers its forward-mode decompositions by scripting 18 functions with ``torch.jit.script``,
     which torch itself has deprecated: every user's test run would show 18 DeprecationWarnings (or, under ``-W
-    error``, lose the jvp check). Only that warning, only during that load, is silenced.
+    error``, lose the jvp check). Only that warning, only during that load, is silenced. torch._dynamo is imported
+    here too: forward mode's first use of many ops (``x * 2`` in a ``jvp``) imports it (about 2 s here), and the
+    runner calls this before a case's ``--timeout`` starts, not inside the first case that uses forward mode.
     """
     import warnings
 
+    import torch._dynamo  # noqa: F401
     from torch.autograd import forward_ad
 
     load = getattr(forward_ad, "_maybe_load_decompositions", None)
