@@ -1,6 +1,7 @@
 """Speed: diffcheck's full check against torch.autograd.gradcheck, in one process and one run.
 
-    python benchmarks/speed.py [--quick] [--threads N]      (--big alone: only the 1000x1000 case, as JSON)
+    python benchmarks/speed.py [--quick] [--threads N]      (--big alone: only the 1000x1000 case, as JSON;
+                                                            --training alone: only the training cases' floor)
 
 ``--threads 1`` (with ``OPENBLAS_NUM_THREADS=1``) measures as each worker of ``diffcheck run -j 2`` computes on a
 2-core machine; on a machine shared with other jobs it also keeps idle threads from spinning against them.
@@ -168,6 +169,53 @@ def corpus(exe: str) -> str:
             f"{len(secs) - len(gradient)}: total {sum(secs) - sum(gradient):.1f} s")
 
 
+def training_floor() -> str:
+    """What the training cases cost beyond the loops under test: each case through ``run_case`` against its torch
+    loops alone (``run_torch``, twice per dtype as ``reproducible`` needs), and the cost of one step of a loop
+    written by hand (T4's: 50 points, ``mean((y - (x @ w + b))**2)``, ``w.data.sub_(lr * w.grad)``)."""
+    from diffcheck.training.data import batches, draw
+    from diffcheck.training.loops import run_torch
+
+    cases = [c for c in load([ROOT / "cases" / "train"]) if not isinstance(c, Exception)]
+    whole = loops = t4 = 0.0
+    steps_run = 0
+    for case in cases:
+        start = time.perf_counter()
+        run_case(case, Options(devices=("cpu",)))
+        whole += time.perf_counter() - start
+        data, init = draw(case)
+        steps = batches(case, len(data[case.model.train.target]))
+        start = time.perf_counter()
+        for dtype in case.dtypes:
+            for _ in range(2):
+                steps_run += len(run_torch(case, data, init, dtype, "cpu", steps).losses)
+        loops += time.perf_counter() - start
+        if case.name == "T4_3x_plus_0_8_2000_steps":  # the hand-written loop below is this case's
+            t4 = (time.perf_counter() - start) / (4 * len(steps))
+    per_step = []
+    for dtype in (torch.float32, torch.float64):
+        x = torch.rand(50, 1, dtype=dtype)
+        y, w, b = 3 * x + 0.8, torch.rand(1, 1, dtype=dtype, requires_grad=True), torch.zeros((), dtype=dtype,
+                                                                                              requires_grad=True)
+
+        def loop(steps=500):
+            for _ in range(steps):
+                if w.grad is not None:
+                    w.grad.zero_()
+                    b.grad.zero_()
+                loss = torch.mean((y - (x @ w + b)) ** 2)
+                loss.backward()
+                w.data.sub_(0.01 * w.grad)
+                b.data.sub_(0.01 * b.grad)
+                w.detach().clone(), b.detach().clone(), loss.detach()  # the history a loop under test keeps
+
+        per_step.append(best(loop, 3) / 500)
+    return (f"training cases {len(cases)}: {whole:.1f} s through run_case in this process; their torch loops alone "
+            f"{loops:.1f} s ({steps_run} optimizer steps, {loops / max(steps_run, 1) * 1e6:.0f} us a step); "
+            f"T4_3x_plus_0_8_2000_steps's loop {t4 * 1e6:.0f} us a step, the same loop written by hand "
+            f"{per_step[0] * 1e6:.0f} us a step in float32, {per_step[1] * 1e6:.0f} us in float64")
+
+
 def pytest_corpus(workers: str, *flags: str) -> str:
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", workers, *flags,
@@ -204,6 +252,7 @@ def main(quick: bool) -> None:
 
     exe = str(Path(sys.executable).with_name("diffcheck"))
     print(corpus(exe))
+    print(training_floor())
     if not quick:
         print(pytest_corpus("2"))
         # pytest's logging plugin attaches a handler to each of torch's non-propagating loggers in every phase of
@@ -222,5 +271,7 @@ if __name__ == "__main__":
         torch.set_num_threads(int(sys.argv[sys.argv.index("--threads") + 1]))
     if "--big" in sys.argv:
         print(json.dumps(big()))
+    elif "--training" in sys.argv:
+        print(training_floor())
     else:
         main("--quick" in sys.argv)
