@@ -1,0 +1,162 @@
+"""Backward bugs of real custom Functions that diffcheck used to pass (or report unclearly), each beside its
+correct twin, run as a user runs them: a case file and its kernels through the CLI, and through the API."""
+
+import torch
+from click.testing import CliRunner
+
+import diffcheck
+from diffcheck.cli import main
+
+KERNELS = '''
+import torch
+from torch.autograd.function import once_differentiable
+
+
+class ClampInPlace(torch.autograd.Function):
+    """Clamps its caller's tensor in place to save memory: the gradient is right, the caller's x is changed."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x.clamp_(-0.5, 0.5)
+        ctx.save_for_backward(x)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * ((x > -0.5) & (x < 0.5))
+
+
+class Clamp(ClampInPlace):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(-0.5, 0.5)
+
+
+class SinGradInPlace(torch.autograd.Function):
+    """Scales grad_output in place and returns it: right alone, wrong where the upstream gradient is shared."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.sin()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        g.mul_(x.cos())
+        return g
+
+
+class Sin(SinGradInPlace):
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * x.cos()
+
+
+class Cube(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x**3
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 3 * g * x * x
+
+
+class CubeNegative(Cube):
+    """First order right everywhere; where x < 0 one factor is detached, so the double backward is half there."""
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 3 * g * x * torch.where(x < 0, x.detach(), x)
+
+
+class CubeOnce(Cube):
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 3 * g * x * x
+'''
+
+
+def run_cli(tmp_path, cases: str):
+    (tmp_path / "kernels.py").write_text(KERNELS)
+    (tmp_path / "cases.toml").write_text('devices = ["cpu"]\n' + cases)
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "cases.toml"), "--device", "cpu"])
+    assert "Traceback" not in result.output
+    return result, {ln.split("::")[1].split()[0]: ln for ln in result.output.splitlines()
+                    if ln.startswith(("PASS", "FAIL", "ERROR", "SKIP"))}
+
+
+def case(name: str, impl: str, expr: str, value: str, extra: str = "") -> str:
+    return f'[[case]]\nname = "{name}"\nexpr = "{expr}"\nimpl = "kernels:{impl}"\nvars.x = {{ shape = [4], ' \
+           f'value = {value} }}\n{extra}\n'
+
+
+def kernels(tmp_path):
+    import importlib.util
+
+    (tmp_path / "kernels.py").write_text(KERNELS)
+    spec = importlib.util.spec_from_file_location("real_bug_kernels", tmp_path / "kernels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_forward_that_modifies_its_input_in_place_fails_naming_the_input(tmp_path):
+    x = "[-0.9, -0.2, 0.3, 0.8]"
+    result, lines = run_cli(tmp_path, case("bug", "ClampInPlace", "clamp(x, min=-0.5, max=0.5)", x)
+                            + case("ok", "Clamp", "clamp(x, min=-0.5, max=0.5)", x))
+    assert result.exit_code == 1, result.output
+    assert lines["bug"].startswith("FAIL") and "the impl modified its input x in place (in forward)" in lines["bug"]
+    assert lines["ok"].startswith("PASS"), lines["ok"]
+
+
+def test_the_api_reports_an_input_modified_in_place_and_leaves_the_callers_tensor_alone(tmp_path):
+    module = kernels(tmp_path)
+    x = torch.tensor([-0.9, -0.2, 0.3, 0.8], dtype=torch.float64, requires_grad=True)
+    result = diffcheck.check("clamp(x, min=-0.5, max=0.5)", inputs={"x": x}, impl=module.ClampInPlace)
+    assert result.status == "fail" and "modified its input x in place" in result.message, result.message
+    assert torch.equal(x.detach(), torch.tensor([-0.9, -0.2, 0.3, 0.8], dtype=torch.float64))
+    assert diffcheck.check("clamp(x, min=-0.5, max=0.5)", inputs={"x": x}, impl=module.Clamp).ok
+
+
+def test_a_backward_that_modifies_grad_output_in_place_fails(tmp_path):
+    x = "[-0.9, -0.2, 0.3, 0.8]"
+    result, lines = run_cli(tmp_path, case("bug", "SinGradInPlace", "sin(x)", x) + case("ok", "Sin", "sin(x)", x))
+    assert result.exit_code == 1, result.output
+    assert lines["bug"].startswith("FAIL")
+    assert "backward modified its upstream gradient (grad_output) in place" in lines["bug"], lines["bug"]
+    assert lines["ok"].startswith("PASS"), lines["ok"]
+    # why it is a finding: torch hands the one upstream gradient of f(x) + x to both branches
+    module = kernels(tmp_path)
+    x = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    v = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    (module.SinGradInPlace.apply(x) + x).backward(v.clone())
+    assert not torch.allclose(x.grad, v * (x.detach().cos() + 1))
+
+
+def test_order_2_judges_the_double_backward_at_every_output_entry(tmp_path):
+    # the last entry (x > 0) is right: an H v of that output entry alone saw nothing wrong
+    x = "[-0.5, -1.0, 0.7, 0.3]"
+    result, lines = run_cli(tmp_path, case("bug", "CubeNegative", "x**3", x, "order = 2")
+                            + case("ok", "Cube", "x**3", x, "order = 2"))
+    assert result.exit_code == 1, result.output
+    assert lines["bug"].startswith("FAIL"), lines["bug"]
+    assert "first-order gradient is right; its double backward is wrong (hvp x [float64 cpu]" in lines["bug"]
+    assert lines["ok"].startswith("PASS"), lines["ok"]
+
+
+def test_order_2_of_a_once_differentiable_backward_says_why(tmp_path):
+    result, lines = run_cli(tmp_path, case("once", "CubeOnce", "x**3", "[-0.5, -1.0, 0.7, 0.3]", "order = 2"))
+    assert result.exit_code == 1, result.output
+    assert lines["once"].startswith("FAIL")
+    assert "the first-order gradient cannot be differentiated: it has no graph" in lines["once"], lines["once"]
+    assert "does not require grad" not in lines["once"]
