@@ -77,6 +77,38 @@ class CubeNegative(Cube):
         return 3 * g * x * torch.where(x < 0, x.detach(), x)
 
 
+class Scale(torch.autograd.Function):
+    """x * w[:, None], torch.func style; its vmap rule moves each batch dim to the end."""
+
+    @staticmethod
+    def forward(x, w):
+        return x * w[:, None]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        return g * w[:, None], (g * x).sum(-1)
+
+    @staticmethod
+    def vmap(info, in_dims, x, w):
+        x = x.movedim(in_dims[0], -1) if in_dims[0] is not None else x.unsqueeze(-1).expand(*x.shape, info.batch_size)
+        w = w.movedim(in_dims[1], -1) if in_dims[1] is not None else w.unsqueeze(-1).expand(*w.shape, info.batch_size)
+        return (x * w[:, None]).movedim(-1, 0), 0
+
+
+class ScaleEveryInputBatched(Scale):
+    """The rule assumes every input has a batch dim: per-sample gradients (w shared, in_dims None) break it."""
+
+    @staticmethod
+    def vmap(info, in_dims, x, w):
+        x, w = x.movedim(in_dims[0], -1), w.movedim(in_dims[1], -1)
+        return (x * w[:, None]).movedim(-1, 0), 0
+
+
 class CubeOnce(Cube):
     @staticmethod
     @once_differentiable
@@ -160,3 +192,16 @@ def test_order_2_of_a_once_differentiable_backward_says_why(tmp_path):
     assert lines["once"].startswith("FAIL")
     assert "the first-order gradient cannot be differentiated: it has no graph" in lines["once"], lines["once"]
     assert "does not require grad" not in lines["once"]
+
+
+def test_vmap_batches_the_first_var_alone_as_per_sample_gradients_do(tmp_path):
+    def scale(name, impl):
+        return f'[[case]]\nname = "{name}"\nexpr = "x * unsqueeze(w, dim=1)"\nimpl = "kernels:{impl}"\n' \
+               'vars.x = { shape = [3, 4] }\nvars.w = { shape = [3] }\ntransforms = ["vmap"]\n'
+
+    result, lines = run_cli(tmp_path, scale("bug", "ScaleEveryInputBatched") + scale("ok", "Scale"))
+    assert result.exit_code == 1, result.output
+    assert lines["bug"].startswith("FAIL"), lines["bug"]
+    assert "wrong under the vmap transform (batched inputs (3 points of x, the other vars shared: in_dims None): " \
+           "the impl raised TypeError" in lines["bug"], lines["bug"]
+    assert lines["ok"].startswith("PASS"), lines["ok"]
