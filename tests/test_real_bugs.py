@@ -109,6 +109,19 @@ class ScaleEveryInputBatched(Scale):
         return (x * w[:, None]).movedim(-1, 0), 0
 
 
+def cube(x):
+    return x**3
+
+
+class CubeHalfSecond(Cube):
+    """First order right; one factor detached, so its double backward is half the true one."""
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 3 * g * x * x.detach()
+
+
 class CubeOnce(Cube):
     @staticmethod
     @once_differentiable
@@ -205,3 +218,19 @@ def test_vmap_batches_the_first_var_alone_as_per_sample_gradients_do(tmp_path):
     assert "wrong under the vmap transform (batched inputs (3 points of x, the other vars shared: in_dims None): " \
            "the impl raised TypeError" in lines["bug"], lines["bug"]
     assert lines["ok"].startswith("PASS"), lines["ok"]
+
+
+def test_order_2_with_a_python_reference_or_the_impl_alone_runs_and_catches_a_wrong_double_backward(tmp_path):
+    def cubes(name, impl, reference):
+        ref = f'reference = "kernels:{reference}"\n' if reference else ""
+        return f'[[case]]\nname = "{name}"\nimpl = "kernels:{impl}"\n{ref}order = 2\nvars.x = {{ shape = [4] }}\n'
+
+    result, lines = run_cli(tmp_path, cubes("ref_bug", "CubeHalfSecond", "cube") + cubes("ref_ok", "Cube", "cube")
+                            + cubes("alone_bug", "CubeHalfSecond", None) + cubes("alone_ok", "Cube", None))
+    assert result.exit_code == 1, result.output
+    assert "ERROR" not in result.output and "IndexError" not in result.output
+    for name in ("ref_bug", "alone_bug"):
+        assert lines[name].startswith("FAIL"), lines[name]
+        assert "first-order gradient is right; its double backward is wrong (hvp x [float64 cpu]" in lines[name]
+    for name in ("ref_ok", "alone_ok"):
+        assert lines[name].startswith("PASS"), lines[name]

@@ -54,6 +54,8 @@ def higher_reference(point: Point) -> list[Check]:
     """The exact H v (and D3) against Richardson differences of the exact lower derivative, float64."""
     from ..engines import jets
 
+    if point.case.callable_reference:  # no exact jets: higher_autograd differences the reference's gradient
+        return []
     dirs = directions(point)
     fwd, grads = point.reference("float64")
     if not grads:
@@ -132,6 +134,8 @@ def higher_autograd(point: Point) -> list[Check]:
     """torch's higher derivatives (autograd or the impl) per dtype and device against the exact ones."""
     checks = []
     dirs = directions(point)
+    if point.case.callable_reference:
+        return _callable_higher(point, dirs)
     for device, skip in device_skips(point.case.devices, point.devices).items():
         for dtype in point.dtypes:
             if skip:  # reported, never dropped silently
@@ -139,6 +143,59 @@ def higher_autograd(point: Point) -> list[Check]:
                                  message=skip.message, details={"skipped": skip.code}) for kind in _kinds(point)]
             else:
                 checks += _on_device(point, dtype, device, dirs)
+    return checks
+
+
+def _callable_higher(point: Point, dirs) -> list[Check]:
+    """A Python reference (or the impl alone) has no exact jets: the impl's double backward H v, float64 on each
+    device, against Richardson differences of the reference's own float64 gradient along v (the impl's own, for
+    the impl alone: its double backward must agree with its backward). Other dtypes, forward-over-reverse and
+    the third order have no measured budget here and are skips that say so."""
+    from ..engines import finite, torch_higher
+    from ..engines.impl import phase
+
+    x, names, cot, program = point.at("float64"), point.case.grad_vars, higher_cotangent(point), point.program
+
+    def lower(inputs):
+        grads = program.vjp(program.forward(inputs, with_err=False), cot)
+        return {n: (g, np.zeros(np.shape(g))) for n, (g, _) in grads.items()}, []
+
+    what = "finite differences of the reference's gradient"
+    try:
+        diff, err, why = _differences(lower, x, dirs[0], point.fd)
+    except Exception as exc:  # the reference raised at a step: reported as its first-order checks report it
+        diff, why = None, f"the reference raised {type(exc).__name__} at a finite-difference step"
+    checks = []
+    for device, skip in device_skips(point.case.devices, point.devices).items():
+        for dtype in point.dtypes:
+            others = {"hvp_fwd": "forward-over-reverse", "d3": "the third derivative"}
+            reason = skip.message if skip else why or (
+                f"judged in float64 only: a {'Python reference' if point.case.reference else 'impl alone'} has no "
+                f"rounding budget for {dtype}'s H v" if dtype != "float64" else "")
+            for kind in _kinds(point):
+                if reason or kind != "hvp":
+                    checks.append(Check(kind, point.engine, what, dtype=dtype, device=device, status="skip",
+                                        message=reason or f"{others[kind]} needs expr's exact higher derivatives "
+                                                          "(a Python reference has none)"))
+            if reason:
+                continue
+            allowed = {n: point.fd.safety * err[n] + 64 * finite.U64 * np.max(np.abs(diff[n]), initial=0.0)
+                       for n in names}
+            zero = all(np.all(np.abs(diff[n]) <= allowed[n]) for n in names)
+            check = Check("hvp", point.engine, what, dtype=dtype, device=device)
+            try:
+                with phase(f"the impl's {HOW['hvp']}"):
+                    got = torch_higher.reverse(point.fn, x, names, cot, dirs[:1], dtype, device, point.var_dtypes,
+                                               (zero, False))
+            except BaseException as exc:
+                failed = _raised(point, check, exc, "hvp")
+                if failed is None:
+                    raise
+                checks.append(failed)
+                continue
+            checks += [compare(Check("hvp", point.engine, what, var=n, dtype=dtype, device=device), got[n], diff[n],
+                               tol.Tolerance(allowed[n], None, None, fd_source(point.fd)), fd=diff[n])
+                       for n in names]
     return checks
 
 

@@ -38,7 +38,7 @@ def _no_graph(k: int):
 
     which = ("first-order gradient", "double backward") if k == 0 else ("second derivative", "third-order backward")
     return ImplFailure(f"the {which[0]} cannot be differentiated: it has no graph (its backward ran under "
-                       "torch.no_grad(), detached its result, or is @once_differentiable), yet the exact higher "
+                       "torch.no_grad(), detached its result, or is @once_differentiable), yet the higher "
                        "derivative is not 0", "not_differentiable", which[1])
 
 
