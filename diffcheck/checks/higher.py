@@ -181,19 +181,19 @@ def _callable_higher(point: Point, dirs) -> list[Check]:
                 continue
             allowed = {n: point.fd.safety * err[n] + 64 * finite.U64 * np.max(np.abs(diff[n]), initial=0.0)
                        for n in names}
-            zero = all(np.all(np.abs(diff[n]) <= allowed[n]) for n in names)
-            check = Check("hvp", point.engine, what, dtype=dtype, device=device)
+            zero, kind = all(np.all(np.abs(diff[n]) <= allowed[n]) for n in names), "hvp"
+            check = Check(kind, point.engine, what, dtype=dtype, device=device)
             try:
                 with phase(f"the impl's {HOW['hvp']}"):
                     got = torch_higher.reverse(point.fn, x, names, cot, dirs[:1], dtype, device, point.var_dtypes,
                                                (zero, False))
             except BaseException as exc:
-                failed = _raised(point, check, exc, "hvp")
+                failed = _raised(point, check, exc, kind)
                 if failed is None:
                     raise
                 checks.append(failed)
                 continue
-            checks += [compare(Check("hvp", point.engine, what, var=n, dtype=dtype, device=device), got[n], diff[n],
+            checks += [compare(Check(kind, point.engine, what, var=n, dtype=dtype, device=device), got[n], diff[n],
                                tol.Tolerance(allowed[n], None, None, fd_source(point.fd)), fd=diff[n])
                        for n in names]
     return checks
