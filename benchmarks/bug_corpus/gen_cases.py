@@ -35,6 +35,12 @@ REFERENCES = {
     "conv_weight_grad_kernel_flipped": ("conv2d(x, w)", {"x": ([2, 2, 5, 5], [-1, 1]), "w": ([3, 2, 3, 3], [-1, 1])}),
     "gather_backward_overwrites_repeated_indices": ("gather(x, 0, idx)", {"x": ([3, 4], [-1, 1]),
                                                                           "idx": ([5, 4], [0, 3], "int64")}),
+    "batched_matmul_weight_grad_from_first_batch": ("a @ w", {"a": ([2, 3, 4], [-1, 1]), "w": ([4, 5], [-1, 1])}),
+    "softmax_backward_sums_over_wrong_dim": ("softmax(x, dim=1)", {"x": ([4, 4], [-2, 2])}),
+    "logsumexp_upstream_not_unsqueezed": ("logsumexp(x, dim=1)", {"x": ([4, 4], [-2, 2])}),
+    "cumsum_backward_exclusive": ("cumsum(x, dim=-1)", {"x": ([3, 5], [-1, 1])}),
+    "centering_backward_right_only_for_batch_1": ("x - mean(x, dim=-1, keepdim=True)", {"x": ([4, 5], [-1, 1])}),
+    "abs_grad_zero_where_input_negative": ("abs(x)", {"x": ([6], [-1, 1])}),
 }
 
 

@@ -150,6 +150,22 @@ BUGS = [
      lambda g, x, w, o: _conv_grads(g, x, w, o, flip=True), _conv_grads),
     ("gelu_tanh_approximation_in_backward", lambda x: F.gelu(x),
      _gelu_tanh_grad, _gelu_exact_grad),
+    # shared weight of a batched matmul: its gradient summed over the batch, not taken from the first member
+    ("batched_matmul_weight_grad_from_first_batch", lambda a, w: a @ w,
+     lambda g, a, w, o: (g @ w.mT, (a.mT @ g)[0]), lambda g, a, w, o: (g @ w.mT, (a.mT @ g).sum(0))),
+    ("softmax_backward_sums_over_wrong_dim", lambda x: torch.softmax(x, dim=1),
+     lambda g, x, o: o * (g - (g * o).sum(0, keepdim=True)),
+     lambda g, x, o: o * (g - (g * o).sum(1, keepdim=True))),
+    # g without [:, None]: on a square input it broadcasts along the wrong dim instead of raising
+    ("logsumexp_upstream_not_unsqueezed", lambda x: torch.logsumexp(x, dim=1),
+     lambda g, x, o: g * torch.exp(x - o[:, None]), lambda g, x, o: g[:, None] * torch.exp(x - o[:, None])),
+    ("cumsum_backward_exclusive", lambda x: torch.cumsum(x, -1),
+     lambda g, x, o: g.flip(-1).cumsum(-1).flip(-1) - g, lambda g, x, o: g.flip(-1).cumsum(-1).flip(-1)),
+    # right for a batch of one row: the mean of the upstream gradient over the whole batch, not per row
+    ("centering_backward_right_only_for_batch_1", lambda x: x - x.mean(-1, keepdim=True),
+     lambda g, x, o: g - g.sum() / x.shape[-1], lambda g, x, o: g - g.sum(-1, keepdim=True) / x.shape[-1]),
+    ("abs_grad_zero_where_input_negative", torch.abs,
+     lambda g, x, o: g * (x > 0), lambda g, x, o: g * torch.sign(x)),
 ]
 
 for _name, _forward, _wrong, _right in BUGS:

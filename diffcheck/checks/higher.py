@@ -35,18 +35,27 @@ def directions(point: Point) -> list[dict]:
             for _ in range(point.case.order - 1)]
 
 
+def higher_cotangent(point: Point):
+    """c of H v = d/dx <grad <c, f>, v>: the first random cotangent (a scalar's random scale). Not the last one:
+    for a small output that is a basis vector, and H v of one output entry misses a double backward wrong in
+    every other entry."""
+    return point.cotangents[1] if len(point.cotangents) > 1 else point.cotangents[0]
+
+
 def exact(point: Point, dtype: str, dirs, fwd=None):
     """The jets of the gradient at ``dtype``'s point (or at ``fwd``): per var [grad, H v, (H w, D3[c, v, w])]."""
     from ..engines import jets
 
     fwd = fwd if fwd is not None else point.reference(dtype)[0]
-    return jets.derivatives(point.program, fwd, point.cotangents[-1], dirs)
+    return jets.derivatives(point.program, fwd, higher_cotangent(point), dirs)
 
 
 def higher_reference(point: Point) -> list[Check]:
     """The exact H v (and D3) against Richardson differences of the exact lower derivative, float64."""
     from ..engines import jets
 
+    if point.case.callable_reference:  # no exact jets: higher_autograd differences the reference's gradient
+        return []
     dirs = directions(point)
     fwd, grads = point.reference("float64")
     if not grads:
@@ -56,7 +65,7 @@ def higher_reference(point: Point) -> list[Check]:
     except jets.Unavailable as exc:
         return [Check(kind, "symbolic", "exact higher derivatives", status="skip", message=str(exc))
                 for kind in _kinds(point)]
-    x, program, cot = point.at("float64"), point.program, point.cotangents[-1]
+    x, program, cot = point.at("float64"), point.program, higher_cotangent(point)
 
     def lower(inputs, component):  # detach() values stay those of the base point, as in double backward
         f = program.forward(inputs, tol.UNIT_ROUNDOFF[point.low], detached_from=fwd)
@@ -125,6 +134,8 @@ def higher_autograd(point: Point) -> list[Check]:
     """torch's higher derivatives (autograd or the impl) per dtype and device against the exact ones."""
     checks = []
     dirs = directions(point)
+    if point.case.callable_reference:
+        return _callable_higher(point, dirs)
     for device, skip in device_skips(point.case.devices, point.devices).items():
         for dtype in point.dtypes:
             if skip:  # reported, never dropped silently
@@ -132,6 +143,59 @@ def higher_autograd(point: Point) -> list[Check]:
                                  message=skip.message, details={"skipped": skip.code}) for kind in _kinds(point)]
             else:
                 checks += _on_device(point, dtype, device, dirs)
+    return checks
+
+
+def _callable_higher(point: Point, dirs) -> list[Check]:
+    """A Python reference (or the impl alone) has no exact jets: the impl's double backward H v, float64 on each
+    device, against Richardson differences of the reference's own float64 gradient along v (the impl's own, for
+    the impl alone: its double backward must agree with its backward). Other dtypes, forward-over-reverse and
+    the third order have no measured budget here and are skips that say so."""
+    from ..engines import finite, torch_higher
+    from ..engines.impl import phase
+
+    x, names, cot, program = point.at("float64"), point.case.grad_vars, higher_cotangent(point), point.program
+
+    def lower(inputs):
+        grads = program.vjp(program.forward(inputs, with_err=False), cot)
+        return {n: (g, np.zeros(np.shape(g))) for n, (g, _) in grads.items()}, []
+
+    what = "finite differences of the reference's gradient"
+    try:
+        diff, err, why = _differences(lower, x, dirs[0], point.fd)
+    except Exception as exc:  # the reference raised at a step: reported as its first-order checks report it
+        diff, why = None, f"the reference raised {type(exc).__name__} at a finite-difference step"
+    checks = []
+    for device, skip in device_skips(point.case.devices, point.devices).items():
+        for dtype in point.dtypes:
+            others = {"hvp_fwd": "forward-over-reverse", "d3": "the third derivative"}
+            reason = skip.message if skip else why or (
+                f"judged in float64 only: a {'Python reference' if point.case.reference else 'impl alone'} has no "
+                f"rounding budget for {dtype}'s H v" if dtype != "float64" else "")
+            for kind in _kinds(point):
+                if reason or kind != "hvp":
+                    checks.append(Check(kind, point.engine, what, dtype=dtype, device=device, status="skip",
+                                        message=reason or f"{others[kind]} needs expr's exact higher derivatives "
+                                                          "(a Python reference has none)"))
+            if reason:
+                continue
+            allowed = {n: point.fd.safety * err[n] + 64 * finite.U64 * np.max(np.abs(diff[n]), initial=0.0)
+                       for n in names}
+            zero, kind = all(np.all(np.abs(diff[n]) <= allowed[n]) for n in names), "hvp"
+            check = Check(kind, point.engine, what, dtype=dtype, device=device)
+            try:
+                with phase(f"the impl's {HOW['hvp']}"):
+                    got = torch_higher.reverse(point.fn, x, names, cot, dirs[:1], dtype, device, point.var_dtypes,
+                                               (zero, False))
+            except BaseException as exc:
+                failed = _raised(point, check, exc, kind)
+                if failed is None:
+                    raise
+                checks.append(failed)
+                continue
+            checks += [compare(Check(kind, point.engine, what, var=n, dtype=dtype, device=device), got[n], diff[n],
+                               tol.Tolerance(allowed[n], None, None, fd_source(point.fd)), fd=diff[n])
+                       for n in names]
     return checks
 
 
@@ -161,7 +225,7 @@ def _on_device(point: Point, dtype: str, device: str, dirs) -> list[Check]:
                                               for c in jet])
     if not np.isfinite(peak) or peak > tol.MAX[dtype]:
         return skipped(f"values reach {peak:.3g}, beyond {dtype}'s largest {tol.MAX[dtype]:.3g}")
-    x, names, cot = point.at(dtype), point.case.grad_vars, point.cotangents[-1]
+    x, names, cot = point.at(dtype), point.case.grad_vars, higher_cotangent(point)
     checks = []
     for kind in _kinds(point):
         component = 3 if kind == "d3" else 1

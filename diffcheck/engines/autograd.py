@@ -372,7 +372,12 @@ def run(fn: Callable, inputs: dict, grad_vars, dtype: str, device: str, cotangen
             if not out.requires_grad:
                 grads = [None] * len(leaves)
             else:
+                version = g._version
                 grads = torch.autograd.grad(out, leaves, g, retain_graph=True, allow_unused=True)
+                if g._version != version:  # where torch hands one gradient to two branches, the other sees it
+                    problems.append("backward modified its upstream gradient (grad_output) in place: where that "
+                                    "gradient is shared (f(x) + x, an expand), the other branches get the "
+                                    "changed one; compute into a new tensor")
             vjp = {}
             for name, leaf, grad in zip(grad_vars, leaves, grads):
                 if grad is None:

@@ -348,6 +348,7 @@ def _forward(fn: Callable, tensors: dict):
     """One call of the user's forward: whatever it raises (but KeyboardInterrupt and the timeout) and any global
     setting it leaves changed is an ImplFailure; the settings are put back either way."""
     before = global_state()
+    versions = _versions(tensors)
     try:
         with phase("the impl's forward"):
             out = fn(**tensors)
@@ -359,7 +360,28 @@ def _forward(fn: Callable, tensors: dict):
     changed = restore_state(before)
     if changed:
         raise state_failure(changed, "in forward")
+    mutated = [n for n, v in _versions(tensors).items() if v != versions.get(n) and tensors[n] is not out]
+    if mutated:
+        raise ImplFailure(f"the impl modified its input{'s' * (len(mutated) > 1)} {', '.join(mutated)} in place "
+                          "(in forward): the caller's tensor changes; work on a copy (x = x.clone()), or return the "
+                          "modified input itself after ctx.mark_dirty(x) if the op is in place by design",
+                          "mutated", "forward")
     return out
+
+
+def _versions(tensors: dict) -> dict:
+    """Each input tensor's version counter, which every in-place write (x.clamp_, x[0] = 0, x.detach().mul_)
+    bumps: a forward that changes it wrote into the caller's tensor. Tensors without one are left out."""
+    import torch
+
+    found = {}
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor):
+            try:
+                found[name] = t._version
+            except RuntimeError:  # inference tensors track no version
+                pass
+    return found
 
 
 def guard(fn: Callable, out_shape, outputs=()) -> Callable:

@@ -26,8 +26,20 @@ def reverse(fn: Callable, inputs: dict, grad_vars, cotangent, directions: list[d
         grads = _grad(out, leaves, _cotangent(cotangent, out, dtype, device), True, False)
         for k, d in enumerate(directions):
             terms = [(g * to_tensor(d[n], dtype, device).to(g.dtype)).sum() for n, g in zip(grad_vars, grads)]
+            if not zero[k] and not any(t.requires_grad for t in terms):
+                raise _no_graph(k)
             grads = _grad(sum(terms), leaves, None, k + 1 < len(directions), zero[k])
     return {n: to_numpy(g) for n, g in zip(grad_vars, grads)}
+
+
+def _no_graph(k: int):
+    """torch's own error here ('element 0 of tensors does not require grad') names no cause: say what it is."""
+    from .impl import ImplFailure
+
+    which = ("first-order gradient", "double backward") if k == 0 else ("second derivative", "third-order backward")
+    return ImplFailure(f"the {which[0]} cannot be differentiated: it has no graph (its backward ran under "
+                       "torch.no_grad(), detached its result, or is @once_differentiable), yet the higher "
+                       "derivative is not 0", "not_differentiable", which[1])
 
 
 def _grad(scalar, leaves, upstream, create_graph: bool, zero: bool):

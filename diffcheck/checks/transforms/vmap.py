@@ -33,7 +33,9 @@ def run(point: Point, requested: list[str]) -> list[Check]:
 
 
 def on_device(point: Point, dtype: str, device: str) -> list[Check]:
-    return batched_cotangents(point, dtype, device) + batched_inputs(point, dtype, device) + \
+    shared = batched_inputs(point, dtype, device, alone=next(iter(point.case.vars))) \
+        if len(point.case.vars) > 1 else []
+    return batched_cotangents(point, dtype, device) + batched_inputs(point, dtype, device) + shared + \
         batched_tangents(point, dtype, device)
 
 
@@ -106,7 +108,9 @@ def members(point: Point, dtype: str) -> list[dict]:
     return out
 
 
-def batched_inputs(point: Point, dtype: str, device: str) -> list[Check]:
+def batched_inputs(point: Point, dtype: str, device: str, alone: str | None = None) -> list[Check]:
+    """With ``alone``, only that var is batched (in_dims 0) and the others are shared (in_dims None), as in
+    per-sample gradients: a vmap rule that assumes every input has a batch dim fails there."""
     import torch
 
     from ...engines.autograd import _no_tf32, to_numpy, to_tensor
@@ -116,6 +120,10 @@ def batched_inputs(point: Point, dtype: str, device: str) -> list[Check]:
     cot = point.cotangents[1 if len(point.cotangents) > 1 else 0]
     points = members(point, dtype)
     what = f"batched inputs ({MEMBERS} points)"
+    if alone is not None:
+        points = [dict(points[0], **{alone: p[alone]}) for p in points]
+        what = f"batched inputs ({MEMBERS} points of {alone}, the other vars shared: in_dims None)"
+    dims = [0 if alone is None or n == alone else None for n in order]
     check = Check("vmap", point.engine, "symbolic", dtype=dtype, device=device, details={"batch": "inputs"})
     notes: list = []
 
@@ -130,9 +138,10 @@ def batched_inputs(point: Point, dtype: str, device: str) -> list[Check]:
 
     try:
         with phase("the impl under vmap"), _no_tf32(), _fallbacks(notes):
-            stacked = [torch.stack([tensor(point, n, p[n], dtype, device, False) for p in points]) for n in order]
+            stacked = [torch.stack([tensor(point, n, p[n], dtype, device, False) for p in points]) if d == 0
+                       else tensor(point, n, points[0][n], dtype, device, False) for n, d in zip(order, dims)]
             c = to_tensor(np.broadcast_to(cot, point.program.out_shape), dtype, device)
-            outs, grads = torch.func.vmap(member, in_dims=(None, *[0] * len(order)))(c, *stacked)
+            outs, grads = torch.func.vmap(member, in_dims=(None, *dims))(c, *stacked)
     except BaseException as exc:
         failure(point, exc, check, "forward and backward under vmap")
         check.message = f"{what}: {check.message}"
