@@ -214,12 +214,12 @@ def _index(x, items):
 _SHAPE = {  # torch's own shape ops, with torch's argument names
     "reshape": lambda a, p: torch.reshape(a[0], p["shape"]),
     "flatten": lambda a, p: torch.flatten(a[0], p["start_dim"], p["end_dim"]),
-    "permute": lambda a, p: a[0].permute(*p["dims"]),
+    "permute": lambda a, p: a[0].permute(tuple(p["dims"])),  # a tuple: permute(*()) of a 0-d tensor is a TypeError
     "swapdims": lambda a, p: torch.transpose(a[0], p["dim0"], p["dim1"]),
     "mT": lambda a, p: a[0].mT,
     "unsqueeze": lambda a, p: torch.unsqueeze(a[0], p["dim"]),
     "squeeze": lambda a, p: torch.squeeze(a[0]) if p["dim"] is None else torch.squeeze(a[0], p["dim"]),
-    "expand": lambda a, p: a[0].expand(*p["size"]),
+    "expand": lambda a, p: a[0].expand(tuple(p["size"])),
     "flip": lambda a, p: torch.flip(a[0], p["dims"]),
     "tril": lambda a, p: torch.tril(a[0], p["diagonal"]),
     "triu": lambda a, p: torch.triu(a[0], p["diagonal"]),
