@@ -52,3 +52,56 @@ vars.x = { shape = [3] }
                             "is 0 in float16" in c["message"] for c in half), half
         assert any(c["dtype"] == "bfloat16" and c["kind"] == "grad" and c["status"] == "pass"
                    for c in case["checks"])
+
+
+def test_empty_slices_broadcast_and_softmax_like_torch(tmp_path):
+    # a size-1 dim broadcast against an empty one was inferred as size 1 (max(0, 1)), and softmax over an empty
+    # dim took numpy's max of no entries: both crashed the run ("running it raised ValueError")
+    result, cases = run_json(tmp_path, '''
+dtypes = ["float64", "float32", "float16", "bfloat16"]
+[[case]]
+name = "broadcast"
+expr = "sum(sin(x[:, 3:]) * 2) + sum(x)"
+vars.x = { shape = [2, 3] }
+[[case]]
+name = "softmax"
+expr = "sum(softmax(x[:, 3:], dim=1)) + x"
+vars.x = { shape = [2, 3] }
+''')
+    assert result.exit_code == 0, result.output
+    assert [c["status"] for c in cases] == ["pass", "pass"], [c["message"] for c in cases]
+
+
+def test_sum_or_mean_of_a_constant_passes(tmp_path):
+    # autograd asked a Python float for its .ndim: an AttributeError that stopped the case
+    result, [case] = run_json(tmp_path, '''
+name = "const"
+expr = "logsigmoid(mean(0.5 * 0.5)) + sum(2.0) * x"
+dtypes = ["float64", "float16"]
+vars.x = { shape = [] }
+''')
+    assert result.exit_code == 0, result.output
+    assert case["status"] == "pass", case["message"]
+
+
+def test_amax_amin_logsumexp_over_an_empty_dim_are_case_errors_naming_the_op(tmp_path):
+    # torch raises for amax/amin of no entries (logsumexp is -inf): a case error, not a numpy traceback
+    result, cases = run_json(tmp_path, '''
+[[case]]
+name = "amin"
+expr = "amin(x[2:], dim=-1) + x"
+vars.x = { shape = [2] }
+[[case]]
+name = "lse"
+expr = "logsumexp(x[:, 3:], dim=1) * x[:, 0]"
+vars.x = { shape = [2, 3] }
+[[case]]
+name = "good"
+expr = "sum(x[2:]) + x"
+vars.x = { shape = [2] }
+''')
+    assert result.exit_code == 2
+    assert [c["status"] for c in cases] == ["error", "error", "pass"]
+    assert "amin() over dim 0, which is empty (size 0)" in cases[0]["message"]
+    assert "case 'amin'" in cases[0]["message"] and "case.toml" in cases[0]["message"]
+    assert "logsumexp() over dim 1, which is empty" in cases[1]["message"]

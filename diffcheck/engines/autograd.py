@@ -96,7 +96,7 @@ def _closure(node: Node):
 
         def reduce(env):
             x = f0(env)
-            if x.ndim == 0:
+            if not isinstance(x, tensor) or x.ndim == 0:  # sum(0.5 * 0.5): a constant is its own sum or mean
                 return x
             return reduce_op(x, dim=tuple(range(x.ndim)) if p["dim"] is None else p["dim"], keepdim=keepdim)
         return reduce, True

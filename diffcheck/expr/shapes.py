@@ -23,7 +23,7 @@ def broadcast(a: Shape, b: Shape, what: str = "") -> Shape:
         db = b[-i] if i <= len(b) else 1
         if da != db and da != 1 and db != 1:
             raise ExpressionError(f"{what}shapes {list(a)} and {list(b)} cannot be broadcast together")
-        out.append(max(da, db))
+        out.append(db if da == 1 else da)  # not max(): a size-1 dim broadcasts to an empty one (0), as numpy
     return tuple(reversed(out))
 
 
@@ -472,6 +472,11 @@ def _infer(node: Node, var_shapes: dict[str, Shape], sizes: dict) -> Shape:
         return ()
     if op in ("sum", "mean", "logsumexp", "amax", "amin", "prod", "var", "std", "norm"):
         dims = normalize_dims(node.param("dim"), len(shapes[0]), what)
+        empty = [d for d in dims if shapes[0][d] == 0]
+        if op in ("amax", "amin", "logsumexp") and empty:  # torch raises for amax/amin; logsumexp is -inf
+            raise ExpressionError(f"{what}{op}() over dim {empty[0]}, which is empty (size 0) in {list(shapes[0])}: "
+                                  + ("it is -inf everywhere" if op == "logsumexp" else
+                                     "torch has no maximum or minimum of no entries"))
         return reduced_shape(shapes[0], dims, node.param("keepdim"))
     if op in ("softmax", "log_softmax"):
         if not isinstance(node.param("dim"), int):
