@@ -105,3 +105,16 @@ vars.x = { shape = [2] }
     assert "amin() over dim 0, which is empty (size 0)" in cases[0]["message"]
     assert "case 'amin'" in cases[0]["message"] and "case.toml" in cases[0]["message"]
     assert "logsumexp() over dim 1, which is empty" in cases[1]["message"]
+
+
+def test_reductions_scans_and_sort_of_a_constant_pass(tmp_path):
+    # a constant reached torch.amin / torch.cumsum / torch.sort as a Python float: an AttributeError or TypeError
+    # reported as "autograd is off"
+    result, [case] = run_json(tmp_path, '''
+name = "consts"
+expr = "amin(0.5).detach() + sort(0.5) + cumsum(0.5, 0) * cumprod(2.0, 0) + softmax(1.5, dim=0) + norm(3.0) * x"
+dtypes = ["float64", "float32", "float16"]
+vars.x = { shape = [] }
+''')
+    assert result.exit_code == 0, result.output
+    assert case["status"] == "pass", case["message"]

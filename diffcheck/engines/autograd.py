@@ -115,6 +115,10 @@ def _closure(node: Node):
     return other, False
 
 
+_OF_A_TENSOR = {"sum", "mean", "logsumexp", "amax", "amin", "prod", "var", "std", "norm", "cumsum", "cumprod", "sort",
+                "softmax", "log_softmax", "transpose"}
+
+
 def _eval(node: Node, env: dict):
     if isinstance(node, Const):
         return node.value
@@ -127,6 +131,8 @@ def _eval(node: Node, env: dict):
     if op in _MASK_OPS:
         return _mask_op(op, args, env)
     args = [_as_float(a, env) for a in args]
+    if op in _OF_A_TENSOR and not isinstance(args[0], torch.Tensor):  # amin(0.5), cumsum(2.0, 0): torch takes tensors
+        args[0] = torch.tensor(args[0], dtype=env.get(_DTYPE, torch.get_default_dtype()))
     if op == "detach":
         return args[0].detach() if isinstance(args[0], torch.Tensor) else args[0]
     if op == "matmul":
