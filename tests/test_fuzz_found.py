@@ -118,3 +118,21 @@ vars.x = { shape = [] }
 ''')
     assert result.exit_code == 0, result.output
     assert case["status"] == "pass", case["message"]
+
+
+def test_var_of_equal_entries_allows_the_second_order_rounding_of_its_squares(tmp_path):
+    # var of three equal entries is 0; float32's mean of them is off by rounding, so each deviation is ~u|x| and
+    # its square ~(u x)**2: a first-order budget of 2|dev| e = 0 allowed nothing ("autograd is off", 5e-15 vs 0)
+    result, [case] = run_json(tmp_path, '''
+name = "var_equal"
+expr = """var(atan(expand((cat([x[1:], expand(x, [2])], dim=0) @ cat([y[2:, :], expand(z, [2, 1])], dim=-2)),
+            [3])), correction=1, dim=-1)"""
+dtypes = ["float64", "float32"]
+seed = 1207760805
+vars.x = { shape = [1], domain = [-2.0, 2.0] }
+vars.y = { shape = [2, 1], domain = [-1.0, 1.0] }
+vars.z = { shape = [], domain = [-1.0, 1.0] }
+''')
+    assert result.exit_code == 0, result.output
+    assert case["status"] == "pass", case["message"]
+    assert any(c["kind"] == "value" and c["dtype"] == "float32" and c["status"] == "pass" for c in case["checks"])
