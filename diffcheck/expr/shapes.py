@@ -144,7 +144,8 @@ def apply_shape_op(op: str, xs: list, p: dict, what: str = ""):
             start, end = (normalize_dims(p[k], x.ndim, what)[0] for k in ("start_dim", "end_dim"))
             if start > end:
                 raise ExpressionError(f"{what}flatten(): start_dim comes after end_dim")
-            return np.reshape(x, (*x.shape[:start], -1, *x.shape[end + 1:]))
+            merged = int(np.prod(x.shape[start:end + 1]))  # not -1: numpy cannot infer it for an empty array
+            return np.reshape(x, (*x.shape[:start], merged, *x.shape[end + 1:]))
         if op == "permute":
             dims = normalize_dims(p["dims"], x.ndim, what) if len(p["dims"]) == x.ndim else None
             if dims is None or sorted(dims) != list(range(x.ndim)):
