@@ -149,3 +149,25 @@ vars.y = { shape = [1, 2, 2] }
 ''')
     assert result.exit_code == 0, result.output
     assert case["status"] == "pass", case["message"]
+
+
+def test_expand_and_reshape_to_an_empty_dim_pass_as_torch(tmp_path):
+    # torch expands a size-1 dim to 0 and reshapes 0 entries to [3, 0, 2]; both were case errors ("sizes must be
+    # positive"); a -1 beside a 0 stays an error, as torch cannot infer it either
+    result, cases = run_json(tmp_path, '''
+dtypes = ["float64", "float32"]
+[[case]]
+name = "expand0"
+expr = "sum(expand(sin(x[0]), [0, 3])) + x"
+vars.x = { shape = [1, 3] }
+[[case]]
+name = "reshape0"
+expr = "sum(reshape(x[:, 3:], [3, 0, 2])) * 2 + sum(reshape(x[:, 3:], [2, -1])) + x"
+vars.x = { shape = [2, 3] }
+[[case]]
+name = "ambiguous"
+expr = "sum(reshape(x[:, 3:], [0, -1])) + x"
+vars.x = { shape = [2, 3] }
+''')
+    assert [c["status"] for c in cases] == ["pass", "pass", "error"], [c["message"] for c in cases]
+    assert "a -1 cannot be inferred beside a size 0" in cases[2]["message"]

@@ -115,11 +115,13 @@ def reshape_target(shape: Shape, sizes, what: str = "") -> Shape:
     total = 1
     for d in shape:
         total *= d
-    if sum(1 for s in sizes if s == -1) > 1 or any(s < -1 or s == 0 for s in sizes):
-        raise ExpressionError(f"{what}reshape() takes positive sizes and at most one -1, got {list(sizes)}")
+    if sum(1 for s in sizes if s == -1) > 1 or any(s < -1 for s in sizes):
+        raise ExpressionError(f"{what}reshape() takes sizes >= 0 and at most one -1, got {list(sizes)}")
     known = 1
     for s in sizes:
         known *= s if s != -1 else 1
+    if known == 0 and -1 in sizes:  # as torch: any size would do
+        raise ExpressionError(f"{what}reshape(): a -1 cannot be inferred beside a size 0, got {list(sizes)}")
     out = tuple(total // known if s == -1 else s for s in sizes)
     size = 1
     for s in out:
@@ -171,8 +173,8 @@ def apply_shape_op(op: str, xs: list, p: dict, what: str = ""):
             if lead < 0:
                 raise ExpressionError(f"{what}expand() needs at least {x.ndim} sizes, got {sizes}")
             target = [x.shape[i - lead] if s == -1 and i >= lead else s for i, s in enumerate(sizes)]
-            if any(s < 1 for s in target):
-                raise ExpressionError(f"{what}expand(): sizes must be positive (or -1 to keep one), got {sizes}")
+            if any(s < 0 for s in target):  # 0 is torch's too: a size-1 dim expanded to an empty one
+                raise ExpressionError(f"{what}expand(): sizes must be >= 0 (or -1 to keep one), got {sizes}")
             return np.broadcast_to(x, target)
         if op == "flip":
             return np.flip(x, axis=normalize_dims(p["dims"], x.ndim, what)) if x.ndim else x
