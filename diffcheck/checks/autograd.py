@@ -224,4 +224,14 @@ def unrepresentable_literal(ir, dtype: str) -> str | None:
         for what, v in values:
             if isinstance(v, float) and np.isfinite(v) and abs(v) > tol.MAX[dtype]:  # inf is every dtype's inf
                 return f"the {what} {v:g} is not representable in {dtype} (its largest is {tol.MAX[dtype]:.3g})"
+        eps = dict(n.params).get("eps") if isinstance(n, Call) and n.op in EPS_IN_DTYPE else None
+        if eps and abs(eps) <= tol.TINY[dtype] * tol.UNIT_ROUNDOFF[dtype]:  # rounds to 0
+            return (f"the {n.op}() parameter eps = {eps:g} is 0 in {dtype} (below its smallest subnormal "
+                    f"{2 * tol.TINY[dtype] * tol.UNIT_ROUNDOFF[dtype]:.3g}): torch's max(norm, eps) is then 0 at a "
+                    f"zero norm, and 0/0 is nan")
     return None
+
+
+# ops whose torch kernel clamps a norm by eps in the input's own dtype (layer_norm and rms_norm compute float16 in
+# float32, so their eps stays representable)
+EPS_IN_DTYPE = ("normalize", "cosine_similarity")

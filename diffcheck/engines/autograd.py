@@ -96,7 +96,7 @@ def _closure(node: Node):
 
         def reduce(env):
             x = f0(env)
-            if x.ndim == 0:
+            if not isinstance(x, tensor) or x.ndim == 0:  # sum(0.5 * 0.5): a constant is its own sum or mean
                 return x
             return reduce_op(x, dim=tuple(range(x.ndim)) if p["dim"] is None else p["dim"], keepdim=keepdim)
         return reduce, True
@@ -115,6 +115,10 @@ def _closure(node: Node):
     return other, False
 
 
+_OF_A_TENSOR = {"sum", "mean", "logsumexp", "amax", "amin", "prod", "var", "std", "norm", "cumsum", "cumprod", "sort",
+                "softmax", "log_softmax", "transpose"}
+
+
 def _eval(node: Node, env: dict):
     if isinstance(node, Const):
         return node.value
@@ -127,6 +131,8 @@ def _eval(node: Node, env: dict):
     if op in _MASK_OPS:
         return _mask_op(op, args, env)
     args = [_as_float(a, env) for a in args]
+    if op in _OF_A_TENSOR and not isinstance(args[0], torch.Tensor):  # amin(0.5), cumsum(2.0, 0): torch takes tensors
+        args[0] = torch.tensor(args[0], dtype=env.get(_DTYPE, torch.get_default_dtype()))
     if op == "detach":
         return args[0].detach() if isinstance(args[0], torch.Tensor) else args[0]
     if op == "matmul":
@@ -214,12 +220,12 @@ def _index(x, items):
 _SHAPE = {  # torch's own shape ops, with torch's argument names
     "reshape": lambda a, p: torch.reshape(a[0], p["shape"]),
     "flatten": lambda a, p: torch.flatten(a[0], p["start_dim"], p["end_dim"]),
-    "permute": lambda a, p: a[0].permute(*p["dims"]),
+    "permute": lambda a, p: a[0].permute(tuple(p["dims"])),  # a tuple: permute(*()) of a 0-d tensor is a TypeError
     "swapdims": lambda a, p: torch.transpose(a[0], p["dim0"], p["dim1"]),
     "mT": lambda a, p: a[0].mT,
     "unsqueeze": lambda a, p: torch.unsqueeze(a[0], p["dim"]),
     "squeeze": lambda a, p: torch.squeeze(a[0]) if p["dim"] is None else torch.squeeze(a[0], p["dim"]),
-    "expand": lambda a, p: a[0].expand(*p["size"]),
+    "expand": lambda a, p: a[0].expand(tuple(p["size"])),
     "flip": lambda a, p: torch.flip(a[0], p["dims"]),
     "tril": lambda a, p: torch.tril(a[0], p["diagonal"]),
     "triu": lambda a, p: torch.triu(a[0], p["diagonal"]),

@@ -89,7 +89,7 @@ def step(prog, i: int, ins: Instr, fwd, vals, errs, kink_u, with_err):
     if ins.op == "lse":
         x, e = vals[0], errs[0]
         dims, keep = ins.params["dims"], ins.params["keepdim"]
-        m = np.max(x, axis=dims, keepdims=True)
+        m = np.max(x, axis=dims, keepdims=True, initial=-np.inf)  # initial: softmax over an empty dim is empty
         m = np.where(np.isfinite(m), m, 0.0)
         s = np.sum(np.exp(x - m), axis=dims, keepdims=True)
         v = m + np.log(s)

@@ -23,7 +23,7 @@ def broadcast(a: Shape, b: Shape, what: str = "") -> Shape:
         db = b[-i] if i <= len(b) else 1
         if da != db and da != 1 and db != 1:
             raise ExpressionError(f"{what}shapes {list(a)} and {list(b)} cannot be broadcast together")
-        out.append(max(da, db))
+        out.append(db if da == 1 else da)  # not max(): a size-1 dim broadcasts to an empty one (0), as numpy
     return tuple(reversed(out))
 
 
@@ -115,11 +115,13 @@ def reshape_target(shape: Shape, sizes, what: str = "") -> Shape:
     total = 1
     for d in shape:
         total *= d
-    if sum(1 for s in sizes if s == -1) > 1 or any(s < -1 or s == 0 for s in sizes):
-        raise ExpressionError(f"{what}reshape() takes positive sizes and at most one -1, got {list(sizes)}")
+    if sum(1 for s in sizes if s == -1) > 1 or any(s < -1 for s in sizes):
+        raise ExpressionError(f"{what}reshape() takes sizes >= 0 and at most one -1, got {list(sizes)}")
     known = 1
     for s in sizes:
         known *= s if s != -1 else 1
+    if known == 0 and -1 in sizes:  # as torch: any size would do
+        raise ExpressionError(f"{what}reshape(): a -1 cannot be inferred beside a size 0, got {list(sizes)}")
     out = tuple(total // known if s == -1 else s for s in sizes)
     size = 1
     for s in out:
@@ -144,7 +146,8 @@ def apply_shape_op(op: str, xs: list, p: dict, what: str = ""):
             start, end = (normalize_dims(p[k], x.ndim, what)[0] for k in ("start_dim", "end_dim"))
             if start > end:
                 raise ExpressionError(f"{what}flatten(): start_dim comes after end_dim")
-            return np.reshape(x, (*x.shape[:start], -1, *x.shape[end + 1:]))
+            merged = int(np.prod(x.shape[start:end + 1]))  # not -1: numpy cannot infer it for an empty array
+            return np.reshape(x, (*x.shape[:start], merged, *x.shape[end + 1:]))
         if op == "permute":
             dims = normalize_dims(p["dims"], x.ndim, what) if len(p["dims"]) == x.ndim else None
             if dims is None or sorted(dims) != list(range(x.ndim)):
@@ -170,8 +173,8 @@ def apply_shape_op(op: str, xs: list, p: dict, what: str = ""):
             if lead < 0:
                 raise ExpressionError(f"{what}expand() needs at least {x.ndim} sizes, got {sizes}")
             target = [x.shape[i - lead] if s == -1 and i >= lead else s for i, s in enumerate(sizes)]
-            if any(s < 1 for s in target):
-                raise ExpressionError(f"{what}expand(): sizes must be positive (or -1 to keep one), got {sizes}")
+            if any(s < 0 for s in target):  # 0 is torch's too: a size-1 dim expanded to an empty one
+                raise ExpressionError(f"{what}expand(): sizes must be >= 0 (or -1 to keep one), got {sizes}")
             return np.broadcast_to(x, target)
         if op == "flip":
             return np.flip(x, axis=normalize_dims(p["dims"], x.ndim, what)) if x.ndim else x
@@ -472,6 +475,11 @@ def _infer(node: Node, var_shapes: dict[str, Shape], sizes: dict) -> Shape:
         return ()
     if op in ("sum", "mean", "logsumexp", "amax", "amin", "prod", "var", "std", "norm"):
         dims = normalize_dims(node.param("dim"), len(shapes[0]), what)
+        empty = [d for d in dims if shapes[0][d] == 0]
+        if op in ("amax", "amin", "logsumexp") and empty:  # torch raises for amax/amin; logsumexp is -inf
+            raise ExpressionError(f"{what}{op}() over dim {empty[0]}, which is empty (size 0) in {list(shapes[0])}: "
+                                  + ("it is -inf everywhere" if op == "logsumexp" else
+                                     "torch has no maximum or minimum of no entries"))
         return reduced_shape(shapes[0], dims, node.param("keepdim"))
     if op in ("softmax", "log_softmax"):
         if not isinstance(node.param("dim"), int):
