@@ -281,3 +281,24 @@ def test_the_verbose_formulas_deadline_leaves_the_cases_timeout_running():
         assert _within(2.0, lambda x: x + 1, 1) == 2
         left, _ = signal.getitimer(signal.ITIMER_REAL)
     assert 40 < left <= 50
+
+
+# ---- hostile inputs, round h5 ----
+
+def test_op_parameters_torch_refuses_are_case_errors_about_expr_not_autograd_failures(write_case):
+    # each used to reach torch, which raised, and the case FAILed "autograd is off" (hardtanh: "running it raised")
+    bad = {"ce": "cross_entropy(x, y, label_smoothing=5)", "sl1": "smooth_l1_loss(x, y, beta=-1)",
+           "huber": "huber_loss(x, y, delta=0)", "celu": "sum(celu(x, alpha=0))",
+           "cos": "cosine_similarity(x, y, dim=0, eps=-1)", "ht": "sum(hardtanh(x, min_val=1, max_val=-1))"}
+    text = "".join(f'[[case]]\nname = "{n}"\nexpr = "{e}"\nvars.x = {{ shape = [3] }}\n'
+                   + ('vars.y = { shape = [3] }\n' if "y" in e else "") for n, e in bad.items())
+    text += ('[[case]]\nname = "pool"\nexpr = "sum(avg_pool2d(x, 2, padding=2))"\nvars.x = { shape = [1, 1, 4, 4] }\n'
+             '[[case]]\nname = "good"\nexpr = "sum(hardtanh(x, min_val=1, max_val=1) + celu(x, alpha=0.5))"\n'
+             'vars.x = { shape = [3] }\n')
+    result = run_cli(write_case(text))
+    assert result.exit_code == 2 and status_of(result.output, "good") == "PASS", result.output
+    for name in [*bad, "pool"]:
+        assert f"case '{name}': " in result.output and "(torch raises otherwise)" in result.output, name
+    assert "label_smoothing must be between 0 and 1 (torch raises otherwise), got label_smoothing=5.0" in result.output
+    assert "padding [2, 2] is more than half the kernel [2, 2]" in result.output
+    assert "autograd is off" not in result.output and "running it raised" not in result.output

@@ -93,6 +93,18 @@ UNSUPPORTED = {
 }
 
 
+# Parameter values torch refuses with an error: a case error about expr before any engine runs, rather than an
+# autograd check failing on torch's exception.
+_PARAM_RULES = {
+    "cross_entropy": ((("label_smoothing",), lambda v: 0 <= v <= 1, "label_smoothing must be between 0 and 1"),),
+    "smooth_l1_loss": ((("beta",), lambda v: v >= 0, "beta must be >= 0"),),
+    "huber_loss": ((("delta",), lambda v: v > 0, "delta must be > 0"),),
+    "celu": ((("alpha",), lambda v: v != 0, "alpha must not be 0"),),
+    "cosine_similarity": ((("eps",), lambda v: v >= 0, "eps must be >= 0"),),
+    "hardtanh": ((("min_val", "max_val"), lambda lo, hi: lo <= hi, "min_val must not be greater than max_val"),),
+}
+
+
 class _Converter:
     """Identifiers compare as Python compares them: after NFKC normalisation (``ast`` already normalises the
     expression's, so a declared ``ｘ`` is the ``x`` written in it); a declared name stays the Var's name."""
@@ -242,6 +254,10 @@ class _Converter:
         for prm in op.params:
             if prm.default is None and prm.kind in ("ints", "int", "tensor", "number") and given.get(prm.name) is None:
                 self.fail(f"{fname}() needs '{prm.name}'", node)
+        for names, rule, wanted in _PARAM_RULES.get(fname, ()):
+            if not rule(*(dict(params)[n] for n in names)):
+                shown = ", ".join(f"{n}={dict(params)[n]}" for n in names)
+                self.fail(f"{fname}(): {wanted} (torch raises otherwise), got {shown}", node)
         return Call(fname, args + rest + tensors, params)
 
     def einsum(self, node: ast.Call, depth: int) -> Node:

@@ -292,6 +292,10 @@ def _nn_shape_checked(op: str, shapes, p, what: str, d: int):
     x = shapes[0]
     if op in ("avg_pool2d", "max_pool2d"):
         stride = p["stride"] or p["kernel_size"]
+        kernel, padding = nd(p["kernel_size"], d), nd(p["padding"], d)
+        if len(padding) == len(kernel) and any(2 * pd > k for pd, k in zip(padding, kernel)):
+            raise ExpressionError(f"{what}{op}(): padding {list(padding)} is more than half the kernel "
+                                  f"{list(kernel)} (torch raises otherwise)")
         return x[:2] + conv_out(x[2:], p["kernel_size"], stride, p["padding"], (1,), what, op)
     w, b = shapes[1], shapes[2]
     g = p["groups"]
