@@ -302,3 +302,42 @@ def test_op_parameters_torch_refuses_are_case_errors_about_expr_not_autograd_fai
     assert "label_smoothing must be between 0 and 1 (torch raises otherwise), got label_smoothing=5.0" in result.output
     assert "padding [2, 2] is more than half the kernel [2, 2]" in result.output
     assert "autograd is off" not in result.output and "running it raised" not in result.output
+
+
+def test_unclear_or_misattributed_case_file_messages_now_name_the_key_plainly(write_case):
+    result = run_cli(write_case(
+        '[[case]]\nname = "typo"\nexpt = "sum(x)"\nvars.x = { shape = [3] }\n'
+        '[[case]]\nname = "size"\nexpr = "sum(reshape(x, [-1, 99999999999999999999]))"\nvars.x = { shape = [3] }\n'
+        f'[[case]]\nname = "digits"\nexpr = "sum(x) + {"9" * 5000}"\nvars.x = {{ shape = [3] }}\n'
+        '[[case]]\nname = "index"\nexpr = "sum(embedding(t, w))"\nvars.w = { shape = [5, 2] }\n'
+        'vars.t = { shape = [2], dtype = "int64", value = [0, 99999999999999999999] }\n'
+        '[[case]]\nname = "space"\nexpr = "sum(x)"\nvars.x = { shape = [3] }\nvars."a b" = { shape = [3] }\n'
+        '[[case]]\nname = "table"\nexpr = "sum(x)"\nvars.x = 5\n'
+        '[[case]]\nname = "good"\nexpr = "sum(x**2)"\nvars.x = { shape = [3] }\n'))
+    assert result.exit_code == 2 and status_of(result.output, "good") == "PASS", result.output
+    out = result.output
+    assert "case 'typo': unknown key 'expt' (did you mean 'expr'?)" in out  # was 'expect'
+    assert "reshape(): 'shape' takes integer literals" in out and "subscripts" not in out
+    assert "an integer literal is too long (over 4300 digits)" in out and "set_int_max_str_digits" not in out
+    assert "vars.t.value of an int64 var must hold integers of magnitude below 2**31" in out  # was: domain, got None
+    assert "var 'a b' is not an identifier" in out
+    assert "vars.x: Input should be a valid dictionary (a TOML table) (got 5)" in out and "VarModel" not in out
+
+
+TRAIN = ('[[case]]\nkind = "train"\nname = "{name}"\ndata.x = {x}\ndata.y = "2*x + 1"\nmodel.expr = "w*x + b"\n'
+         'model.params.w = {{ zeros = [1] }}\nmodel.params.b = {{ zeros = [1] }}\ntrain = {{ lr = 0.5, steps = 300 }}\n'
+         'expect.least_squares = true\n')
+
+
+def test_least_squares_on_data_without_a_unique_fit_is_a_case_error_not_a_failure(write_case):
+    # all-equal x (or one sample) leaves w*x + b = y with many solutions: the run found another one and FAILed
+    text = TRAIN.format(name="equal", x="{ ones = [20, 1] }") + TRAIN.format(name="one", x="{ rand = [1, 1] }")
+    text += TRAIN.format(name="fine", x="{ rand = [20, 1] }")
+    text += ('[[case]]\nkind = "train"\nname = "gen"\ndata.x = 5\ndata.y = "2*x"\nmodel.expr = "w*x"\n'
+             'model.params.w = { zeros = [1] }\ntrain = { lr = 0.5, steps = 3 }\n')
+    result = run_cli(write_case(text))
+    assert result.exit_code == 2 and status_of(result.output, "fine") == "PASS", result.output
+    assert "case 'equal': least_squares has no unique fit on this data: [x, 1] (20 samples, 1 feature(s) and the " \
+           "bias) has rank 1, under 2" in result.output
+    assert "case 'one': least_squares has no unique fit" in result.output
+    assert "case 'gen': data.x: must be a table or a string (got 5)" in result.output  # was data.x.DrawModel

@@ -46,6 +46,8 @@ def parse(text: str, names: set[str] | frozenset[str] | None = None) -> Node:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         col = (exc.offset - 1) if exc.offset else None
+        if "integer string conversion" in exc.msg:  # Python's advice (sys.set_int_max_str_digits) is not the user's
+            raise ExpressionError("an integer literal is too long (over 4300 digits)", text, col) from None
         raise ExpressionError(f"syntax error: {exc.msg}", text, col) from None
     except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
         raise ExpressionError(f"cannot parse the expression: {type(exc).__name__}: {exc}", text) from None
@@ -300,14 +302,14 @@ class _Converter:
             return ("slice", *parts)
         return self.index_int(node)
 
-    def index_int(self, node: ast.AST) -> int:
+    def index_int(self, node: ast.AST, message: str = "") -> int:
         sign, inner = 1, node
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             sign, inner = -1, node.operand
         if isinstance(inner, ast.Constant) and type(inner.value) is int and abs(inner.value) < 2**31:
             return sign * inner.value
-        self.fail("subscripts take integer literals, slices (a:b:c), ... and None, or index by an int64 var by name "
-                  "(x[t]); for a computed selection use where() with a mask", node)
+        self.fail(message or "subscripts take integer literals, slices (a:b:c), ... and None, or index by an int64 var "
+                  "by name (x[t]); for a computed selection use where() with a mask", node)
 
     def param_value(self, fname: str, param: Param, node: ast.AST, depth: int = 0):
         if param.kind == "tensor":
@@ -315,9 +317,11 @@ class _Converter:
         if param.kind == "int":
             return self.int_value(fname, param, node)
         if param.kind == "ints":  # a shape or a dim list: the one other place a list literal is taken
+            size = (f"{fname}(): '{param.name}' takes integer literals (a list of them, or one), each of magnitude "
+                    "below 2**31")
             if isinstance(node, (ast.Tuple, ast.List)):
-                return tuple(self.index_int(e) for e in node.elts)
-            return (self.index_int(node),)
+                return tuple(self.index_int(e, size) for e in node.elts)
+            return (self.index_int(node, size),)
         if param.kind == "choice":
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in param.choices:
                 return node.value
