@@ -341,3 +341,28 @@ def test_least_squares_on_data_without_a_unique_fit_is_a_case_error_not_a_failur
            "bias) has rank 1, under 2" in result.output
     assert "case 'one': least_squares has no unique fit" in result.output
     assert "case 'gen': data.x: must be a table or a string (got 5)" in result.output  # was data.x.DrawModel
+
+
+def test_user_code_calling_os_exit_is_a_finding_about_its_case_and_the_run_goes_on(tmp_path):
+    """With one process (the default under 40 cases) os._exit in an impl module ended the whole run: no report,
+    no JSON, the user's exit status (os._exit(0): exit 0, a CI pass)."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "quits.py").write_text("import os\nos._exit(0)\n")
+    (tmp_path / "mine.py").write_text("import os\nlimit = 5\ndef f(x):\n    os._exit(0)\n")
+    impl = '[[case]]\nname = "{0}"\nexpr = "sum(x**2)"\nvars.x = {{ shape = [3] }}\nimpl = "{1}"\n'
+    (tmp_path / "c.toml").write_text(impl.format("at_import", "quits:f") + impl.format("in_forward", "mine:f")
+                                     + impl.format("value", "mine:limit")
+                                     + '[[case]]\nname = "good"\nexpr = "sum(x**2)"\nvars.x = { shape = [3] }\n')
+    done = subprocess.run([sys.executable, "-m", "diffcheck", "run", str(tmp_path / "c.toml"), "--device", "cpu",
+                           "-j", "1", "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "importing 'quits' (" in done.stdout and "raised SystemExit: os._exit(0) was called" in done.stdout
+    assert status_of(done.stdout, "in_forward") == "FAIL" and "os._exit(0) was called (in forward" in done.stdout
+    assert "names a value of type int, not a function, class or nn.Module" in done.stdout  # not "standard library"
+    assert status_of(done.stdout, "good") == "PASS"
+    statuses = {c["name"]: c["status"] for c in json.loads((tmp_path / "r.json").read_text())["cases"]}
+    assert statuses == {"at_import": "error", "in_forward": "fail", "value": "error", "good": "pass"}

@@ -92,6 +92,8 @@ def load_object(spec: str, base_dir: Path, where: str, case: str, roots=(), sys_
         obj = getattr(obj, part)
     if isinstance(obj, types.ModuleType):
         fail("names a module, not a function, class or instance")
+    if not callable(obj):  # a plain value (n = 5) would read as "defined in the standard library (builtins)"
+        fail(f"names a value of type {clean(type(obj).__name__)}, not a function, class or nn.Module: nothing to call")
     owner = _defining_module(obj)
     if owner is not None and owner.split(".")[0] in sys.stdlib_module_names | {"builtins"}:
         fail(f"is defined in the standard library ({clean(owner)}): an impl must be your own code")
