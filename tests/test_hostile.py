@@ -366,3 +366,12 @@ def test_user_code_calling_os_exit_is_a_finding_about_its_case_and_the_run_goes_
     assert status_of(done.stdout, "good") == "PASS"
     statuses = {c["name"]: c["status"] for c in json.loads((tmp_path / "r.json").read_text())["cases"]}
     assert statuses == {"at_import": "error", "in_forward": "fail", "value": "error", "good": "pass"}
+
+
+def test_edge_values_of_cli_options_are_usage_errors_or_work(write_case):
+    path = write_case('name = "good"\nexpr = "sum(x**2)"\nvars.x = { shape = [3] }\n')
+    for option in ("--json", "--junit", "--html"):
+        result = run_cli(path, option, "")  # an unset shell variable: used to run and write no report, exit 0
+        assert result.exit_code == 2 and f"usage error: {option} needs a file name, got ''" in result.output
+    result = run_cli(path, "--timeout", "1e30")  # setitimer overflowed: the case errored (OverflowError)
+    assert result.exit_code == 0 and status_of(result.output, "good") == "PASS", result.output
