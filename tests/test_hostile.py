@@ -375,3 +375,22 @@ def test_edge_values_of_cli_options_are_usage_errors_or_work(write_case):
         assert result.exit_code == 2 and f"usage error: {option} needs a file name, got ''" in result.output
     result = run_cli(path, "--timeout", "1e30")  # setitimer overflowed: the case errored (OverflowError)
     assert result.exit_code == 0 and status_of(result.output, "good") == "PASS", result.output
+
+
+pytest_plugins = ["pytester"]
+
+
+def test_the_pytest_plugin_survives_os_exit_in_an_impl_and_escapes_case_names_in_item_ids(pytester):
+    """os._exit(0) in an impl module ended the pytest session with status 0 and no report (a green CI run); a case
+    name's escape sequence reached the terminal raw in the item ids."""
+    pytester.path.joinpath("quit.py").write_text("import os\nos._exit(0)\n")
+    pytester.makefile(".toml", cases='[[case]]\nname = "quit"\nexpr = "sum(x**2)"\nvars.x = { shape = [3] }\n'
+                      'impl = "quit:f"\ndevices = ["cpu"]\ndtypes = ["float64"]\n'
+                      '[[case]]\nname = "red\\u001b[31m"\nexpr = "sum(x**2)"\nvars.x = { shape = [3] }\n'
+                      'devices = ["cpu"]\ndtypes = ["float64"]\n')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret == 1, out
+    result.assert_outcomes(passed=2, failed=2)
+    assert "SystemExit: os._exit(0) was called" in out
+    assert "red\\x1b[31m[float64-cpu]" in out and "\x1b[31m" not in out
