@@ -112,7 +112,9 @@ def matches(name: str, pattern: str) -> bool:
 
 
 def error_result(err: CaseError) -> CaseResult:
-    return _with_report(CaseResult(err.case or Path(err.path).stem, err.path, "error", str(err)))
+    name = err.case or Path(err.path).stem
+    name = name if len(name) <= 1000 else f"{name[:80]}..."  # a name refused for its length is not printed whole
+    return _with_report(CaseResult(name, err.path, "error", str(err)))
 
 
 def _with_report(result: CaseResult) -> CaseResult:

@@ -394,3 +394,21 @@ def test_the_pytest_plugin_survives_os_exit_in_an_impl_and_escapes_case_names_in
     result.assert_outcomes(passed=2, failed=2)
     assert "SystemExit: os._exit(0) was called" in out
     assert "red\\x1b[31m[float64-cpu]" in out and "\x1b[31m" not in out
+
+
+def test_work_and_length_bounds_a_case_file_cannot_pass(write_case):
+    # 'i,j->' of two 2e6 vectors: a scalar output, but np.einsum looped over 4e12 combinations (a hang, --timeout
+    # cannot interrupt one native call); a 100,000-character name was printed whole on every report line
+    [einsum] = load_data({"name": "einsum", "expr": "einsum('i,j->', x, y)",  # loaded only: the old code hung
+                          "vars": {"x": {"shape": [2000000]}, "y": {"shape": [2000000]}}}, "e.toml")
+    assert isinstance(einsum, CaseError) and einsum.key == "expr", einsum
+    assert "einsum(): the reference loops over 4000000000000 index combinations" in str(einsum)
+    result = run_cli(write_case(
+        f'[[case]]\nname = "{"n" * 100000}"\nexpr = "sum(x**2)"\nvars.x = {{ shape = [3] }}\n'
+        f'[[case]]\nname = "chain"\nexpr = "{" + ".join(["sum(x)"] * 250)}"\nvars.x = {{ shape = [3] }}\n'
+        '[[case]]\nname = "good"\nexpr = "einsum(\'i,j->\', x, y)"\nvars.x = { shape = [30] }\n'
+        'vars.y = { shape = [20] }\n'), "--timeout", "60")
+    assert result.exit_code == 2 and status_of(result.output, "good") == "PASS", result.output
+    assert "'name' is 100000 characters long; the limit is 1000" in result.output
+    assert "n" * 81 not in result.output and "nnnn...'" in result.output
+    assert "(each operator of a chain such as a + b + c nests one more level" in result.output

@@ -129,7 +129,8 @@ class _Converter:
 
     def convert(self, node: ast.AST, depth: int) -> Node:
         if depth > MAX_DEPTH:
-            self.fail(f"expression is nested more than {MAX_DEPTH} levels deep", node)
+            self.fail(f"expression is nested more than {MAX_DEPTH} levels deep (each operator of a chain such as "
+                      "a + b + c nests one more level: sum a long chain's terms in groups)", node)
         d = depth + 1
         if isinstance(node, ast.Constant):
             return Const(self.number(node))
