@@ -26,7 +26,7 @@ from .expr.ir import Node, variables
 from .expr.parse import parse, parse_outputs
 from .expr.shapes import VarShapes, infer
 from .text import clip, safe
-from .validate import Strict, check_choices, check_seed, numbers
+from .validate import MAX_NAME, Strict, check_choices, check_seed, numbers
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda")
@@ -290,8 +290,9 @@ def validator(where: str, name: str | None):
         try:
             return model_cls.model_validate(raw)
         except ValidationError as exc:
+            loc = exc.errors()[0]["loc"]
             raise CaseError(_describe_validation(exc, model_cls), where, name,
-                            _dotted(exc.errors()[0]["loc"])) from None
+                            _dotted(loc[:-1] if _union_kinds(exc) else _plain(loc))) from None
 
     return validate
 
@@ -314,6 +315,8 @@ def build_case(raw: dict, where: str = "<data>"):
 
     if not model.name.strip():
         fail("'name' must not be empty", "name")
+    if len(model.name) > MAX_NAME:
+        fail(f"'name' is {len(model.name)} characters long; the limit is {MAX_NAME}", "name")
     if model.expr is not None:
         ir, elements, names = _expression(model, fail)
     else:
@@ -321,6 +324,9 @@ def build_case(raw: dict, where: str = "<data>"):
 
     specs = {vname: _var_spec(vname, vm, fail) for vname, vm in model.vars.items()}
     for unused in sorted(set(model.vars) - (variables(ir) if ir is not None else set(model.vars))):
+        if not unused.isidentifier():
+            fail(f"var '{clip(unused)}' is not an identifier (letters, digits and _), so expr cannot name it",
+                 f"vars.{unused}")
         if model.impl is None or specs[unused].requires_grad:  # an impl may take a constant input expr does not
             fail(f"var '{clip(unused)}' is declared but not used in expr"
                  + (" (an impl may take one that is declared requires_grad = false)" if model.impl else ""),
@@ -557,11 +563,13 @@ def _typed_var_spec(vname: str, vm: VarModel, shape, value, fail) -> VarSpec:
         return VarSpec(vname, shape, value, (0.0, 2.0), False, "bool")
     if vm.domain is None and value is None:
         fail(f"{key} has dtype int64 and needs domain = [lo, hi] (sampled lo <= t < hi) or value", f"{key}.domain")
+    if value is not None and not np.all(value == np.round(value)):
+        fail(f"{key}.value of an int64 var must hold integers", f"{key}.value")
+    if vm.domain is None and not np.all(np.abs(value) < 2**31):  # the range below is the value's own
+        fail(f"{key}.value of an int64 var must hold integers of magnitude below 2**31", f"{key}.value")
     lo, hi = vm.domain if vm.domain is not None else (float(value.min(initial=0)), float(value.max(initial=0)) + 1)
     if not (float(lo).is_integer() and float(hi).is_integer() and lo < hi and abs(lo) < 2**31 and abs(hi) < 2**31):
         fail(f"{key}.domain of an int64 var must be integers lo < hi, got {vm.domain}", f"{key}.domain")
-    if value is not None and not np.all(value == np.round(value)):
-        fail(f"{key}.value of an int64 var must hold integers", f"{key}.value")
     return VarSpec(vname, shape, value, (float(lo), float(hi)), False, "int64")
 
 
@@ -674,14 +682,14 @@ def _dotted(loc) -> str:
 def _describe_validation(exc: ValidationError, root: type[BaseModel] = CaseModel) -> str:
     """Say the first problem in words: unknown keys with a suggestion, missing keys, wrong types."""
     err = exc.errors()[0]
-    loc = tuple(err["loc"])
+    loc = _plain(err["loc"])
     where = _dotted(loc[:-1])
     last = loc[-1] if loc else ""
     where = clip(where)
     if err["type"] == "extra_forbidden":
         model = _model_at(root, loc[:-1])
         known = list(model.model_fields) if model is not None and not isinstance(model, _DictOf) else []
-        close = difflib.get_close_matches(str(last), known, n=1)
+        close = _nearest(str(last), known, 0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else (f" (known: {', '.join(known)})" if known else "")
         inside = f" in {where}" if where else ""
         return f"unknown key '{clip(last)}'{inside}{hint}"
@@ -694,6 +702,10 @@ def _describe_validation(exc: ValidationError, root: type[BaseModel] = CaseModel
         return f"missing required key '{last}'{inside}{hint}"
     value = err.get("input")
     shown = clip(repr(value), 60)
+    if _union_kinds(exc):  # pydantic names each member of a union (data.x.DrawModel, data.x.str)
+        return f"{clip(_dotted(err['loc'][:-1]))}: must be {_union_kinds(exc)} (got {shown})"
+    if err["type"] in ("model_type", "dict_type"):  # not "or instance of VarModel": a class the user never sees
+        return f"{clip(_dotted(loc))}: Input should be a valid dictionary (a TOML table) (got {shown})"
     if err["type"] == "literal_error" and isinstance(value, str):
         import re
 
@@ -702,7 +714,38 @@ def _describe_validation(exc: ValidationError, root: type[BaseModel] = CaseModel
     return f"{clip(_dotted(loc))}: {err['msg']} (got {shown})"
 
 
+def _plain(loc) -> tuple:
+    """An error's key path without the union member pydantic puts in it (data.x.DrawModel.rand -> data.x.rand)."""
+    return tuple(p for p in loc if not (isinstance(p, str) and p.endswith("Model") and p[:1].isupper()))
+
+
+def _union_kinds(exc: ValidationError) -> str:
+    """'a table or a string' when the first error is a value that fits no member of a union, else ''."""
+    loc = tuple(exc.errors()[0]["loc"])
+    tags = [e["loc"][-1] for e in exc.errors() if tuple(e["loc"][:-1]) == loc[:-1]]
+    words = {"str": "a string", "float": "a number", "int": "an integer", "bool": "a boolean", "list": "a list"}
+    if len(tags) < 2 or not all(isinstance(t, str) and (t[:1].isupper() or t in words) for t in tags):
+        return ""
+    return " or ".join(dict.fromkeys("a table" if t[:1].isupper() else words[t] for t in tags))
+
+
 def suggest(word: str, choices) -> str:
     """`` (did you mean 'x'?)`` for the nearest of ``choices``, or ``""``."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    close = _nearest(word, list(choices), 0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _nearest(word: str, choices: list, cutoff: float) -> list:
+    """difflib's close matches, the fewest edits first: difflib alone ranks 'expect' above 'expr' for 'expt'."""
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=cutoff)
+    return sorted(close, key=lambda c: _edits(word, c))[:1]
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance (short key names only)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]

@@ -133,8 +133,10 @@ def _report_path(option: str, path) -> None:
 
     from .errors import UsageError
 
-    if not path:
+    if path is None:
         return
+    if not path.strip():  # an empty value (--json "$UNSET") would silently write no report
+        raise UsageError(f"{option} needs a file name, got {path!r}")
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)

@@ -41,8 +41,9 @@ class CaseError(DiffcheckError):
         parts = []
         if self.path:
             parts.append(str(self.path))
-        if self.case is not None:
-            parts.append(f"case {self.case!r}")
+        if self.case is not None:  # an over-long name is cut, as all echoed input is
+            cut = str(self.case) if len(str(self.case)) <= 80 else f"{str(self.case)[:80]}..."
+            parts.append(f"case {cut!r}")
         prefix = ": ".join(parts)
         return f"{prefix}: {self.message}" if prefix else self.message
 

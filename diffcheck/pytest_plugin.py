@@ -60,6 +60,9 @@ class CaseFile(pytest.File):
         taken: set[str] = set()
 
         def invalid(name: str, error: Exception):
+            from .text import safe
+
+            name = safe(name)
             base, n = name, 1
             while name in taken:
                 n += 1
@@ -111,15 +114,18 @@ def _params(case) -> list[tuple[str, str | None, str | None, str | None]]:
     """(item name, dtype, device, transform) of each item of a case."""
     from .training.schema import TrainCase
 
+    from .text import safe
+
+    shown = safe(case.name)  # pytest prints item ids raw: a name's escape sequences must not reach the terminal
     if isinstance(case, TrainCase):
-        return [(f"{case.name}[{dtype}-{device}]", dtype, device, None)
+        return [(f"{shown}[{dtype}-{device}]", dtype, device, None)
                 for device in case.devices for dtype in case.dtypes]
     from .casefile import TRANSFORMS
 
-    return ([(f"{case.name}[reference]", None, None, None)]
-            + [(f"{case.name}[{dtype}-{device}]", dtype, device, None)
+    return ([(f"{shown}[reference]", None, None, None)]
+            + [(f"{shown}[{dtype}-{device}]", dtype, device, None)
                for device in case.devices for dtype in case.dtypes]
-            + [(f"{case.name}[{name}-{dtype}-{device}]", dtype, device, name)
+            + [(f"{shown}[{name}-{dtype}-{device}]", dtype, device, name)
                for name in TRANSFORMS if name in case.transforms
                for device in case.devices for dtype in case.dtypes])
 

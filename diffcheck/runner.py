@@ -8,6 +8,7 @@ result that did not pass is rendered here (``report``), for ``CaseResult.assert_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -111,7 +112,9 @@ def matches(name: str, pattern: str) -> bool:
 
 
 def error_result(err: CaseError) -> CaseResult:
-    return _with_report(CaseResult(err.case or Path(err.path).stem, err.path, "error", str(err)))
+    name = err.case or Path(err.path).stem
+    name = name if len(name) <= 1000 else f"{name[:80]}..."  # a name refused for its length is not printed whole
+    return _with_report(CaseResult(name, err.path, "error", str(err)))
 
 
 def _with_report(result: CaseResult) -> CaseResult:
@@ -165,7 +168,7 @@ def run_case(case: Case | TrainCase, options: Options | None = None) -> CaseResu
 
     state = global_state()
     try:
-        with time_limit(options.timeout) as enforced:
+        with time_limit(options.timeout) as enforced, _os_exit_raises():
             result.checks, result.artifacts, result.formula = run(case, options, seed)
         if not enforced:
             result.checks.append(Check("timeout", "diffcheck", "--timeout", status="skip",
@@ -173,6 +176,9 @@ def run_case(case: Case | TrainCase, options: Options | None = None) -> CaseResu
                                                "thread (or without SIGALRM)"))
     except DiffcheckError as exc:
         result.status, result.message = "error", str(exc)
+    except SystemExit as exc:  # user code's exit that no check caught: a finding, never the end of the run
+        result.checks.append(Check("state", "impl", "the case's own code", status="fail",
+                                   message=f"the case's code exited (SystemExit: {exc})"))
     except Timeout as exc:
         during = f"in {exc.during}" if exc.during else "while diffcheck computed the checks"
         impl = isinstance(case, Case) and case.impl
@@ -188,6 +194,26 @@ def run_case(case: Case | TrainCase, options: Options | None = None) -> CaseResu
     if result.status == "pass":
         _verdict(result)
     return _with_report(result)
+
+
+@contextlib.contextmanager
+def _os_exit_raises():
+    """While a case runs, ``os._exit`` called by its user code (an impl module at import, a forward, a Python
+    reference) raises SystemExit in this process instead: with one process it ended the whole run, silently and
+    with the user's exit status (``os._exit(0)``: a run that "passed" with no report). A child process the user's
+    code started still exits for real."""
+    real, pid = os._exit, os.getpid()
+
+    def raising(code: int = 0):
+        if os.getpid() != pid:
+            real(code)
+        raise SystemExit(f"os._exit({code}) was called")
+
+    os._exit = raising
+    try:
+        yield
+    finally:
+        os._exit = real
 
 
 def _state_check(changed: str) -> Check:

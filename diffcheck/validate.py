@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+MAX_NAME = 1000  # characters of a case name, which every report line, JUnit testcase and pytest id prints
 SEED_LIMIT = 2**63  # seeds feed torch.manual_seed and numpy's generators: a non-negative 63-bit integer
 
 

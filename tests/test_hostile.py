@@ -281,3 +281,134 @@ def test_the_verbose_formulas_deadline_leaves_the_cases_timeout_running():
         assert _within(2.0, lambda x: x + 1, 1) == 2
         left, _ = signal.getitimer(signal.ITIMER_REAL)
     assert 40 < left <= 50
+
+
+# ---- hostile inputs, round h5 ----
+
+def test_op_parameters_torch_refuses_are_case_errors_about_expr_not_autograd_failures(write_case):
+    # each used to reach torch, which raised, and the case FAILed "autograd is off" (hardtanh: "running it raised")
+    bad = {"ce": "cross_entropy(x, y, label_smoothing=5)", "sl1": "smooth_l1_loss(x, y, beta=-1)",
+           "huber": "huber_loss(x, y, delta=0)", "celu": "sum(celu(x, alpha=0))",
+           "cos": "cosine_similarity(x, y, dim=0, eps=-1)", "ht": "sum(hardtanh(x, min_val=1, max_val=-1))"}
+    text = "".join(f'[[case]]\nname = "{n}"\nexpr = "{e}"\nvars.x = {{ shape = [3] }}\n'
+                   + ('vars.y = { shape = [3] }\n' if "y" in e else "") for n, e in bad.items())
+    text += ('[[case]]\nname = "pool"\nexpr = "sum(avg_pool2d(x, 2, padding=2))"\nvars.x = { shape = [1, 1, 4, 4] }\n'
+             '[[case]]\nname = "good"\nexpr = "sum(hardtanh(x, min_val=1, max_val=1) + celu(x, alpha=0.5))"\n'
+             'vars.x = { shape = [3] }\n')
+    result = run_cli(write_case(text))
+    assert result.exit_code == 2 and status_of(result.output, "good") == "PASS", result.output
+    for name in [*bad, "pool"]:
+        assert f"case '{name}': " in result.output and "(torch raises otherwise)" in result.output, name
+    assert "label_smoothing must be between 0 and 1 (torch raises otherwise), got label_smoothing=5.0" in result.output
+    assert "padding [2, 2] is more than half the kernel [2, 2]" in result.output
+    assert "autograd is off" not in result.output and "running it raised" not in result.output
+
+
+def test_unclear_or_misattributed_case_file_messages_now_name_the_key_plainly(write_case):
+    result = run_cli(write_case(
+        '[[case]]\nname = "typo"\nexpt = "sum(x)"\nvars.x = { shape = [3] }\n'
+        '[[case]]\nname = "size"\nexpr = "sum(reshape(x, [-1, 99999999999999999999]))"\nvars.x = { shape = [3] }\n'
+        f'[[case]]\nname = "digits"\nexpr = "sum(x) + {"9" * 5000}"\nvars.x = {{ shape = [3] }}\n'
+        '[[case]]\nname = "index"\nexpr = "sum(embedding(t, w))"\nvars.w = { shape = [5, 2] }\n'
+        'vars.t = { shape = [2], dtype = "int64", value = [0, 99999999999999999999] }\n'
+        '[[case]]\nname = "space"\nexpr = "sum(x)"\nvars.x = { shape = [3] }\nvars."a b" = { shape = [3] }\n'
+        '[[case]]\nname = "table"\nexpr = "sum(x)"\nvars.x = 5\n'
+        '[[case]]\nname = "good"\nexpr = "sum(x**2)"\nvars.x = { shape = [3] }\n'))
+    assert result.exit_code == 2 and status_of(result.output, "good") == "PASS", result.output
+    out = result.output
+    assert "case 'typo': unknown key 'expt' (did you mean 'expr'?)" in out  # was 'expect'
+    assert "reshape(): 'shape' takes integer literals" in out and "subscripts" not in out
+    assert "an integer literal is too long (over 4300 digits)" in out and "set_int_max_str_digits" not in out
+    assert "vars.t.value of an int64 var must hold integers of magnitude below 2**31" in out  # was: domain, got None
+    assert "var 'a b' is not an identifier" in out
+    assert "vars.x: Input should be a valid dictionary (a TOML table) (got 5)" in out and "VarModel" not in out
+
+
+TRAIN = ('[[case]]\nkind = "train"\nname = "{name}"\ndata.x = {x}\ndata.y = "2*x + 1"\nmodel.expr = "w*x + b"\n'
+         'model.params.w = {{ zeros = [1] }}\nmodel.params.b = {{ zeros = [1] }}\ntrain = {{ lr = 0.5, steps = 300 }}\n'
+         'expect.least_squares = true\n')
+
+
+def test_least_squares_on_data_without_a_unique_fit_is_a_case_error_not_a_failure(write_case):
+    # all-equal x (or one sample) leaves w*x + b = y with many solutions: the run found another one and FAILed
+    text = TRAIN.format(name="equal", x="{ ones = [20, 1] }") + TRAIN.format(name="one", x="{ rand = [1, 1] }")
+    text += TRAIN.format(name="fine", x="{ rand = [20, 1] }")
+    text += ('[[case]]\nkind = "train"\nname = "gen"\ndata.x = 5\ndata.y = "2*x"\nmodel.expr = "w*x"\n'
+             'model.params.w = { zeros = [1] }\ntrain = { lr = 0.5, steps = 3 }\n')
+    result = run_cli(write_case(text))
+    assert result.exit_code == 2 and status_of(result.output, "fine") == "PASS", result.output
+    assert "case 'equal': least_squares has no unique fit on this data: [x, 1] (20 samples, 1 feature(s) and the " \
+           "bias) has rank 1, under 2" in result.output
+    assert "case 'one': least_squares has no unique fit" in result.output
+    assert "case 'gen': data.x: must be a table or a string (got 5)" in result.output  # was data.x.DrawModel
+
+
+def test_user_code_calling_os_exit_is_a_finding_about_its_case_and_the_run_goes_on(tmp_path):
+    """With one process (the default under 40 cases) os._exit in an impl module ended the whole run: no report,
+    no JSON, the user's exit status (os._exit(0): exit 0, a CI pass)."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "quits.py").write_text("import os\nos._exit(0)\n")
+    (tmp_path / "mine.py").write_text("import os\nlimit = 5\ndef f(x):\n    os._exit(0)\n")
+    impl = '[[case]]\nname = "{0}"\nexpr = "sum(x**2)"\nvars.x = {{ shape = [3] }}\nimpl = "{1}"\n'
+    (tmp_path / "c.toml").write_text(impl.format("at_import", "quits:f") + impl.format("in_forward", "mine:f")
+                                     + impl.format("value", "mine:limit")
+                                     + '[[case]]\nname = "good"\nexpr = "sum(x**2)"\nvars.x = { shape = [3] }\n')
+    done = subprocess.run([sys.executable, "-m", "diffcheck", "run", str(tmp_path / "c.toml"), "--device", "cpu",
+                           "-j", "1", "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "importing 'quits' (" in done.stdout and "raised SystemExit: os._exit(0) was called" in done.stdout
+    assert status_of(done.stdout, "in_forward") == "FAIL" and "os._exit(0) was called (in forward" in done.stdout
+    assert "names a value of type int, not a function, class or nn.Module" in done.stdout  # not "standard library"
+    assert status_of(done.stdout, "good") == "PASS"
+    statuses = {c["name"]: c["status"] for c in json.loads((tmp_path / "r.json").read_text())["cases"]}
+    assert statuses == {"at_import": "error", "in_forward": "fail", "value": "error", "good": "pass"}
+
+
+def test_edge_values_of_cli_options_are_usage_errors_or_work(write_case):
+    path = write_case('name = "good"\nexpr = "sum(x**2)"\nvars.x = { shape = [3] }\n')
+    for option in ("--json", "--junit", "--html"):
+        result = run_cli(path, option, "")  # an unset shell variable: used to run and write no report, exit 0
+        assert result.exit_code == 2 and f"usage error: {option} needs a file name, got ''" in result.output
+    result = run_cli(path, "--timeout", "1e30")  # setitimer overflowed: the case errored (OverflowError)
+    assert result.exit_code == 0 and status_of(result.output, "good") == "PASS", result.output
+
+
+pytest_plugins = ["pytester"]
+
+
+def test_the_pytest_plugin_survives_os_exit_in_an_impl_and_escapes_case_names_in_item_ids(pytester):
+    """os._exit(0) in an impl module ended the pytest session with status 0 and no report (a green CI run); a case
+    name's escape sequence reached the terminal raw in the item ids."""
+    pytester.path.joinpath("quit.py").write_text("import os\nos._exit(0)\n")
+    pytester.makefile(".toml", cases='[[case]]\nname = "quit"\nexpr = "sum(x**2)"\nvars.x = { shape = [3] }\n'
+                      'impl = "quit:f"\ndevices = ["cpu"]\ndtypes = ["float64"]\n'
+                      '[[case]]\nname = "red\\u001b[31m"\nexpr = "sum(x**2)"\nvars.x = { shape = [3] }\n'
+                      'devices = ["cpu"]\ndtypes = ["float64"]\n')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret == 1, out
+    result.assert_outcomes(passed=2, failed=2)
+    assert "SystemExit: os._exit(0) was called" in out
+    assert "red\\x1b[31m[float64-cpu]" in out and "\x1b[31m" not in out
+
+
+def test_work_and_length_bounds_a_case_file_cannot_pass(write_case):
+    # 'i,j->' of two 2e6 vectors: a scalar output, but np.einsum looped over 4e12 combinations (a hang, --timeout
+    # cannot interrupt one native call); a 100,000-character name was printed whole on every report line
+    [einsum] = load_data({"name": "einsum", "expr": "einsum('i,j->', x, y)",  # loaded only: the old code hung
+                          "vars": {"x": {"shape": [2000000]}, "y": {"shape": [2000000]}}}, "e.toml")
+    assert isinstance(einsum, CaseError) and einsum.key == "expr", einsum
+    assert "einsum(): the reference loops over 4000000000000 index combinations" in str(einsum)
+    result = run_cli(write_case(
+        f'[[case]]\nname = "{"n" * 100000}"\nexpr = "sum(x**2)"\nvars.x = {{ shape = [3] }}\n'
+        f'[[case]]\nname = "chain"\nexpr = "{" + ".join(["sum(x)"] * 250)}"\nvars.x = {{ shape = [3] }}\n'
+        '[[case]]\nname = "good"\nexpr = "einsum(\'i,j->\', x, y)"\nvars.x = { shape = [30] }\n'
+        'vars.y = { shape = [20] }\n'), "--timeout", "60")
+    assert result.exit_code == 2 and status_of(result.output, "good") == "PASS", result.output
+    assert "'name' is 100000 characters long; the limit is 1000" in result.output
+    assert "n" * 81 not in result.output and "nnnn...'" in result.output
+    assert "(each operator of a chain such as a + b + c nests one more level" in result.output

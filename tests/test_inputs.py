@@ -336,12 +336,13 @@ def test_a_case_whose_worker_raises_is_an_error_and_the_run_goes_on(tmp_path):
 
 
 def test_a_case_that_kills_its_worker_is_named_and_every_other_case_still_runs(tmp_path):
-    """os._exit in an impl (as a segfault in a native kernel would) kills the worker and breaks the whole pool:
-    the cases it was running are run again alone, so the killer is the one error and the rest pass."""
+    """SIGKILL in an impl (as a segfault in a native kernel or the OOM killer would; os._exit is now caught as a
+    finding) kills the worker and breaks the whole pool: the cases it was running are run again alone, so the
+    killer is the one error and the rest pass."""
     from diffcheck.parallel import run_all
     from diffcheck.runner import Options
 
-    (tmp_path / "boom.py").write_text("import os\ndef f(x):\n    os._exit(0)\n")
+    (tmp_path / "boom.py").write_text("import os\nimport signal\ndef f(x):\n    os.kill(os.getpid(), signal.SIGKILL)\n")
     (tmp_path / "cases.toml").write_text(
         '[[case]]\nname = "killer"\nexpr = "x * 2"\nimpl = "boom:f"\nvars.x = { shape = [3] }\n'
         + "".join(good(f"after{i}").replace('name = "', '[[case]]\nname = "', 1) for i in range(3)))

@@ -66,7 +66,7 @@ HOSTILE = [
     ("x[0].__dict__[1]", "attribute '.__dict__'"),
     ("exp([x])", "lists are not allowed"),
     ("x + [1, 2]", "lists are not allowed"),
-    ("reshape(x, [2, w])", "subscripts take integer literals"),
+    ("reshape(x, [2, w])", "reshape(): 'shape' takes integer literals"),
     ("cat(x, dim=0)", "takes a list of tensors first"),
     ("reshape(x)", "reshape() needs 'shape'"),
     ("max(x)", "'max' is not supported: use amax"),

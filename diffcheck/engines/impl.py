@@ -92,6 +92,8 @@ def load_object(spec: str, base_dir: Path, where: str, case: str, roots=(), sys_
         obj = getattr(obj, part)
     if isinstance(obj, types.ModuleType):
         fail("names a module, not a function, class or instance")
+    if not callable(obj):  # a plain value (n = 5) would read as "defined in the standard library (builtins)"
+        fail(f"names a value of type {clean(type(obj).__name__)}, not a function, class or nn.Module: nothing to call")
     owner = _defining_module(obj)
     if owner is not None and owner.split(".")[0] in sys.stdlib_module_names | {"builtins"}:
         fail(f"is defined in the standard library ({clean(owner)}): an impl must be your own code")
@@ -489,7 +491,7 @@ def time_limit(seconds: float):
     A timer someone else had set (pytest-timeout's signal mode) is restored afterwards with its remaining time."""
     import signal
 
-    if not seconds or seconds <= 0 or seconds == float("inf"):
+    if not seconds or seconds <= 0 or seconds >= 1e9:  # 1e9 s (31 years) or inf: none (setitimer overflows)
         yield True
         return
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):

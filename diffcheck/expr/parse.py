@@ -46,6 +46,8 @@ def parse(text: str, names: set[str] | frozenset[str] | None = None) -> Node:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         col = (exc.offset - 1) if exc.offset else None
+        if "integer string conversion" in exc.msg:  # Python's advice (sys.set_int_max_str_digits) is not the user's
+            raise ExpressionError("an integer literal is too long (over 4300 digits)", text, col) from None
         raise ExpressionError(f"syntax error: {exc.msg}", text, col) from None
     except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
         raise ExpressionError(f"cannot parse the expression: {type(exc).__name__}: {exc}", text) from None
@@ -93,6 +95,18 @@ UNSUPPORTED = {
 }
 
 
+# Parameter values torch refuses with an error: a case error about expr before any engine runs, rather than an
+# autograd check failing on torch's exception.
+_PARAM_RULES = {
+    "cross_entropy": ((("label_smoothing",), lambda v: 0 <= v <= 1, "label_smoothing must be between 0 and 1"),),
+    "smooth_l1_loss": ((("beta",), lambda v: v >= 0, "beta must be >= 0"),),
+    "huber_loss": ((("delta",), lambda v: v > 0, "delta must be > 0"),),
+    "celu": ((("alpha",), lambda v: v != 0, "alpha must not be 0"),),
+    "cosine_similarity": ((("eps",), lambda v: v >= 0, "eps must be >= 0"),),
+    "hardtanh": ((("min_val", "max_val"), lambda lo, hi: lo <= hi, "min_val must not be greater than max_val"),),
+}
+
+
 class _Converter:
     """Identifiers compare as Python compares them: after NFKC normalisation (``ast`` already normalises the
     expression's, so a declared ``ｘ`` is the ``x`` written in it); a declared name stays the Var's name."""
@@ -115,7 +129,8 @@ class _Converter:
 
     def convert(self, node: ast.AST, depth: int) -> Node:
         if depth > MAX_DEPTH:
-            self.fail(f"expression is nested more than {MAX_DEPTH} levels deep", node)
+            self.fail(f"expression is nested more than {MAX_DEPTH} levels deep (each operator of a chain such as "
+                      "a + b + c nests one more level: sum a long chain's terms in groups)", node)
         d = depth + 1
         if isinstance(node, ast.Constant):
             return Const(self.number(node))
@@ -242,6 +257,10 @@ class _Converter:
         for prm in op.params:
             if prm.default is None and prm.kind in ("ints", "int", "tensor", "number") and given.get(prm.name) is None:
                 self.fail(f"{fname}() needs '{prm.name}'", node)
+        for names, rule, wanted in _PARAM_RULES.get(fname, ()):
+            if not rule(*(dict(params)[n] for n in names)):
+                shown = ", ".join(f"{n}={dict(params)[n]}" for n in names)
+                self.fail(f"{fname}(): {wanted} (torch raises otherwise), got {shown}", node)
         return Call(fname, args + rest + tensors, params)
 
     def einsum(self, node: ast.Call, depth: int) -> Node:
@@ -284,14 +303,14 @@ class _Converter:
             return ("slice", *parts)
         return self.index_int(node)
 
-    def index_int(self, node: ast.AST) -> int:
+    def index_int(self, node: ast.AST, message: str = "") -> int:
         sign, inner = 1, node
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             sign, inner = -1, node.operand
         if isinstance(inner, ast.Constant) and type(inner.value) is int and abs(inner.value) < 2**31:
             return sign * inner.value
-        self.fail("subscripts take integer literals, slices (a:b:c), ... and None, or index by an int64 var by name "
-                  "(x[t]); for a computed selection use where() with a mask", node)
+        self.fail(message or "subscripts take integer literals, slices (a:b:c), ... and None, or index by an int64 var "
+                  "by name (x[t]); for a computed selection use where() with a mask", node)
 
     def param_value(self, fname: str, param: Param, node: ast.AST, depth: int = 0):
         if param.kind == "tensor":
@@ -299,9 +318,11 @@ class _Converter:
         if param.kind == "int":
             return self.int_value(fname, param, node)
         if param.kind == "ints":  # a shape or a dim list: the one other place a list literal is taken
+            size = (f"{fname}(): '{param.name}' takes integer literals (a list of them, or one), each of magnitude "
+                    "below 2**31")
             if isinstance(node, (ast.Tuple, ast.List)):
-                return tuple(self.index_int(e) for e in node.elts)
-            return (self.index_int(node),)
+                return tuple(self.index_int(e, size) for e in node.elts)
+            return (self.index_int(node, size),)
         if param.kind == "choice":
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in param.choices:
                 return node.value

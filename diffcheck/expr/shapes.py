@@ -7,11 +7,14 @@ scatter the one place a shape error is raised.
 
 from __future__ import annotations
 
+import math
+
 from ..errors import ExpressionError
 from .ir import Call, Const, Node, Var, to_text
 
 Shape = tuple[int, ...]
 MAX_INTERMEDIATE = 20_000_000  # entries: a hostile broadcast ([4e6, 1] + [1, 4e6]) must not exhaust memory
+MAX_EINSUM_WORK = 10_000_000_000  # index combinations of one einsum, which numpy loops over (several seconds)
 MAX_TOTAL = 50_000_000  # entries of all intermediates together: 190 nested ops over 4M entries must not either
 FIXED = "a fixed limit of diffcheck, not configurable: split the case or use smaller shapes"
 
@@ -242,6 +245,11 @@ def einsum_shape(equation: str, shapes: list, what: str = "") -> Shape:
         for ch, n in zip(sub, shape):
             if sizes.setdefault(ch, n) != n:
                 raise ExpressionError(f"{what}einsum(): index '{ch}' has sizes {sizes[ch]} and {n}")
+    work = math.prod(sizes.values())
+    if work > MAX_EINSUM_WORK:  # a small output may still sum over a huge space: 'i,j->' of two 2e6 vectors
+        raise ExpressionError(f"{what}einsum(): the reference loops over {work} index combinations (the sizes of "
+                              f"all its indices multiplied; conv is such an einsum in the reference); the limit is "
+                              f"{MAX_EINSUM_WORK} ({FIXED})")
     return tuple(sizes[ch] for ch in rhs)
 
 
@@ -295,6 +303,10 @@ def _nn_shape_checked(op: str, shapes, p, what: str, d: int):
     x = shapes[0]
     if op in ("avg_pool2d", "max_pool2d"):
         stride = p["stride"] or p["kernel_size"]
+        kernel, padding = nd(p["kernel_size"], d), nd(p["padding"], d)
+        if len(padding) == len(kernel) and any(2 * pd > k for pd, k in zip(padding, kernel)):
+            raise ExpressionError(f"{what}{op}(): padding {list(padding)} is more than half the kernel "
+                                  f"{list(kernel)} (torch raises otherwise)")
         return x[:2] + conv_out(x[2:], p["kernel_size"], stride, p["padding"], (1,), what, op)
     w, b = shapes[1], shapes[2]
     g = p["groups"]

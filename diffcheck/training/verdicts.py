@@ -37,11 +37,17 @@ def check_affine(case: TrainCase, data) -> None:
 
     from ..engines.autograd import build
 
-    if case.model.model.type == "linear":
-        return
     t = case.model.train
     x = np.asarray(data[t.inputs[0]], dtype=float)
     x2 = x.reshape(len(x), -1)
+    rank = np.linalg.matrix_rank(np.hstack([x2, np.ones((len(x2), 1))]))
+    if rank <= x2.shape[1]:  # many fits reach the least loss: which one the run finds is not a verdict
+        raise CaseError(f"least_squares has no unique fit on this data: [{t.inputs[0]}, 1] ({len(x2)} samples, "
+                        f"{x2.shape[1]} feature(s) and the bias) has rank {rank}, under {x2.shape[1] + 1} (equal "
+                        "samples, fewer samples than unknowns or dependent features); give more varied data or "
+                        "compare with expect.params", case.path, case.name, "expect.least_squares")
+    if case.model.model.type == "linear":
+        return
     outs = int(np.asarray(data[t.target]).size // len(x))
     (wn, ws), (bn, bs) = list(case.param_shapes.items())
     why = None
