@@ -112,9 +112,8 @@ def _unexpected(path, exc: Exception) -> CaseError:
 
 def _params(case) -> list[tuple[str, str | None, str | None, str | None]]:
     """(item name, dtype, device, transform) of each item of a case."""
-    from .training.schema import TrainCase
-
     from .text import safe
+    from .training.schema import TrainCase
 
     shown = safe(case.name)  # pytest prints item ids raw: a name's escape sequences must not reach the terminal
     if isinstance(case, TrainCase):

@@ -154,7 +154,7 @@ vars.y = { shape = [1, 2, 2] }
 def test_expand_and_reshape_to_an_empty_dim_pass_as_torch(tmp_path):
     # torch expands a size-1 dim to 0 and reshapes 0 entries to [3, 0, 2]; both were case errors ("sizes must be
     # positive"); a -1 beside a 0 stays an error, as torch cannot infer it either
-    result, cases = run_json(tmp_path, '''
+    _, cases = run_json(tmp_path, '''
 dtypes = ["float64", "float32"]
 [[case]]
 name = "expand0"

@@ -374,15 +374,15 @@ def _forward(fn: Callable, tensors: dict):
 def _versions(tensors: dict) -> dict:
     """Each input tensor's version counter, which every in-place write (x.clamp_, x[0] = 0, x.detach().mul_)
     bumps: a forward that changes it wrote into the caller's tensor. Tensors without one are left out."""
+    import contextlib
+
     import torch
 
     found = {}
     for name, t in tensors.items():
         if isinstance(t, torch.Tensor):
-            try:
+            with contextlib.suppress(RuntimeError):  # inference tensors track no version
                 found[name] = t._version
-            except RuntimeError:  # inference tensors track no version
-                pass
     return found
 
 

@@ -397,7 +397,7 @@ class Program:
             for (d, _), e in zip(derivs, errs):
                 if np.any(e):
                     err = err + sympy_eval.times(np.abs(d), e)
-            if kink_u is not None and (ins.op == "square" or ins.op == "powc" and ins.params["exponent"] == 2.0):
+            if kink_u is not None and (ins.op == "square" or (ins.op == "powc" and ins.params["exponent"] == 2.0)):
                 # second order: where x cancelled to about 0 (var of equal entries) the first-order 2|x|e is 0 but
                 # the error is e**2 (u e)**2 = u (u e**2): in units of u, the lowest dtype's u times e**2
                 err = err + kink_u * np.square(errs[0])
