@@ -26,7 +26,7 @@ from .expr.ir import Node, variables
 from .expr.parse import parse, parse_outputs
 from .expr.shapes import VarShapes, infer
 from .text import clip, safe
-from .validate import MAX_NAME, Strict, check_choices, check_seed, numbers
+from .validate import Strict, check_choices, check_name, check_seed, numbers
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda")
@@ -315,8 +315,7 @@ def build_case(raw: dict, where: str = "<data>"):
 
     if not model.name.strip():
         fail("'name' must not be empty", "name")
-    if len(model.name) > MAX_NAME:
-        fail(f"'name' is {len(model.name)} characters long; the limit is {MAX_NAME}", "name")
+    check_name(model.name, fail)
     if model.expr is not None:
         ir, elements, names = _expression(model, fail)
     else:

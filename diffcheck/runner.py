@@ -18,6 +18,7 @@ from .devices import not_requested
 from .errors import CaseError, DiffcheckError
 from .model import HIGHER_KINDS, TRAINING_KINDS, CaseResult, Check, Findings, Options, case_seed
 from .training.schema import TrainCase
+from .validate import MAX_NAME
 
 __all__ = ["CaseResult", "Options", "blame", "case_seed", "collect", "error_result", "load", "matches",
            "not_requested", "run_case"]
@@ -113,7 +114,7 @@ def matches(name: str, pattern: str) -> bool:
 
 def error_result(err: CaseError) -> CaseResult:
     name = err.case or Path(err.path).stem
-    name = name if len(name) <= 1000 else f"{name[:80]}..."  # a name refused for its length is not printed whole
+    name = name if len(name) <= MAX_NAME else f"{name[:80]}..."  # a name refused for its length is not printed whole
     return _with_report(CaseResult(name, err.path, "error", str(err)))
 
 

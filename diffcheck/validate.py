@@ -19,6 +19,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def check_name(name: str, fail) -> None:
+    if len(name) > MAX_NAME:
+        fail(f"'name' is {len(name)} characters long; the limit is {MAX_NAME}", "name")
+
+
 def check_seed(seed: int | None, fail) -> None:
     if seed is not None and not 0 <= seed < SEED_LIMIT:
         fail(f"seed must be an integer from 0 to 2**63 - 1, got {seed}", "seed")

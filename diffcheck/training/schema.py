@@ -16,7 +16,7 @@ from ..errors import CaseError, ExpressionError
 from ..expr.ir import Call, Node, Var, variables
 from ..expr.parse import parse
 from ..expr.shapes import infer
-from ..validate import MAX_NAME, Strict, check_choices, check_seed, numbers
+from ..validate import Strict, check_choices, check_name, check_seed, numbers
 
 GENERATORS = ("rand", "randn", "linspace", "arange", "zeros", "ones", "value")
 LOSSES = {"mse": "mean((p - y)**2)", "half_squared": "mean(0.5 * (y - p)**2)"}
@@ -123,8 +123,7 @@ def build_train_case(raw: dict, where: str, validate_model) -> TrainCase:
     t = m.train
     if not m.name.strip():
         fail("'name' must not be empty", "name")
-    if len(m.name) > MAX_NAME:
-        fail(f"'name' is {len(m.name)} characters long; the limit is {MAX_NAME}", "name")
+    check_name(m.name, fail)
     check_seed(m.seed, fail)
     check_choices("dtypes", m.dtypes, fail)
     check_choices("devices", m.devices, fail)
